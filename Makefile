@@ -1,0 +1,52 @@
+# Warren's build. `make help` lists the targets.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+CMDS := $(notdir $(wildcard cmd/*))
+export CGO_ENABLED ?= 0
+
+.PHONY: help deps build generate generate-check test test-unit test-root e2e demo demo-down bench lint clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
+
+deps: ## install the Debian packages builds and tests need (idempotent)
+	@hack/deps.sh
+
+build: ## build every cmd/ binary, static, into bin/
+	@mkdir -p $(BIN)
+	@if [ -n "$(CMDS)" ]; then $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ $(addprefix ./cmd/,$(CMDS)); fi
+
+generate: ## regenerate committed code (bpf2go, controller-gen, protobuf)
+	$(GO) generate ./...
+
+generate-check: generate ## fail if regenerating changes anything committed
+	@git diff --exit-code --stat -- . ':!go.sum' || { echo "generated code is stale: run make generate and commit"; exit 1; }
+
+lint: ## go vet and staticcheck (pinned with go tool)
+	$(GO) vet ./...
+	$(GO) vet -tags e2e ./test/...
+	$(GO) tool staticcheck ./...
+
+test-unit: ## unit tests; no root needed (kernel tests skip)
+	$(GO) test -short -count=1 ./...
+
+test-root: deps ## every package's tests, the kernel ones included (root)
+	$(GO) test -count=1 -timeout 20m ./...
+
+e2e: deps ## end-to-end tests on the local cluster (brings it up, or reuses a running one)
+	$(GO) test -tags e2e -count=1 -timeout 50m -v ./test/e2e/...
+
+test: deps lint generate-check test-root e2e ## everything CI runs
+
+demo: deps ## bring up the local cluster and run the demo
+	$(GO) run ./hack/cluster up
+
+demo-down: ## remove the demo and the local cluster
+	$(GO) run ./hack/cluster down
+
+bench: deps ## benchmarks: Warren vs the direct path and an HAProxy pair, results in bench/results
+	$(GO) run ./test/bench
+
+clean: ## remove build output (not the cluster's binary cache)
+	rm -rf $(BIN)
