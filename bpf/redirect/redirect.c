@@ -1,0 +1,409 @@
+//go:build ignore
+
+// SPDX-License-Identifier: Apache-2.0
+//
+// Warren's traffic redirection. Every program first looks up the socket's
+// network namespace in the `enrolled` map and returns at once when it is not
+// there: the programs are attached at the cgroup2 root, which every process on
+// the machine (and every "node" sharing this kernel) goes through.
+//
+//   cgroup/connect4, cgroup/connect6  outbound TCP of an enrolled pod goes to
+//                                     the tunnel on 127.0.0.1:15001 / [::1]:15001;
+//                                     the original destination is kept by socket cookie
+//   sockops                           at ACTIVE_ESTABLISHED the original destination
+//                                     moves to a (netns, 4-tuple) key the tunnel can
+//                                     compute from its accepted socket; removed when
+//                                     the tunnel's side of the connection closes
+//   sk_lookup (per pod netns)         inbound TCP to the pod: port 15008 to the
+//                                     tunnel's HBONE socket, any other to its 15006 one;
+//                                     it finds the pod by address in `pod_ips`
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+// From the socket headers, which do not compile for the BPF target.
+#define AF_INET 2
+#define SOCK_STREAM 1
+#define IPPROTO_TCP 6
+
+#define PORT_OUTBOUND 15001
+#define PORT_INBOUND 15006
+#define PORT_HBONE 15008
+
+#define MAX_PODS 4096
+#define MAX_CONNS 65536
+#define UID_LEN 64
+
+// Set at load time. A socket with this mark (SO_MARK) belongs to the tunnel
+// and is never redirected; 0 disables the check.
+volatile const __u32 tunnel_mark = 0;
+
+// An enrolled pod, by the cookie of its network namespace.
+struct pod_info {
+	__u32 ip4;    // network order; 0 when the pod has no IPv4 address
+	__u32 ip6[4]; // network order; all zero when the pod has no IPv6 address
+	char uid[UID_LEN];
+};
+
+// An address as IPv6, IPv4 as v4-mapped (::ffff:a.b.c.d); port in host order.
+struct addr {
+	__u32 ip6[4];
+	__u16 port;
+	__u16 pad;
+};
+
+// An IP address as IPv6, IPv4 as v4-mapped.
+struct ip {
+	__u32 ip6[4];
+};
+
+// A connection as the tunnel sees it from its accepted socket: src is the
+// client (the peer), dst is the tunnel's listener.
+struct tuple {
+	__u64 netns;
+	struct addr src;
+	struct addr dst;
+};
+
+enum sock_kind {
+	SOCK_KIND_INBOUND = 0, // the tunnel's plaintext listener, port 15006
+	SOCK_KIND_HBONE = 1,   // the tunnel's HBONE listener, port 15008
+};
+
+struct sock_key {
+	__u64 netns;
+	enum sock_kind kind;
+	__u32 pad;
+};
+
+enum prog_id {
+	PROG_CONNECT4 = 0,
+	PROG_CONNECT6 = 1,
+	PROG_SOCKOPS = 2,
+	PROG_SK_LOOKUP = 3,
+	PROG_MAX = 4,
+};
+
+enum action {
+	ACTION_REDIRECTED = 0,
+	ACTION_BYPASSED = 1,
+	ACTION_ERROR = 2,
+	ACTION_MAX = 3,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_PODS);
+	__type(key, __u64);
+	__type(value, struct pod_info);
+} enrolled SEC(".maps");
+
+// Enrolled pods' addresses, to their netns cookie: how sk_lookup, which has no
+// netns cookie, tells an enrolled pod's traffic.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * MAX_PODS);
+	__type(key, struct ip);
+	__type(value, __u64);
+} pod_ips SEC(".maps");
+
+// Original destination by socket cookie, from connect() to ACTIVE_ESTABLISHED.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_CONNS);
+	__type(key, __u64);
+	__type(value, struct addr);
+} orig_by_cookie SEC(".maps");
+
+// Original destination by (netns, tunnel-side 4-tuple), for the tunnel.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_CONNS);
+	__type(key, struct tuple);
+	__type(value, struct addr);
+} orig_by_tuple SEC(".maps");
+
+// The tunnel's listeners inside each enrolled pod's netns.
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 2 * MAX_PODS);
+	__type(key, struct sock_key);
+	__type(value, __u64);
+} sockets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PROG_MAX *ACTION_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void count(enum prog_id prog, enum action action)
+{
+	__u32 key = prog * ACTION_MAX + action;
+	__u64 *n = bpf_map_lookup_elem(&counters, &key);
+	if (n)
+		*n += 1;
+}
+
+static __always_inline int is_loopback4(__u32 ip4)
+{
+	__u32 h = bpf_ntohl(ip4);
+	return (h >> 24) == 127 || h == 0;
+}
+
+static __always_inline int is_v4mapped(const __u32 ip6[4])
+{
+	return ip6[0] == 0 && ip6[1] == 0 && ip6[2] == bpf_htonl(0xffff);
+}
+
+static __always_inline int is_loopback6(const __u32 ip6[4])
+{
+	if (ip6[0] != 0 || ip6[1] != 0)
+		return 0;
+	if (ip6[2] == bpf_htonl(0xffff))
+		return is_loopback4(ip6[3]);
+	return ip6[2] == 0 && (ip6[3] == 0 || ip6[3] == bpf_htonl(1));
+}
+
+static __always_inline int is_tunnel(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	return tunnel_mark != 0 && sk && sk->mark == tunnel_mark;
+}
+
+static __always_inline void set_v4(__u32 ip6[4], __u32 ip4)
+{
+	ip6[0] = 0;
+	ip6[1] = 0;
+	ip6[2] = bpf_htonl(0xffff);
+	ip6[3] = ip4;
+}
+
+SEC("cgroup/connect4")
+int warren_connect4(struct bpf_sock_addr *ctx)
+{
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	struct pod_info *pod = bpf_map_lookup_elem(&enrolled, &netns);
+	if (!pod)
+		return 1;
+
+	__u32 dst = ctx->user_ip4;
+	if (ctx->type != SOCK_STREAM || is_tunnel(ctx) || is_loopback4(dst) || dst == pod->ip4) {
+		count(PROG_CONNECT4, ACTION_BYPASSED);
+		return 1;
+	}
+
+	struct addr orig = {};
+	set_v4(orig.ip6, dst);
+	orig.port = bpf_ntohs((__u16)ctx->user_port);
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	if (bpf_map_update_elem(&orig_by_cookie, &cookie, &orig, BPF_ANY)) {
+		// Fail closed: without its original destination the tunnel could
+		// not carry the connection, and it must not leave unredirected.
+		count(PROG_CONNECT4, ACTION_ERROR);
+		return 0;
+	}
+	ctx->user_ip4 = bpf_htonl(0x7f000001);
+	ctx->user_port = bpf_htons(PORT_OUTBOUND);
+	count(PROG_CONNECT4, ACTION_REDIRECTED);
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int warren_connect6(struct bpf_sock_addr *ctx)
+{
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	struct pod_info *pod = bpf_map_lookup_elem(&enrolled, &netns);
+	if (!pod)
+		return 1;
+
+	__u32 dst[4];
+	dst[0] = ctx->user_ip6[0];
+	dst[1] = ctx->user_ip6[1];
+	dst[2] = ctx->user_ip6[2];
+	dst[3] = ctx->user_ip6[3];
+	int mapped = is_v4mapped(dst);
+	int own = mapped ? dst[3] == pod->ip4
+			 : dst[0] == pod->ip6[0] && dst[1] == pod->ip6[1] &&
+				   dst[2] == pod->ip6[2] && dst[3] == pod->ip6[3];
+	if (ctx->type != SOCK_STREAM || is_tunnel(ctx) || is_loopback6(dst) || own) {
+		count(PROG_CONNECT6, ACTION_BYPASSED);
+		return 1;
+	}
+
+	struct addr orig = {};
+	orig.ip6[0] = dst[0];
+	orig.ip6[1] = dst[1];
+	orig.ip6[2] = dst[2];
+	orig.ip6[3] = dst[3];
+	orig.port = bpf_ntohs((__u16)ctx->user_port);
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	if (bpf_map_update_elem(&orig_by_cookie, &cookie, &orig, BPF_ANY)) {
+		count(PROG_CONNECT6, ACTION_ERROR);
+		return 0;
+	}
+	if (mapped) {
+		// A v4-mapped destination stays IPv4 on the wire: send it to the
+		// tunnel's IPv4 listener.
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0xffff);
+		ctx->user_ip6[3] = bpf_htonl(0x7f000001);
+	} else {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = 0;
+		ctx->user_ip6[3] = bpf_htonl(1);
+	}
+	ctx->user_port = bpf_htons(PORT_OUTBOUND);
+	count(PROG_CONNECT6, ACTION_REDIRECTED);
+	return 1;
+}
+
+// Reads a context field exactly once, where written: clang otherwise merges
+// loads from different fields into one through a computed context pointer,
+// which the verifier refuses.
+#define CTX_READ(x) (*(volatile typeof(x) *)&(x))
+
+// The socket's local and remote addresses, ports in host order.
+static __always_inline void sockops_addrs(struct bpf_sock_ops *skops, struct addr *local,
+					  struct addr *remote)
+{
+	__u32 family = CTX_READ(skops->family);
+	__u32 l4 = CTX_READ(skops->local_ip4);
+	__u32 r4 = CTX_READ(skops->remote_ip4);
+	__u32 l6[4], r6[4];
+	l6[0] = CTX_READ(skops->local_ip6[0]);
+	l6[1] = CTX_READ(skops->local_ip6[1]);
+	l6[2] = CTX_READ(skops->local_ip6[2]);
+	l6[3] = CTX_READ(skops->local_ip6[3]);
+	r6[0] = CTX_READ(skops->remote_ip6[0]);
+	r6[1] = CTX_READ(skops->remote_ip6[1]);
+	r6[2] = CTX_READ(skops->remote_ip6[2]);
+	r6[3] = CTX_READ(skops->remote_ip6[3]);
+	if (family == AF_INET) {
+		set_v4(local->ip6, l4);
+		set_v4(remote->ip6, r4);
+	} else {
+		__builtin_memcpy(local->ip6, l6, sizeof(l6));
+		__builtin_memcpy(remote->ip6, r6, sizeof(r6));
+	}
+	local->port = (__u16)CTX_READ(skops->local_port);
+	remote->port = (__u16)bpf_ntohl(CTX_READ(skops->remote_port));
+}
+
+SEC("sockops")
+int warren_sockops(struct bpf_sock_ops *skops)
+{
+	__u64 netns = bpf_get_netns_cookie(skops);
+	if (!bpf_map_lookup_elem(&enrolled, &netns))
+		return 1;
+
+	__u32 op = skops->op;
+	__u64 cookie;
+	struct tuple key = {};
+	key.netns = netns;
+
+	switch (op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		// Follow a redirected socket's state only until it is
+		// established, to drop its entry if it never is.
+		cookie = bpf_get_socket_cookie(skops);
+		if (bpf_map_lookup_elem(&orig_by_cookie, &cookie))
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+								BPF_SOCK_OPS_STATE_CB_FLAG);
+		break;
+
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
+		// Runs before the handshake's last ACK leaves, so the entry is
+		// there before the tunnel can accept the connection.
+		cookie = bpf_get_socket_cookie(skops);
+		struct addr *orig = bpf_map_lookup_elem(&orig_by_cookie, &cookie);
+		if (!orig)
+			break;
+		sockops_addrs(skops, &key.src, &key.dst);
+		if (bpf_map_update_elem(&orig_by_tuple, &key, orig, BPF_ANY))
+			count(PROG_SOCKOPS, ACTION_ERROR);
+		else
+			count(PROG_SOCKOPS, ACTION_REDIRECTED);
+		bpf_map_delete_elem(&orig_by_cookie, &cookie);
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags &
+							 ~BPF_SOCK_OPS_STATE_CB_FLAG);
+		break;
+	}
+
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		// The tunnel's side of a redirected connection: its close ends
+		// the entry's life (not the client's, which may close first
+		// while its data still waits in the tunnel's accept queue).
+		if (skops->local_port == PORT_OUTBOUND)
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+								BPF_SOCK_OPS_STATE_CB_FLAG);
+		break;
+
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] != BPF_TCP_CLOSE)
+			break;
+		if (skops->local_port == PORT_OUTBOUND) {
+			sockops_addrs(skops, &key.dst, &key.src);
+			bpf_map_delete_elem(&orig_by_tuple, &key);
+		} else {
+			cookie = bpf_get_socket_cookie(skops);
+			bpf_map_delete_elem(&orig_by_cookie, &cookie);
+		}
+		break;
+	}
+	return 1;
+}
+
+SEC("sk_lookup")
+int warren_sk_lookup(struct bpf_sk_lookup *ctx)
+{
+	// sk_lookup cannot read its netns cookie: the pod is found by its own
+	// address, the packet's destination.
+	struct ip local = {};
+	int own;
+	if (ctx->family == AF_INET) {
+		set_v4(local.ip6, ctx->local_ip4);
+		own = ctx->remote_ip4 == ctx->local_ip4;
+	} else {
+		local.ip6[0] = ctx->local_ip6[0];
+		local.ip6[1] = ctx->local_ip6[1];
+		local.ip6[2] = ctx->local_ip6[2];
+		local.ip6[3] = ctx->local_ip6[3];
+		own = ctx->remote_ip6[0] == local.ip6[0] && ctx->remote_ip6[1] == local.ip6[1] &&
+		      ctx->remote_ip6[2] == local.ip6[2] && ctx->remote_ip6[3] == local.ip6[3];
+	}
+	__u64 *netns = bpf_map_lookup_elem(&pod_ips, &local);
+	if (!netns)
+		return SK_PASS;
+
+	// The pod's connections to itself stay as they are (its loopback ones
+	// never get here: 127.0.0.1 and ::1 are no pod's address).
+	if (ctx->protocol != IPPROTO_TCP || own) {
+		count(PROG_SK_LOOKUP, ACTION_BYPASSED);
+		return SK_PASS;
+	}
+
+	struct sock_key key = {};
+	key.netns = *netns;
+	key.kind = ctx->local_port == PORT_HBONE ? SOCK_KIND_HBONE : SOCK_KIND_INBOUND;
+	struct bpf_sock *sk = bpf_map_lookup_elem(&sockets, &key);
+	if (!sk) {
+		// Fail closed: no tunnel listener, no plaintext way in.
+		count(PROG_SK_LOOKUP, ACTION_ERROR);
+		return SK_DROP;
+	}
+	long err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	if (err) {
+		count(PROG_SK_LOOKUP, ACTION_ERROR);
+		return SK_DROP;
+	}
+	count(PROG_SK_LOOKUP, ACTION_REDIRECTED);
+	return SK_PASS;
+}
+
+char __license[] SEC("license") = "Apache-2.0";
