@@ -1,0 +1,234 @@
+package localcluster
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// ImageRegistry is the name every locally built image carries; nothing is pulled from it.
+const ImageRegistry = "warren.local"
+
+// Image is a container image built here, as a tarball ready to import.
+type Image struct {
+	Name string // short name, e.g. "echo"
+	Ref  string // warren.local/<name>:<content tag>
+	Tar  string
+}
+
+// imageFromBinary makes a single-layer image holding the static binary at /<name>, with it as
+// the entrypoint, tagged by content (the first 12 hex digits of the image digest), so a changed
+// binary gets a new tag and reaches new containers.
+func (c *Config) imageFromBinary(imgName, binPath string) (Image, error) {
+	bin, err := os.ReadFile(binPath)
+	if err != nil {
+		return Image{}, err
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	epoch := time.Unix(0, 0)
+	for _, d := range []string{"tmp/", "etc/"} {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: 0o1777, ModTime: epoch}); err != nil {
+			return Image{}, err
+		}
+	}
+	files := map[string][]byte{
+		imgName:      bin,
+		"etc/passwd": []byte("root:x:0:0:root:/:/" + imgName + "\nnobody:x:65534:65534:nobody:/:/" + imgName + "\n"),
+		"etc/group":  []byte("root:x:0:\nnobody:x:65534:\n"),
+	}
+	keys := make([]string, 0, len(files))
+	for k := range files {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		mode := int64(0o644)
+		if k == imgName {
+			mode = 0o755
+		}
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: k, Mode: mode, Size: int64(len(files[k])), ModTime: epoch}); err != nil {
+			return Image{}, err
+		}
+		if _, err := tw.Write(files[k]); err != nil {
+			return Image{}, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return Image{}, err
+	}
+	data := buf.Bytes()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+	if err != nil {
+		return Image{}, err
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		return Image{}, err
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return Image{}, err
+	}
+	cfg = cfg.DeepCopy()
+	cfg.OS, cfg.Architecture = "linux", "amd64"
+	cfg.Config = v1.Config{Entrypoint: []string{"/" + imgName}, Env: []string{"PATH=/"}}
+	img, err = mutate.ConfigFile(img, cfg)
+	if err != nil {
+		return Image{}, err
+	}
+	dg, err := img.Digest()
+	if err != nil {
+		return Image{}, err
+	}
+	ref := fmt.Sprintf("%s/%s:%s", ImageRegistry, imgName, dg.Hex[:12])
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		return Image{}, err
+	}
+	if err := os.MkdirAll(c.imageDir(), 0o755); err != nil {
+		return Image{}, err
+	}
+	out := filepath.Join(c.imageDir(), imgName+"-"+dg.Hex[:12]+".tar")
+	if _, err := os.Stat(out); err != nil {
+		tmp := out + ".tmp"
+		if err := tarball.WriteToFile(tmp, tag, img); err != nil {
+			return Image{}, err
+		}
+		if err := os.Rename(tmp, out); err != nil {
+			return Image{}, err
+		}
+	}
+	return Image{Name: imgName, Ref: ref, Tar: out}, nil
+}
+
+// buildGoImage builds a Go main package of the repository as a static binary and wraps it.
+func (c *Config) buildGoImage(ctx context.Context, imgName, pkg string) (Image, error) {
+	if c.RepoDir == "" {
+		return Image{}, fmt.Errorf("image %s: no repository directory configured", imgName)
+	}
+	outDir := filepath.Join(c.imageDir(), "bin")
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return Image{}, err
+	}
+	bin := filepath.Join(outDir, imgName)
+	var log bytes.Buffer
+	if err := goCmd(ctx, c.RepoDir, &log, []string{"CGO_ENABLED=0", "GOFLAGS="}, "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, pkg); err != nil {
+		return Image{}, fmt.Errorf("image %s: go build %s: %w: %s", imgName, pkg, err, log.String())
+	}
+	return c.imageFromBinary(imgName, bin)
+}
+
+// importImage imports an image tarball into a node's containerd (namespace k8s.io, which the
+// CRI plugin uses), unless that node already has it.
+func (c *Config) importImage(ctx context.Context, n node, img Image) error {
+	addr := c.containerdSock(n)
+	have, err := output(ctx, c.bin("ctr"), "--address", addr, "-n", "k8s.io", "images", "ls", "-q")
+	if err != nil {
+		return fmt.Errorf("%s: list images: %w", n.Name(), err)
+	}
+	for _, l := range strings.Fields(have) {
+		if l == img.Ref {
+			return nil
+		}
+	}
+	if err := run(ctx, c.bin("ctr"), "--address", addr, "-n", "k8s.io", "images", "import", "--no-unpack=false", img.Tar); err != nil {
+		return fmt.Errorf("%s: import %s: %w", n.Name(), img.Ref, err)
+	}
+	return nil
+}
+
+func (c *Config) imagesFile() string { return filepath.Join(c.stateDir(), "images.json") }
+
+// projectImageSources lists the Go main packages built into images: every cmd/ binary and
+// every test app. Keys are image names.
+func (c *Config) projectImageSources() (map[string]string, error) {
+	out := map[string]string{}
+	for _, dir := range []string{"cmd", "test/apps"} {
+		entries, err := os.ReadDir(filepath.Join(c.RepoDir, dir))
+		if err != nil {
+			if os.IsNotExist(err) {
+				continue
+			}
+			return nil, err
+		}
+		for _, e := range entries {
+			if e.IsDir() {
+				out[e.Name()] = "./" + dir + "/" + e.Name()
+			}
+		}
+	}
+	return out, nil
+}
+
+// LoadImages builds images of the project's binaries (cmd/*, test/apps/*), imports them into
+// every node and records their references, which ImageRef then returns.
+func (c *Config) LoadImages(ctx context.Context) (map[string]string, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	srcs, err := c.projectImageSources()
+	if err != nil {
+		return nil, err
+	}
+	refs := map[string]string{}
+	if b, err := os.ReadFile(c.imagesFile()); err == nil {
+		_ = json.Unmarshal(b, &refs)
+	}
+	names := make([]string, 0, len(srcs))
+	for n := range srcs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	err = c.progress(ctx, fmt.Sprintf("building and loading images %v into %d node(s)", names, c.Nodes), func(ctx context.Context) error {
+		for _, n := range names {
+			img, err := c.buildGoImage(ctx, n, srcs[n])
+			if err != nil {
+				return err
+			}
+			for _, nd := range c.nodes() {
+				if err := c.importImage(ctx, nd, img); err != nil {
+					return err
+				}
+			}
+			refs[n] = img.Ref
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, stepErr("load images", "", err)
+	}
+	b, _ := json.MarshalIndent(refs, "", "  ")
+	return refs, os.WriteFile(c.imagesFile(), b, 0o644)
+}
+
+// ImageRef returns the reference of a loaded image by short name ("echo").
+func (c *Config) ImageRef(imgName string) (string, error) {
+	b, err := os.ReadFile(c.imagesFile())
+	if err != nil {
+		return "", fmt.Errorf("no images loaded (run load-images): %w", err)
+	}
+	refs := map[string]string{}
+	if err := json.Unmarshal(b, &refs); err != nil {
+		return "", err
+	}
+	r, ok := refs[imgName]
+	if !ok {
+		return "", fmt.Errorf("image %q is not loaded", imgName)
+	}
+	return r, nil
+}
