@@ -1,0 +1,496 @@
+package hbone
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/warrenmesh/warren/internal/identity"
+	"github.com/warrenmesh/warren/internal/identity/identitytest"
+)
+
+func TestParseAuthority(t *testing.T) {
+	tests := []struct {
+		in, want string
+	}{
+		{"10.0.0.1:8080", "10.0.0.1:8080"},
+		{"127.0.0.1:1", "127.0.0.1:1"},
+		{"[fd00::1]:80", "[fd00::1]:80"},
+		{"[::1]:65535", "[::1]:65535"},
+		{"10.0.0.1:65536", ""},
+		{"10.0.0.1:0", ""},
+		{"10.0.0.1:080", ""},
+		{"10.0.0.1:+80", ""},
+		{"10.0.0.1:-1", ""},
+		{"10.0.0.1", ""},
+		{"10.0.0.1:", ""},
+		{":80", ""},
+		{"example.com:80", ""},
+		{"localhost:80", ""},
+		{"010.0.0.1:80", ""},
+		{"10.0.0:80", ""},
+		{"fd00::1:80", ""},
+		{"[10.0.0.1]:80", ""},
+		{"[fe80::1%eth0]:80", ""},
+		{"[::ffff:10.0.0.1]:80", ""},
+		{"[fd00::1:80", ""},
+		{"10.0.0.1:80/x", ""},
+		{"user@10.0.0.1:80", ""},
+		{" 10.0.0.1:80", ""},
+		{"", ""},
+	}
+	for _, tt := range tests {
+		got, err := ParseAuthority(tt.in)
+		if tt.want == "" {
+			if err == nil || !errors.Is(err, ErrBadAuthority) {
+				t.Errorf("ParseAuthority(%q) = %v, %v; want ErrBadAuthority", tt.in, got, err)
+			}
+			continue
+		}
+		if err != nil || got.String() != tt.want {
+			t.Errorf("ParseAuthority(%q) = %v, %v; want %s", tt.in, got, err, tt.want)
+		}
+	}
+}
+
+func FuzzParseAuthority(f *testing.F) {
+	for _, s := range []string{"10.0.0.1:8080", "[fd00::1]:80", "[fe80::1%eth0]:80", "a:1", "1.2.3.4:00", "[::ffff:1.2.3.4]:9"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		ap, err := ParseAuthority(s)
+		if err != nil {
+			return
+		}
+		// One spelling per destination: what we accept is what we print.
+		if ap.String() != s {
+			t.Fatalf("ParseAuthority(%q) accepted a non-canonical form of %s", s, ap)
+		}
+	})
+}
+
+func TestRoundTrip(t *testing.T) {
+	m := newMesh(t, meshOptions{})
+	echo := echoServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	hdr := http.Header{
+		"Traceparent": {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+		"Baggage":     {"userId=alice"},
+	}
+	c, err := m.pool.Dial(ctx, m.key, echo, hdr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	payload := make([]byte, 3<<20)
+	rand.Read(payload)
+	go func() {
+		c.Write(payload)
+		c.(*Stream).CloseWrite()
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, payload) {
+		t.Fatalf("echo returned %d bytes, want the %d sent", len(got), len(payload))
+	}
+	reqs := m.requests()
+	if len(reqs) != 1 {
+		t.Fatalf("handler saw %d requests", len(reqs))
+	}
+	r := reqs[0]
+	if r.Peer != clientID || r.Authority.String() != echo {
+		t.Errorf("request peer %v authority %v", r.Peer, r.Authority)
+	}
+	if r.Header.Get("traceparent") != hdr.Get("traceparent") || r.Header.Get("baggage") != "userId=alice" {
+		t.Errorf("trace headers not carried: %v", r.Header)
+	}
+	// A second tunnel reuses the pooled connection.
+	c2, err := m.pool.Dial(ctx, m.key, echo, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2.Close()
+	if n := m.pool.Conns(m.key); n != 1 {
+		t.Errorf("pool holds %d connections, want 1", n)
+	}
+}
+
+func TestStatuses(t *testing.T) {
+	m := newMesh(t, meshOptions{handler: func(ctx context.Context, r *Request) (net.Conn, error) {
+		if r.Authority.Port() == 1 {
+			return nil, Forbidden(errors.New("policy says no"))
+		}
+		return dialHandler(ctx, r)
+	}})
+	if _, err := m.dial("127.0.0.1:1"); statusOf(err) != 403 {
+		t.Errorf("forbidden: err = %v, want 403", err)
+	}
+	if _, err := m.dial(closedPort(t)); statusOf(err) != 503 {
+		t.Errorf("closed port: err = %v, want 503", err)
+	}
+	if _, err := m.dial("example.com:80"); !errors.Is(err, ErrBadAuthority) {
+		t.Errorf("bad authority: err = %v", err)
+	}
+}
+
+func TestIdentityRefused(t *testing.T) {
+	other := identitytest.NewCA(t)
+	echo := echoServer(t)
+	tests := []struct {
+		name string
+		o    meshOptions
+	}{
+		{"client certificate from a foreign CA", meshOptions{cliCA: other}},
+		{"server certificate from a foreign CA", meshOptions{srvCA: other}},
+		{"server is not the expected identity", meshOptions{expectDst: identity.New("ns-b", "someone-else")}},
+		{"client is not an allowed identity", meshOptions{srvAuthz: identity.ExpectID(identity.New("ns-a", "allowed"))}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := newMesh(t, tt.o)
+			c, err := m.dial(echo)
+			if err == nil {
+				c.Close()
+				t.Fatal("tunnel opened")
+			}
+			if n := len(m.requests()); n != 0 {
+				t.Fatalf("handler ran %d times", n)
+			}
+		})
+	}
+}
+
+func TestHalfClose(t *testing.T) {
+	// The backend reads to EOF, then answers and closes: the request's
+	// END_STREAM must reach it as a FIN while the reply still flows back.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		got, _ := io.ReadAll(c)
+		fmt.Fprintf(c, "got %d bytes", len(got))
+	}()
+	m := newMesh(t, meshOptions{})
+	s, err := m.dial(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.Write([]byte("hello"))
+	if err := s.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Write([]byte("x")); err == nil {
+		t.Error("write after CloseWrite succeeded")
+	}
+	s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	reply, err := io.ReadAll(s)
+	if err != nil || string(reply) != "got 5 bytes" {
+		t.Fatalf("reply %q, %v", reply, err)
+	}
+}
+
+func TestResetReachesBackend(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	closed := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, err = io.Copy(io.Discard, c)
+		closed <- err
+	}()
+	m := newMesh(t, meshOptions{})
+	s, err := m.dial(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Write([]byte("x"))
+	s.Close() // both ways: the server must close the backend
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("backend connection still open after the client reset the stream")
+	}
+	if _, err := s.Read(make([]byte, 1)); err == nil {
+		t.Error("read on a closed stream succeeded")
+	}
+}
+
+func TestDeadlines(t *testing.T) {
+	m := newMesh(t, meshOptions{})
+	s, err := m.dial(echoServer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	_, err = s.Read(make([]byte, 1))
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read err = %v, want deadline exceeded", err)
+	}
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("deadline error is not a timeout: %v", err)
+	}
+	s.SetReadDeadline(time.Time{})
+	s.Write([]byte("ping"))
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(s, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("after clearing the deadline: %q %v", buf, err)
+	}
+}
+
+// TestSlowReader: a destination that does not read stops the client after one
+// stream window, while other streams on the same connection keep flowing, and
+// everything arrives once it reads.
+func TestSlowReader(t *testing.T) {
+	const window = 256 << 10
+	pipes := make(chan net.Conn, 1)
+	m := newMesh(t, meshOptions{
+		srvLimits: Limits{StreamWindow: window, ConnWindow: 4 * window},
+		handler: func(ctx context.Context, r *Request) (net.Conn, error) {
+			if r.Authority.Port() == 9 {
+				// net.Pipe has no buffer: what is not read stays in the stream.
+				a, b := net.Pipe()
+				pipes <- b
+				return a, nil
+			}
+			return dialHandler(ctx, r)
+		},
+	})
+	slow, err := m.dial("127.0.0.1:9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	dst := <-pipes
+	defer dst.Close()
+
+	payload := make([]byte, 4*window)
+	rand.Read(payload)
+	slow.SetWriteDeadline(time.Now().Add(300 * time.Millisecond))
+	n, err := slow.Write(payload)
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("write to a stalled tunnel: n=%d err=%v, want a deadline", n, err)
+	}
+	if n > window || n < window/2 {
+		t.Fatalf("wrote %d bytes into a stalled stream, want about the window (%d)", n, window)
+	}
+
+	// Another stream on the same connection is not blocked by the stalled one.
+	fast, err := m.dial(echoServer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fast.Close()
+	fast.SetDeadline(time.Now().Add(5 * time.Second))
+	msg := bytes.Repeat([]byte("y"), 100<<10)
+	go fast.Write(msg)
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(fast, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("second stream: %v", err)
+	}
+	if m.pool.Conns(m.key) != 1 {
+		t.Fatalf("streams did not share a connection")
+	}
+
+	// Drain: the rest goes through once the destination reads.
+	slow.SetWriteDeadline(time.Time{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := slow.Write(payload[n:])
+		done <- err
+	}()
+	dst.SetReadDeadline(time.Now().Add(10 * time.Second))
+	recv := make([]byte, len(payload))
+	if _, err := io.ReadFull(dst, recv); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(recv, payload) {
+		t.Fatal("bytes corrupted or reordered across the stall")
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSlowTCPDestination exercises the direct-write path: the reader writes
+// straight into a TCP destination that stops reading, must give up after a
+// short wait and queue, and must not stall another stream.
+func TestSlowTCPDestination(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			c.(*net.TCPConn).SetReadBuffer(16 << 10)
+			accepted <- c
+		}
+	}()
+	m := newMesh(t, meshOptions{})
+	slow, err := m.dial(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	dst := <-accepted
+	defer dst.Close()
+	payload := make([]byte, 16<<20)
+	rand.Read(payload)
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := slow.Write(payload)
+		wrote <- err
+	}()
+	time.Sleep(200 * time.Millisecond)
+
+	fast, err := m.dial(echoServer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fast.Close()
+	fast.SetDeadline(time.Now().Add(5 * time.Second))
+	fast.Write([]byte("still here"))
+	buf := make([]byte, 10)
+	if _, err := io.ReadFull(fast, buf); err != nil {
+		t.Fatalf("a stalled destination blocked another stream: %v", err)
+	}
+	dst.SetReadDeadline(time.Now().Add(20 * time.Second))
+	recv := make([]byte, len(payload))
+	if _, err := io.ReadFull(dst, recv); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(recv, payload) {
+		t.Fatal("bytes corrupted or reordered")
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestManyStreams(t *testing.T) {
+	m := newMesh(t, meshOptions{srvLimits: Limits{MaxConcurrentStreams: 50}})
+	echo := echoServer(t)
+	const n = 120
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	streams := make(chan *Stream, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := m.dial(echo)
+			if err != nil {
+				errs <- err
+				return
+			}
+			streams <- s
+			s.SetDeadline(time.Now().Add(10 * time.Second))
+			msg := []byte(fmt.Sprintf("stream %d says hello", i))
+			if _, err := s.Write(msg); err != nil {
+				errs <- err
+				return
+			}
+			got := make([]byte, len(msg))
+			if _, err := io.ReadFull(s, got); err != nil || !bytes.Equal(got, msg) {
+				errs <- fmt.Errorf("stream %d: %q %v", i, got, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// All 120 are still open: the server allows 50 per connection.
+	if c := m.pool.Conns(m.key); c != 3 {
+		t.Errorf("pool opened %d connections for %d streams at 50 each, want 3", c, n)
+	}
+	close(streams)
+	for s := range streams {
+		s.Close()
+	}
+}
+
+func TestIdleTimeout(t *testing.T) {
+	m := newMesh(t, meshOptions{idle: 100 * time.Millisecond})
+	s, err := m.dial(echoServer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for m.pool.Conns(m.key) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("idle connection not closed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// And the pool dials again.
+	s, err = m.dial(echoServer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+}
+
+func TestShutdownGoAway(t *testing.T) {
+	m := newMesh(t, meshOptions{})
+	echo := echoServer(t)
+	s, err := m.dial(echo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- m.srv.Shutdown(context.Background()) }()
+	// The open stream keeps working through the drain.
+	time.Sleep(50 * time.Millisecond)
+	s.SetDeadline(time.Now().Add(5 * time.Second))
+	s.Write([]byte("drain"))
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(s, buf); err != nil {
+		t.Fatalf("stream broken by GOAWAY: %v", err)
+	}
+	if _, err := m.dial(echo); err == nil {
+		t.Error("new tunnel opened on a shut-down server")
+	}
+	s.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return after the last stream closed")
+	}
+}
