@@ -4,6 +4,7 @@
 //
 //	echo [serve] [-listen :8080]     serve (the default)
 //	echo get [-n N] [-timeout D] URL GET URL N times, print each body, fail on any error
+//	echo fs ls|mkdir|rmdir|cat PATH  look at or change the pod's files (hostPath checks)
 package main
 
 import (
@@ -36,7 +37,7 @@ type Reply struct {
 func main() {
 	args := os.Args[1:]
 	cmd := "serve"
-	if len(args) > 0 && (args[0] == "serve" || args[0] == "get") {
+	if len(args) > 0 && (args[0] == "serve" || args[0] == "get" || args[0] == "fs") {
 		cmd, args = args[0], args[1:]
 	}
 	var err error
@@ -45,6 +46,8 @@ func main() {
 		err = serve(args)
 	case "get":
 		err = get(args)
+	case "fs":
+		err = fsCmd(args)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "echo:", err)
@@ -116,4 +119,35 @@ func get(args []string) error {
 		os.Stdout.Write(body)
 	}
 	return nil
+}
+
+// fsCmd lets tests look at a pod's view of its volumes without a shell in the image.
+func fsCmd(args []string) error {
+	if len(args) != 2 {
+		return fmt.Errorf("usage: echo fs ls|mkdir|rmdir|cat PATH")
+	}
+	p := args[1]
+	switch args[0] {
+	case "ls":
+		entries, err := os.ReadDir(p)
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			fmt.Println(e.Name())
+		}
+		return nil
+	case "mkdir":
+		return os.Mkdir(p, 0o755)
+	case "rmdir":
+		return os.Remove(p)
+	case "cat":
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		_, err = os.Stdout.Write(b)
+		return err
+	}
+	return fmt.Errorf("fs: unknown operation %q", args[0])
 }
