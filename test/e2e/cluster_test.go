@@ -134,7 +134,9 @@ func TestCluster(t *testing.T) {
 			if _, err := cluster.Exec(ctx, ns, pods[node].Name, "/echo", "fs", "mkdir", "/host/bpf/"+dir); err != nil {
 				t.Fatal(err)
 			}
-			defer func() { _, _ = cluster.Exec(context.Background(), ns, pods[node].Name, "/echo", "fs", "rmdir", "/host/bpf/"+dir) }()
+			defer func() {
+				_, _ = cluster.Exec(context.Background(), ns, pods[node].Name, "/echo", "fs", "rmdir", "/host/bpf/"+dir)
+			}()
 		}
 		for node := range mark {
 			out, err := cluster.Exec(ctx, ns, pods[node].Name, "/echo", "fs", "ls", "/host/bpf")
