@@ -14,12 +14,6 @@ func netnsExists(name string) bool {
 	return err == nil
 }
 
-// inNetns runs a command inside a named network namespace (nsenter, not `ip netns exec`,
-// which remounts /sys and hides the cgroups).
-func inNetns(ctx context.Context, ns string, args ...string) error {
-	return run(ctx, "nsenter", append([]string{"--net=" + netnsPath(ns), "--"}, args...)...)
-}
-
 // setupNetwork creates the control-plane netns with its bridge, one netns per node joined to it
 // by a veth, and the routes between pod CIDRs. Nothing gets a route off the machine: the
 // nodes' default route points at the control-plane bridge, which has none.

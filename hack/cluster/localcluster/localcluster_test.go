@@ -1,0 +1,134 @@
+package localcluster
+
+import (
+	"strings"
+	"testing"
+	"text/template"
+)
+
+func TestConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		ok   bool
+	}{
+		{"default", DefaultConfig(), true},
+		{"zero nodes", Config{Nodes: 0, CacheDir: "/tmp/x"}, false},
+		{"too many nodes", Config{Nodes: maxNodes + 1, CacheDir: "/tmp/x"}, false},
+		{"relative cache", Config{Nodes: 2, CacheDir: "cache"}, false},
+		{"one node", Config{Nodes: 1, CacheDir: "/tmp/x"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			if (err == nil) != tc.ok {
+				t.Fatalf("Validate() = %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+}
+
+func TestNodeAddressing(t *testing.T) {
+	c := Config{Nodes: 3, CacheDir: "/c"}
+	ns := c.nodes()
+	if len(ns) != 3 {
+		t.Fatalf("nodes() = %d, want 3", len(ns))
+	}
+	want := []struct{ name, netns, ip, cidr, gw string }{
+		{"node1", "warren-node1", "10.250.0.11", "10.244.1.0/24", "10.244.1.1"},
+		{"node2", "warren-node2", "10.250.0.12", "10.244.2.0/24", "10.244.2.1"},
+		{"node3", "warren-node3", "10.250.0.13", "10.244.3.0/24", "10.244.3.1"},
+	}
+	for i, w := range want {
+		n := ns[i]
+		if n.Name() != w.name || n.Netns() != w.netns || n.IP() != w.ip || n.PodCIDR() != w.cidr || n.PodGW() != w.gw {
+			t.Errorf("node %d = %s %s %s %s %s, want %+v", i+1, n.Name(), n.Netns(), n.IP(), n.PodCIDR(), n.PodGW(), w)
+		}
+	}
+}
+
+func TestKubeGoModReplacesEveryStagingModule(t *testing.T) {
+	mod := kubeGoMod()
+	if !strings.Contains(mod, "require k8s.io/kubernetes "+KubernetesVersion) {
+		t.Fatalf("go.mod does not require kubernetes %s:\n%s", KubernetesVersion, mod)
+	}
+	for _, m := range kubeStaging {
+		line := "k8s.io/" + m + " => k8s.io/" + m + " v0.37.2"
+		if !strings.Contains(mod, line) {
+			t.Errorf("go.mod lacks %q", line)
+		}
+	}
+	fl := kubeLdflags()
+	for _, want := range []string{"k8s.io/component-base/version.gitVersion=v1.37.2", "k8s.io/client-go/pkg/version.gitMinor=37"} {
+		if !strings.Contains(fl, want) {
+			t.Errorf("ldflags %q lack %q", fl, want)
+		}
+	}
+}
+
+func TestPKISpecsCoverEveryNode(t *testing.T) {
+	c := Config{Nodes: 2, CacheDir: "/c"}
+	files := map[string]certSpec{}
+	for _, s := range c.pkiSpecs() {
+		files[s.file] = s
+	}
+	for _, f := range []string{"apiserver", "admin", "controller-manager", "scheduler", "kube-proxy", "node1-kubelet", "node2-kubelet-serving"} {
+		if _, ok := files[f]; !ok {
+			t.Errorf("no certificate %s", f)
+		}
+	}
+	if s := files["node2-kubelet"]; s.cn != "system:node:node2" || s.orgs[0] != "system:nodes" {
+		t.Errorf("node2 kubelet identity = %s %v, want system:node:node2 in system:nodes (the Node authorizer needs it)", s.cn, s.orgs)
+	}
+	api := files["apiserver"]
+	for _, ip := range []string{cpIP, "127.0.0.1", kubernetesSvc} {
+		if !strings.Contains(strings.Join(api.ips, ","), ip) {
+			t.Errorf("apiserver certificate lacks IP %s (reached as %s)", ip, ip)
+		}
+	}
+}
+
+// TestNodeTemplates renders every per-node file and checks the settings this machine needs
+// (see the package doc and ARCHITECTURE.md).
+func TestNodeTemplates(t *testing.T) {
+	c := Config{Nodes: 2, CacheDir: "/cache"}
+	v := c.nodeVars(node{Index: 2}, "warren.local/pause:abc")
+	render := func(tm *template.Template) string {
+		var b strings.Builder
+		if err := tm.Execute(&b, v); err != nil {
+			t.Fatal(err)
+		}
+		return b.String()
+	}
+	checks := map[string]struct {
+		tm   *template.Template
+		want []string
+	}{
+		"node.sh": {nodeScript, []string{
+			"mount --make-rshared /", "hostname node2",
+			"mount --bind /cache/cluster/node2/fs/etc/cni/net.d /etc/cni/net.d",
+			"mount --bind /cache/cluster/node2/fs/run/netns /run/netns",
+			"mount -t bpf bpf /sys/fs/bpf", "--node-ip=10.250.0.12"}},
+		"containerd.toml": {containerdConfig, []string{"restrict_oom_score_adj = true", `sandbox = "warren.local/pause:abc"`, "SystemdCgroup = false"}},
+		"kubelet.yaml":    {kubeletConfig, []string{"failCgroupV1: false", "cgroupDriver: cgroupfs", "cgroupRoot: /warren-cluster/node2", "address: 10.250.0.12"}},
+		"kube-proxy.yaml": {kubeProxyConfig, []string{"hostnameOverride: node2", "clusterCIDR: 10.244.0.0/16", "maxPerCore: 0"}},
+		"cni conflist":    {cniConfig, []string{`"subnet": "10.244.2.0/24"`, `"ipMasq": false`}},
+	}
+	for name, ck := range checks {
+		out := render(ck.tm)
+		for _, w := range ck.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%s lacks %q:\n%s", name, w, out)
+			}
+		}
+	}
+}
+
+func TestCoreDNSHasNoUpstream(t *testing.T) {
+	m := renderCoreDNS("warren.local/coredns:x")
+	if strings.Contains(m, "forward") {
+		t.Fatal("CoreDNS must not forward: the local cluster sends nothing off the machine")
+	}
+	if !strings.Contains(m, "clusterIP: "+dnsSvc) || !strings.Contains(m, "image: warren.local/coredns:x") {
+		t.Fatalf("CoreDNS manifest lacks its Service IP or image:\n%s", m)
+	}
+}
