@@ -297,11 +297,17 @@ static __always_inline void sockops_addrs(struct bpf_sock_ops *skops, struct add
 SEC("sockops")
 int warren_sockops(struct bpf_sock_ops *skops)
 {
+	// Most callbacks (RTO, RWND and ECN queries, ...) are not ours: leave
+	// before any lookup, since this runs several times for every TCP
+	// connection on the machine.
+	__u32 op = skops->op;
+	if (op != BPF_SOCK_OPS_TCP_CONNECT_CB && op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB &&
+	    op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_STATE_CB)
+		return 1;
 	__u64 netns = bpf_get_netns_cookie(skops);
 	if (!bpf_map_lookup_elem(&enrolled, &netns))
 		return 1;
 
-	__u32 op = skops->op;
 	__u64 cookie;
 	struct tuple key = {};
 	key.netns = netns;

@@ -1,0 +1,671 @@
+package nodeagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/warrenmesh/warren/bpf/redirect"
+	"github.com/warrenmesh/warren/internal/netns"
+)
+
+// Kernel is the Linux Dataplane: the redirect eBPF programs, attached and
+// pinned under Options.PinDir.
+type Kernel struct {
+	opts    Options
+	log     *slog.Logger
+	metrics *metrics
+
+	mu     sync.Mutex
+	closed bool
+	objs   redirect.RedirectObjects
+	cgroup []link.Link          // connect4, connect6, sockops
+	pods   map[string]*podState // by UID
+	table  *OrigDstTable
+}
+
+type podState struct {
+	cookie uint64
+	ips    []netip.Addr
+	link   link.Link // sk_lookup in the pod's netns
+}
+
+var _ Dataplane = (*Kernel)(nil)
+
+// pinned maps, by name in redirect.c; everything else in the object (.rodata) is not pinned.
+var pinnedMaps = []string{
+	redirect.RedirectMapEnrolled,
+	redirect.RedirectMapPodIps,
+	redirect.RedirectMapOrigByCookie,
+	redirect.RedirectMapOrigByTuple,
+	redirect.RedirectMapSockets,
+	redirect.RedirectMapCounters,
+}
+
+const (
+	linksDir       = "links"
+	skLookupPrefix = "sk_lookup_"
+)
+
+// Open loads the programs and attaches them, or adopts the ones a previous
+// agent pinned under the same PinDir (their links are switched to the
+// freshly loaded programs in place, so redirection never stops).
+func Open(ctx context.Context, opts Options) (*Kernel, error) {
+	opts.setDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Cgroup == "" {
+		cg, err := Cgroup2Root()
+		if err != nil {
+			return nil, err
+		}
+		opts.Cgroup = cg
+	}
+	if err := ensureBPFFS(opts.BPFFS); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(opts.PinDir, linksDir), 0o700); err != nil {
+		return nil, fmt.Errorf("pin dir: %w", err)
+	}
+	k := &Kernel{
+		opts: opts,
+		log:  opts.Logger.With("node", opts.Node),
+		pods: map[string]*podState{},
+	}
+	if err := k.load(); err != nil {
+		return nil, err
+	}
+	if err := k.attachCgroup(); err != nil {
+		k.closeHandles()
+		return nil, err
+	}
+	if err := k.adoptPods(); err != nil {
+		k.closeHandles()
+		return nil, err
+	}
+	k.table = &OrigDstTable{m: k.objs.OrigByTuple}
+	k.metrics = newMetrics(k.stats)
+	if opts.Registerer != nil {
+		if err := opts.Registerer.Register(k.metrics); err != nil {
+			k.closeHandles()
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+	}
+	k.log.Info("dataplane ready", "pin_dir", opts.PinDir, "cgroup", opts.Cgroup, "pods", len(k.pods))
+	return k, nil
+}
+
+func (k *Kernel) load() error {
+	spec, err := redirect.LoadRedirect()
+	if err != nil {
+		return err
+	}
+	for _, name := range pinnedMaps {
+		spec.Maps[name].Pinning = ebpf.PinByName
+	}
+	if err := spec.Variables[redirect.RedirectVarTunnelMark].Set(k.opts.TunnelMark); err != nil {
+		return fmt.Errorf("variable %s: %w", redirect.RedirectVarTunnelMark, err)
+	}
+	err = spec.LoadAndAssign(&k.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: k.opts.PinDir}})
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		return fmt.Errorf("load: maps pinned in %s by another version do not match (uninstall first): %w", k.opts.PinDir, err)
+	}
+	if err != nil {
+		return fmt.Errorf("load: %w", err)
+	}
+	return nil
+}
+
+func (k *Kernel) attachCgroup() error {
+	for _, a := range []struct {
+		name   string
+		prog   *ebpf.Program
+		attach ebpf.AttachType
+	}{
+		{"connect4", k.objs.WarrenConnect4, ebpf.AttachCGroupInet4Connect},
+		{"connect6", k.objs.WarrenConnect6, ebpf.AttachCGroupInet6Connect},
+		{"sockops", k.objs.WarrenSockops, ebpf.AttachCGroupSockOps},
+	} {
+		pin := filepath.Join(k.opts.PinDir, linksDir, a.name)
+		l, err := adoptLink(pin, a.prog)
+		if err != nil {
+			k.log.Warn("pinned link not adopted, attaching anew", "link", a.name, "err", err)
+		}
+		if l == nil {
+			l, err = link.AttachCgroup(link.CgroupOptions{Path: k.opts.Cgroup, Attach: a.attach, Program: a.prog})
+			if err != nil {
+				return fmt.Errorf("program %s: attach to cgroup %s: %w", a.name, k.opts.Cgroup, err)
+			}
+			if err := l.Pin(pin); err != nil {
+				l.Close()
+				return fmt.Errorf("program %s: %w", a.name, err)
+			}
+		}
+		k.cgroup = append(k.cgroup, l)
+	}
+	return nil
+}
+
+// adoptLink loads a pinned link and switches it to prog. It returns nil, nil
+// when nothing is pinned there, and removes a pin it cannot use.
+func adoptLink(pin string, prog *ebpf.Program) (link.Link, error) {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err == nil {
+		if err = l.Update(prog); err == nil {
+			return l, nil
+		}
+		l.Close()
+	}
+	_ = os.Remove(pin)
+	return nil, fmt.Errorf("link %s: %w", pin, err)
+}
+
+// adoptPods rebuilds the pod table from the pinned maps and links, and
+// drops what is half there (a pod without its sk_lookup link, a link without its pod).
+func (k *Kernel) adoptPods() error {
+	var (
+		cookie uint64
+		info   redirect.RedirectPodInfo
+	)
+	found := map[string]uint64{}
+	iter := k.objs.Enrolled.Iterate()
+	for iter.Next(&cookie, &info) {
+		found[podUID(&info)] = cookie
+		k.pods[podUID(&info)] = &podState{cookie: cookie, ips: podIPs(&info)}
+	}
+	if err := iter.Err(); err != nil {
+		return fmt.Errorf("map enrolled: %w", err)
+	}
+	entries, err := os.ReadDir(filepath.Join(k.opts.PinDir, linksDir))
+	if err != nil {
+		return fmt.Errorf("pin dir: %w", err)
+	}
+	for _, e := range entries {
+		uid, ok := strings.CutPrefix(e.Name(), skLookupPrefix)
+		if !ok {
+			continue
+		}
+		pin := filepath.Join(k.opts.PinDir, linksDir, e.Name())
+		p := k.pods[uid]
+		if p == nil {
+			k.log.Warn("removing sk_lookup link of a pod not enrolled", "uid", uid)
+			_ = os.Remove(pin)
+			continue
+		}
+		l, err := adoptLink(pin, k.objs.WarrenSkLookup)
+		if err != nil {
+			k.log.Warn("sk_lookup link not adopted", "uid", uid, "err", err)
+			continue
+		}
+		p.link = l
+	}
+	for uid, p := range k.pods {
+		if p.link == nil {
+			k.log.Warn("unenrolling a pod whose sk_lookup link is gone; it will be enrolled again", "uid", uid)
+			if err := k.unenrollLocked(uid); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Enroll implements Dataplane.
+func (k *Kernel) Enroll(ctx context.Context, pod Pod) error {
+	if err := pod.Validate(); err != nil {
+		return err
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.closed {
+		return ErrClosed
+	}
+	if err := k.enrollLocked(pod); err != nil {
+		k.metrics.fail("enroll")
+		return err
+	}
+	return nil
+}
+
+func (k *Kernel) enrollLocked(pod Pod) error {
+	ns, err := openNetns(pod.Netns)
+	if err != nil {
+		return fmt.Errorf("pod %s: %w", pod.UID, err)
+	}
+	defer ns.Close()
+	cookie, err := netns.Cookie(ns)
+	if err != nil {
+		return fmt.Errorf("pod %s: netns %s: %w", pod.UID, pod.Netns, err)
+	}
+	for uid, p := range k.pods {
+		if uid != pod.UID && p.cookie == cookie {
+			return fmt.Errorf("%w: pod %s: netns %s already enrolled for pod %s", ErrInvalidPod, pod.UID, pod.Netns, uid)
+		}
+	}
+	if p := k.pods[pod.UID]; p != nil {
+		if p.cookie == cookie {
+			return k.updateIPs(pod.UID, p, pod.IPs)
+		}
+		// A new sandbox for the same pod: start over.
+		if err := k.unenrollLocked(pod.UID); err != nil {
+			return err
+		}
+	}
+
+	// In this order, each step harmless without the next: sk_lookup acts
+	// only on addresses in pod_ips, connect4/6 only on enrolled netns.
+	p := &podState{cookie: cookie}
+	pin := filepath.Join(k.opts.PinDir, linksDir, skLookupPrefix+pod.UID)
+	l, err := link.AttachNetNs(int(ns.Fd()), k.objs.WarrenSkLookup)
+	if err != nil {
+		return fmt.Errorf("pod %s: program sk_lookup: attach to netns %s: %w", pod.UID, pod.Netns, err)
+	}
+	if err := l.Pin(pin); err != nil {
+		l.Close()
+		return fmt.Errorf("pod %s: program sk_lookup: %w", pod.UID, err)
+	}
+	p.link = l
+	k.pods[pod.UID] = p
+	if err := k.updateIPs(pod.UID, p, pod.IPs); err != nil {
+		return errors.Join(err, k.unenrollLocked(pod.UID))
+	}
+	k.log.Info("pod enrolled", "uid", pod.UID, "netns", pod.Netns, "netns_cookie", cookie, "ips", pod.IPs)
+	return nil
+}
+
+// updateIPs writes the pod's addresses to pod_ips and its enrolled entry.
+func (k *Kernel) updateIPs(uid string, p *podState, ips []netip.Addr) error {
+	info := podInfo(uid, ips)
+	for _, ip := range ips {
+		key := ipKey(ip)
+		if err := k.objs.PodIps.Update(&key, &p.cookie, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("pod %s: map pod_ips: %w", uid, err)
+		}
+	}
+	for _, old := range p.ips {
+		if !containsAddr(ips, old) {
+			k.deletePodIP(old, p.cookie)
+		}
+	}
+	p.ips = append([]netip.Addr(nil), ips...)
+	if err := k.objs.Enrolled.Update(&p.cookie, &info, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("pod %s: map enrolled: %w", uid, err)
+	}
+	return nil
+}
+
+// Unenroll implements Dataplane.
+func (k *Kernel) Unenroll(ctx context.Context, uid string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.closed {
+		return ErrClosed
+	}
+	if err := k.unenrollLocked(uid); err != nil {
+		k.metrics.fail("unenroll")
+		return err
+	}
+	return nil
+}
+
+func (k *Kernel) unenrollLocked(uid string) error {
+	p := k.pods[uid]
+	if p == nil {
+		return nil
+	}
+	var errs []error
+	// Outbound first: from here on the pod's new connections go direct.
+	if err := k.objs.Enrolled.Delete(&p.cookie); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("map enrolled: %w", err))
+	}
+	for _, ip := range p.ips {
+		k.deletePodIP(ip, p.cookie)
+	}
+	for _, kind := range []redirect.RedirectSockKind{redirect.RedirectSockKindSOCK_KIND_INBOUND, redirect.RedirectSockKindSOCK_KIND_HBONE} {
+		key := redirect.RedirectSockKey{Netns: p.cookie, Kind: kind}
+		if err := k.objs.Sockets.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("map sockets: %w", err))
+		}
+	}
+	if p.link != nil {
+		if err := p.link.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("program sk_lookup: %w", err))
+		}
+		if err := p.link.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("program sk_lookup: %w", err))
+		}
+	} else {
+		_ = os.Remove(filepath.Join(k.opts.PinDir, linksDir, skLookupPrefix+uid))
+	}
+	delete(k.pods, uid)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("pod %s: unenroll: %w", uid, err)
+	}
+	k.log.Info("pod unenrolled", "uid", uid)
+	return nil
+}
+
+// deletePodIP removes ip from pod_ips if it still points at this pod's netns.
+func (k *Kernel) deletePodIP(ip netip.Addr, cookie uint64) {
+	key := ipKey(ip)
+	var cur uint64
+	if err := k.objs.PodIps.Lookup(&key, &cur); err == nil && cur == cookie {
+		_ = k.objs.PodIps.Delete(&key)
+	}
+}
+
+// Pods implements Dataplane.
+func (k *Kernel) Pods(ctx context.Context) ([]EnrolledPod, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.closed {
+		return nil, ErrClosed
+	}
+	out := make([]EnrolledPod, 0, len(k.pods))
+	for uid, p := range k.pods {
+		out = append(out, EnrolledPod{UID: uid, NetnsCookie: p.cookie, IPs: append([]netip.Addr(nil), p.ips...)})
+	}
+	return out, nil
+}
+
+// TunnelSockets are the tunnel's listeners inside one pod's netns.
+type TunnelSockets struct {
+	HBONE   syscall.Conn // port 15008
+	Inbound syscall.Conn // port 15006
+}
+
+// SetTunnelSockets makes the pod's inbound connections go to the tunnel's
+// listeners. Both must be TCP listeners inside the pod's netns, and not
+// multipath (Go's default since 1.24: net.ListenConfig.SetMultipathTCP(false)).
+// A listener that closes leaves the map by itself: inbound connections then
+// fail rather than reach the pod in plaintext.
+func (k *Kernel) SetTunnelSockets(ctx context.Context, uid string, s TunnelSockets) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.closed {
+		return ErrClosed
+	}
+	p := k.pods[uid]
+	if p == nil {
+		return fmt.Errorf("pod %s: %w", uid, ErrNotEnrolled)
+	}
+	for _, e := range []struct {
+		kind redirect.RedirectSockKind
+		conn syscall.Conn
+		name string
+	}{
+		{redirect.RedirectSockKindSOCK_KIND_HBONE, s.HBONE, "hbone"},
+		{redirect.RedirectSockKindSOCK_KIND_INBOUND, s.Inbound, "inbound"},
+	} {
+		if e.conn == nil {
+			return fmt.Errorf("pod %s: %s socket missing", uid, e.name)
+		}
+		err := withFD(e.conn, func(fd int) error {
+			c, err := netns.SocketCookie(fd)
+			if err != nil {
+				return err
+			}
+			if c != p.cookie {
+				return fmt.Errorf("socket is not in the pod's netns")
+			}
+			key := redirect.RedirectSockKey{Netns: p.cookie, Kind: e.kind}
+			return k.objs.Sockets.Update(&key, uint64(fd), ebpf.UpdateAny)
+		})
+		if err != nil {
+			k.metrics.fail("set_tunnel_sockets")
+			return fmt.Errorf("pod %s: %s socket: %w", uid, e.name, err)
+		}
+	}
+	return nil
+}
+
+// OrigDst returns where an accepted, redirected connection was going; see OrigDstTable.
+func (k *Kernel) OrigDst(conn syscall.Conn) (netip.AddrPort, error) {
+	return k.table.Conn(conn)
+}
+
+// Close implements Dataplane. Pins stay, and so does redirection.
+func (k *Kernel) Close() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.closed {
+		return nil
+	}
+	k.closed = true
+	if k.opts.Registerer != nil {
+		k.opts.Registerer.Unregister(k.metrics)
+	}
+	k.log.Info("dataplane closed, redirection stays in place")
+	return k.closeHandles()
+}
+
+// Uninstall detaches every program, removes every pin and the pin dir, and closes.
+func (k *Kernel) Uninstall(ctx context.Context) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.closed {
+		return ErrClosed
+	}
+	var errs []error
+	for uid := range k.pods {
+		errs = append(errs, k.unenrollLocked(uid))
+	}
+	for _, l := range k.cgroup {
+		errs = append(errs, l.Unpin())
+	}
+	for _, name := range pinnedMaps {
+		if m := k.mapByName(name); m != nil {
+			errs = append(errs, m.Unpin())
+		}
+	}
+	k.closed = true
+	if k.opts.Registerer != nil {
+		k.opts.Registerer.Unregister(k.metrics)
+	}
+	errs = append(errs, k.closeHandles())
+	errs = append(errs, os.Remove(filepath.Join(k.opts.PinDir, linksDir)), os.Remove(k.opts.PinDir))
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("uninstall: %w", err)
+	}
+	k.log.Info("dataplane uninstalled")
+	return nil
+}
+
+func (k *Kernel) mapByName(name string) *ebpf.Map {
+	switch name {
+	case redirect.RedirectMapEnrolled:
+		return k.objs.Enrolled
+	case redirect.RedirectMapPodIps:
+		return k.objs.PodIps
+	case redirect.RedirectMapOrigByCookie:
+		return k.objs.OrigByCookie
+	case redirect.RedirectMapOrigByTuple:
+		return k.objs.OrigByTuple
+	case redirect.RedirectMapSockets:
+		return k.objs.Sockets
+	case redirect.RedirectMapCounters:
+		return k.objs.Counters
+	}
+	return nil
+}
+
+func (k *Kernel) closeHandles() error {
+	var errs []error
+	for _, l := range k.cgroup {
+		errs = append(errs, l.Close())
+	}
+	k.cgroup = nil
+	for _, p := range k.pods {
+		if p.link != nil {
+			errs = append(errs, p.link.Close())
+		}
+	}
+	errs = append(errs, k.objs.Close())
+	return errors.Join(errs...)
+}
+
+// stats reads the counters and map sizes for metrics.
+func (k *Kernel) stats() (stats, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.closed {
+		return stats{}, ErrClosed
+	}
+	s := stats{pods: len(k.pods), mapEntries: map[string]int{}}
+	for p := range programNames {
+		for a := range actionNames {
+			key := uint32(p*len(actionNames) + a)
+			var perCPU []uint64
+			if err := k.objs.Counters.Lookup(&key, &perCPU); err != nil {
+				return stats{}, fmt.Errorf("map counters: %w", err)
+			}
+			for _, n := range perCPU {
+				s.actions[p][a] += n
+			}
+		}
+	}
+	for _, name := range pinnedMaps {
+		if name == redirect.RedirectMapCounters {
+			continue
+		}
+		n, err := countEntries(k.mapByName(name))
+		if err != nil {
+			return stats{}, fmt.Errorf("map %s: %w", name, err)
+		}
+		s.mapEntries[name] = n
+	}
+	return s, nil
+}
+
+// countEntries walks a hash map's keys; at most MaxEntries steps, since a
+// walk restarts from the first key when the current one is deleted under it.
+func countEntries(m *ebpf.Map) (int, error) {
+	key := make([]byte, m.KeySize())
+	next := make([]byte, m.KeySize())
+	var prev any // nil: from the start
+	n := 0
+	for n < int(m.MaxEntries()) {
+		err := m.NextKey(prev, next)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return 0, err
+		}
+		n++
+		copy(key, next)
+		prev = key
+	}
+	return n, nil
+}
+
+func openNetns(path string) (*os.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("netns: %w", err)
+	}
+	t, err := unix.IoctlRetInt(int(f.Fd()), unix.NS_GET_NSTYPE)
+	if err != nil || t != unix.CLONE_NEWNET {
+		f.Close()
+		return nil, fmt.Errorf("netns %s: not a network namespace", path)
+	}
+	return f, nil
+}
+
+func withFD(c syscall.Conn, f func(fd int) error) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ferr error
+	if err := rc.Control(func(fd uintptr) { ferr = f(int(fd)) }); err != nil {
+		return err
+	}
+	return ferr
+}
+
+func ipKey(ip netip.Addr) redirect.RedirectIp {
+	return redirect.RedirectIp{Ip6: words(ip.As16())}
+}
+
+// words reinterprets 16 address bytes as the four network-order u32 the
+// programs compare, on this (little-endian) host.
+func words(b [16]byte) [4]uint32 {
+	var w [4]uint32
+	for i := range w {
+		w[i] = uint32(b[4*i]) | uint32(b[4*i+1])<<8 | uint32(b[4*i+2])<<16 | uint32(b[4*i+3])<<24
+	}
+	return w
+}
+
+func unwords(w [4]uint32) [16]byte {
+	var b [16]byte
+	for i, v := range w {
+		b[4*i], b[4*i+1], b[4*i+2], b[4*i+3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
+	}
+	return b
+}
+
+func podInfo(uid string, ips []netip.Addr) redirect.RedirectPodInfo {
+	var info redirect.RedirectPodInfo
+	for _, ip := range ips {
+		ip = ip.Unmap()
+		if ip.Is4() {
+			w := words(ip.As16())
+			info.Ip4 = w[3]
+		} else {
+			info.Ip6 = words(ip.As16())
+		}
+	}
+	for i := 0; i < len(uid) && i < len(info.Uid)-1; i++ {
+		info.Uid[i] = int8(uid[i])
+	}
+	return info
+}
+
+func podUID(info *redirect.RedirectPodInfo) string {
+	b := make([]byte, 0, len(info.Uid))
+	for _, c := range info.Uid {
+		if c == 0 {
+			break
+		}
+		b = append(b, byte(c))
+	}
+	return string(b)
+}
+
+func podIPs(info *redirect.RedirectPodInfo) []netip.Addr {
+	var ips []netip.Addr
+	if info.Ip4 != 0 {
+		b := unwords([4]uint32{0, 0, 0, info.Ip4})
+		ips = append(ips, netip.AddrFrom4([4]byte(b[12:])))
+	}
+	if info.Ip6 != [4]uint32{} {
+		ips = append(ips, netip.AddrFrom16(unwords(info.Ip6)))
+	}
+	return ips
+}
+
+func containsAddr(ips []netip.Addr, ip netip.Addr) bool {
+	for _, x := range ips {
+		if x == ip {
+			return true
+		}
+	}
+	return false
+}
