@@ -1,0 +1,173 @@
+package report
+
+import (
+	"bytes"
+	"encoding/json"
+	"image/png"
+	"math"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/warrenmesh/warren/test/bench/stats"
+)
+
+// testRun is a run shaped like a real one: a baseline, the peer with two proxies, and Warren's
+// scenarios not run.
+func testRun() Run {
+	direct := Summarize("direct", "client → server, routed", []Sample{
+		{Values: map[Metric]float64{Gbps: 20, P50: 200, P90: 300, P99: 500, P999: 900, ConnPerS: 8000}},
+		{Values: map[Metric]float64{Gbps: 18, P50: 180, P90: 320, P99: 600, P999: 1000, ConnPerS: 7000}},
+		{Values: map[Metric]float64{Gbps: 19, P50: 190, P90: 310, P99: 550, P999: 950, ConnPerS: 9000}},
+	})
+	peer := Summarize("haproxy-pair", "two HAProxies, mTLS", []Sample{
+		{Values: map[Metric]float64{Gbps: 5, P50: 600, P90: 900, P99: 2000, P999: 3000, CPUUsPerReq: 100, RSSMiB: 18, ConnPerS: 2000},
+			Proxies: map[string]map[Metric]float64{"haproxy-node2": {RSSMiB: 16}, "haproxy-node1": {RSSMiB: 18, CPUUsPerReq: 50}}},
+		{Values: map[Metric]float64{Gbps: 4.75, P50: 660, P90: 1000, P99: 1900, P999: 2800, CPUUsPerReq: 90, RSSMiB: 19, ConnPerS: 1800},
+			Proxies: map[string]map[Metric]float64{"haproxy-node1": {RSSMiB: 19, CPUUsPerReq: 45}}},
+	})
+	return Run{
+		Date:        time.Date(2026, 11, 26, 2, 30, 0, 0, time.UTC),
+		Host:        "2 × test CPU, Linux 6.18",
+		Tools:       []string{"iperf3 3.12", "fortio 1.68.2"},
+		Settings:    []string{"throughput: iperf3"},
+		Reps:        3,
+		LatencyLoad: "fortio, 1000 qps × 8 connections",
+		Baseline:    "direct",
+		Peer:        "haproxy-pair",
+		Scenarios: []Scenario{
+			direct, peer,
+			NotRun("warren-l4", "eBPF + two ztunnels", "ztunnel not built yet"),
+		},
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	r := testRun()
+	d, _ := r.Scenario("direct")
+	if got, want := d.Values[Gbps], (stats.Summary{Median: 19, Min: 18, Max: 20, N: 3}); got != want {
+		t.Errorf("direct gbps = %+v, want %+v", got, want)
+	}
+	if _, ok := d.Values[CPUUsPerReq]; ok {
+		t.Error("direct has no proxy, so no proxy CPU")
+	}
+	h, _ := r.Scenario("haproxy-pair")
+	if len(h.Proxies) != 2 || h.Proxies[0].Name != "haproxy-node1" {
+		t.Fatalf("proxies = %+v, want node1 then node2", h.Proxies)
+	}
+	if got := h.Proxies[0].Values[RSSMiB]; got.Median != 18.5 || got.N != 2 {
+		t.Errorf("node1 rss = %+v", got)
+	}
+	if got := h.Proxies[1].Values[RSSMiB]; got.N != 1 {
+		t.Errorf("node2 rss is in one sample only: %+v", got)
+	}
+}
+
+func TestRatio(t *testing.T) {
+	r := testRun()
+	h, _ := r.Scenario("haproxy-pair")
+	w, _ := r.Scenario("warren-l4")
+	d, _ := r.Scenario("direct")
+	tests := []struct {
+		name string
+		s    Scenario
+		m    Metric
+		ref  string
+		want float64
+		ok   bool
+	}{
+		{"throughput to direct", h, Gbps, "direct", 4.875 / 19, true},
+		{"p50 to direct", h, P50, "direct", 630.0 / 190, true},
+		{"metric the baseline lacks", h, CPUUsPerReq, "direct", 0, false},
+		{"scenario not run", w, Gbps, "haproxy-pair", 0, false},
+		{"reference not run", h, Gbps, "warren-l4", 0, false},
+		{"unknown reference", d, Gbps, "nope", 0, false},
+		{"itself", d, P99, "direct", 1, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := r.Ratio(tt.s, tt.m, tt.ref)
+			if ok != tt.ok || math.Abs(got-tt.want) > 1e-9 {
+				t.Errorf("Ratio = %v, %v; want %v, %v", got, ok, tt.want, tt.ok)
+			}
+		})
+	}
+}
+
+func TestMarkdown(t *testing.T) {
+	md := string(Markdown(testRun()))
+	for _, want := range []string{
+		"# Warren benchmarks, 2026-11-26 02:30 UTC",
+		"| direct | 19.00 (18.00–20.00) | 1.00 | - | - |",
+		"| haproxy-pair | 4.88 (4.75–5.00) | 0.26 | - | 18.5 (18.0–19.0) |",
+		"| warren-l4 | not run | not run |",
+		"**not run**: ztunnel not built yet",
+		"| warren-l4 | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |",
+		"| haproxy-pair | haproxy-node2 | 16.0 | - | - | - |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md)
+		}
+	}
+	if strings.Contains(md, "| direct | n/a") {
+		t.Error("the baseline is not a Warren scenario and must not appear in the Warren table")
+	}
+}
+
+func TestJSON(t *testing.T) {
+	b, err := JSON(testRun())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []map[string]any
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 {
+		t.Fatalf("%d scenarios, want 3", len(got))
+	}
+	for _, s := range got {
+		for _, k := range []string{"name", "gbps", "p50_us", "p90_us", "p99_us", "cpu_us_per_req", "rss_mib", "ran"} {
+			if _, ok := s[k]; !ok {
+				t.Errorf("%v lacks %q", s["name"], k)
+			}
+		}
+	}
+	w := got[2]
+	if w["ran"] != false || w["gbps"] != nil || w["p50_us"] != nil || w["reason"] != "ztunnel not built yet" {
+		t.Errorf("not-run scenario must carry no numbers and a reason: %v", w)
+	}
+	h := got[1]
+	if h["gbps"] != 4.875 || h["cpu_us_per_req"] != 95.0 || h["vs_direct"].(map[string]any)["gbps"] != 4.875/19 {
+		t.Errorf("haproxy-pair: %v", h)
+	}
+	if _, ok := h["vs_haproxy"]; ok {
+		t.Error("only Warren's scenarios are compared with the peer")
+	}
+	if got[0]["cpu_us_per_req"] != nil {
+		t.Error("direct has no proxy CPU: want null")
+	}
+}
+
+func TestChart(t *testing.T) {
+	var b bytes.Buffer
+	if err := Chart(testRun(), &b); err != nil {
+		t.Fatal(err)
+	}
+	img, err := png.Decode(bytes.NewReader(b.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.Bounds().Dx() < 500 {
+		t.Errorf("chart is %v", img.Bounds())
+	}
+	if out := os.Getenv("BENCH_CHART_OUT"); out != "" { // to look at it while working on it
+		if err := os.WriteFile(out, b.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := Chart(Run{Scenarios: []Scenario{NotRun("x", "", "y")}}, &b); err == nil {
+		t.Error("a chart with nothing that ran should be an error")
+	}
+}
