@@ -39,8 +39,8 @@ e2e: deps ## end-to-end tests on the local cluster (brings it up, or reuses a ru
 
 test: deps lint generate-check test-root e2e ## everything CI runs
 
-demo: deps ## bring up the local cluster and run the demo
-	$(GO) run ./hack/cluster up
+demo: deps ## bring up the local cluster, deploy the demo workload, drive traffic, show the result
+	hack/demo/run.sh
 
 demo-down: ## remove the demo and the local cluster
 	$(GO) run ./hack/cluster down

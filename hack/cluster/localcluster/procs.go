@@ -81,9 +81,26 @@ func (c *Config) start(d daemon, h *hierarchies) error {
 		return fmt.Errorf("start %s: %w", d.Name, err)
 	}
 	pid := cmd.Process.Pid
+	exited := make(chan struct{})
 	// Reap it in the background if it dies while we still run; afterwards init does.
-	go func() { _ = cmd.Wait() }()
-	return os.WriteFile(c.pidFile(d.Name), []byte(strconv.Itoa(pid)+"\n"), 0o644)
+	go func() { _ = cmd.Wait(); close(exited) }()
+	if err := os.WriteFile(c.pidFile(d.Name), []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+		return err
+	}
+	// Return once it has joined its cgroups, so that liveness checks (which look for our
+	// cgroup) never mistake a starting process for a dead one.
+	deadline := time.Now().Add(5 * time.Second)
+	for !ownedPid(pid) {
+		select {
+		case <-exited:
+			return fmt.Errorf("start %s: exited at once (read %s)", d.Name, c.logFile(d.Name))
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("start %s: did not join cgroup %s", d.Name, d.Cgroup)
+		}
+	}
+	return nil
 }
 
 // readPid returns the pid recorded for name, or 0.

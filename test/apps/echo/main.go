@@ -3,7 +3,9 @@
 // `kubectl exec` (`echo get URL`), so tests need no other image.
 //
 //	echo [serve] [-listen :8080]     serve (the default)
-//	echo get [-n N] [-timeout D] URL GET URL N times, print each body, fail on any error
+//	echo get [-n N] [-timeout D] [-interval D] URL
+//	                                 GET URL N times (0: forever, errors logged and retried),
+//	                                 print each body, fail on any error when N > 0
 //	echo fs ls|mkdir|rmdir|cat PATH  look at or change the pod's files (hostPath checks)
 package main
 
@@ -94,8 +96,9 @@ func serve(args []string) error {
 
 func get(args []string) error {
 	fs := flag.NewFlagSet("get", flag.ContinueOnError)
-	n := fs.Int("n", 1, "number of requests, each on a new connection")
+	n := fs.Int("n", 1, "number of requests, each on a new connection (0: forever)")
 	timeout := fs.Duration("timeout", 5*time.Second, "timeout per request")
+	interval := fs.Duration("interval", 0, "pause between requests")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -103,22 +106,37 @@ func get(args []string) error {
 		return fmt.Errorf("usage: echo get [-n N] URL")
 	}
 	c := &http.Client{Timeout: *timeout, Transport: &http.Transport{DisableKeepAlives: true}}
-	for i := 0; i < *n; i++ {
-		resp, err := c.Get(fs.Arg(0))
-		if err != nil {
-			return err
+	for i := 0; *n == 0 || i < *n; i++ {
+		if i > 0 && *interval > 0 {
+			time.Sleep(*interval)
 		}
-		body, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		body, err := getOnce(c, fs.Arg(0))
 		if err != nil {
+			if *n == 0 {
+				fmt.Fprintln(os.Stderr, "echo:", err)
+				continue
+			}
 			return err
-		}
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET %s: %s", fs.Arg(0), resp.Status)
 		}
 		os.Stdout.Write(body)
 	}
 	return nil
+}
+
+func getOnce(c *http.Client, url string) ([]byte, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return body, nil
 }
 
 // fsCmd lets tests look at a pod's view of its volumes without a shell in the image.
