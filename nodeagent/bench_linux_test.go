@@ -83,50 +83,71 @@ func BenchmarkConnect(b *testing.B) {
 	b.ReportMetric(100*(float64(attached)/float64(none)-1), "%slower")
 }
 
-// BenchmarkFirstByte measures connect and first byte to a peer netns:
-// directly, and redirected through a stand-in tunnel on 127.0.0.1:15001 that
-// looks up the original destination and answers itself (no onward dial, so
-// this is the redirection's own cost, not a proxy's).
+// BenchmarkFirstByte measures connect and first byte from a pod netns to a
+// peer: directly (pod not enrolled) and redirected through a stand-in tunnel
+// on 127.0.0.1:15001 that looks up the original destination and answers
+// itself (no onward dial: the redirection's own cost, not a proxy's).
+// Blocks alternate in each iteration, as in BenchmarkConnect.
 func BenchmarkFirstByte(b *testing.B) {
-	for _, redirected := range []bool{false, true} {
-		name := "direct"
-		if redirected {
-			name = "redirected"
-		}
-		b.Run(name, func(b *testing.B) {
-			e := newEnv(b)
-			tp := newTopo(b)
-			serve(b, tp.peer, "tcp4", ":8080", func(net.Conn) string { return "" })
-			if redirected {
-				k := e.open(e.options("bench"))
-				enroll(b, k, tp.Pod("pod"))
-				tunnel(b, tp.pod, k.OrigDst)
-			}
-			dst := netip.AddrPortFrom(tp.peer4, 8080)
-			err := netns.Do(tp.pod, func() error {
-				sa := &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
-				buf := make([]byte, 64)
-				for b.Loop() {
-					fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-					if err != nil {
-						return err
-					}
-					if err := unix.Connect(fd, sa); err != nil {
-						unix.Close(fd)
-						return err
-					}
-					if _, err := unix.Read(fd, buf); err != nil {
-						unix.Close(fd)
-						return err
-					}
-					unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-					unix.Close(fd)
+	const block = 1000
+	e := newEnv(b)
+	tp := newTopo(b)
+	serve(b, tp.peer, "tcp4", ":8080", func(net.Conn) string { return "" })
+	k := e.open(e.options("bench"))
+	tunnel(b, tp.pod, k.OrigDst)
+	dst := netip.AddrPortFrom(tp.peer4, 8080)
+	var direct, redirected time.Duration
+	err := netns.Do(tp.pod, func() error {
+		sa := &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
+		buf := make([]byte, 64)
+		run := func() (time.Duration, error) {
+			start := time.Now()
+			for range block {
+				fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+				if err != nil {
+					return 0, err
 				}
-				return nil
-			})
-			if err != nil {
-				b.Fatal(err)
+				if err := unix.Connect(fd, sa); err != nil {
+					unix.Close(fd)
+					return 0, err
+				}
+				if _, err := unix.Read(fd, buf); err != nil {
+					unix.Close(fd)
+					return 0, err
+				}
+				unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+				unix.Close(fd)
 			}
-		})
+			return time.Since(start), nil
+		}
+		for b.Loop() {
+			d, err := run()
+			if err != nil {
+				return err
+			}
+			direct += d
+			b.StopTimer()
+			if err := k.Enroll(ctx, tp.Pod("pod")); err != nil {
+				return err
+			}
+			b.StartTimer()
+			if d, err = run(); err != nil {
+				return err
+			}
+			redirected += d
+			b.StopTimer()
+			if err := k.Unenroll(ctx, "pod"); err != nil {
+				return err
+			}
+			b.StartTimer()
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
 	}
+	n := float64(b.N * block)
+	b.ReportMetric(float64(direct.Nanoseconds())/n, "ns/conn-direct")
+	b.ReportMetric(float64(redirected.Nanoseconds())/n, "ns/conn-redirected")
+	b.ReportMetric(100*(float64(redirected)/float64(direct)-1), "%slower")
 }

@@ -368,6 +368,43 @@ func TestAdoptOnRestart(t *testing.T) {
 	}
 }
 
+// The original destination outlives the client: a client that writes and
+// closes before the tunnel gets round to accept() is still carried.
+func TestOrigDstOutlivesClient(t *testing.T) {
+	e := newEnv(t)
+	k := e.open(e.options("n1"))
+	tp := newTopo(t)
+	enroll(t, k, tp.Pod("pod-a"))
+	var ln net.Listener
+	if err := netns.Do(tp.pod, func() (err error) { ln, err = net.Listen("tcp4", "127.0.0.1:15001"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	err := netns.Do(tp.pod, func() error {
+		c, err := net.Dial("tcp4", ap(tp.peer4, 8080))
+		if err != nil {
+			return err
+		}
+		c.Write([]byte("hello"))
+		return c.Close()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the client's side is gone by now
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	orig, err := k.OrigDst(c.(*net.TCPConn))
+	if err != nil || orig.String() != ap(tp.peer4, 8080) {
+		t.Errorf("OrigDst after the client closed = %v, %v; want %s", orig, err, ap(tp.peer4, 8080))
+	}
+	c.Close()
+	waitEntries(t, k, map[string]int{"orig_by_tuple": 0})
+}
+
 // Maps go back to their size before the test after many short connections,
 // and after connections refused because no tunnel listens.
 func TestMapsBackToBaseline(t *testing.T) {
