@@ -12,9 +12,9 @@ var ErrBadAuthority = errors.New("bad authority")
 
 // ParseAuthority parses a CONNECT :authority. HBONE names the destination by
 // address, never by name, so only an IP literal and a port are accepted:
-// "10.0.0.1:8080" or "[fd00::1]:8080". Zones, port 0, leading zeros, signs and
-// anything else that could spell one destination two ways are refused, so
-// that policy sees exactly what will be dialled.
+// "10.0.0.1:8080" or "[fd00::1]:8080". Zones, IPv4-mapped IPv6, port 0,
+// leading zeros and signs are refused, so that policy, which sees the parsed
+// address, sees exactly what will be dialled.
 func ParseAuthority(s string) (netip.AddrPort, error) {
 	if len(s) > len("[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535") {
 		return netip.AddrPort{}, fmt.Errorf("%w: too long", ErrBadAuthority)

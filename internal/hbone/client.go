@@ -283,7 +283,7 @@ func (c *conn) openStream(ctx context.Context, fields []hpack.HeaderField, remot
 	c.reserved--
 	if c.err != nil || c.goingAway || c.nextID > 1<<31-1 {
 		if c.nextID > 1<<31-1 {
-			c.goingAway = true
+			c.goingAway, c.closeWhenIdle = true, true
 		}
 		c.maybeIdleLocked()
 		c.mu.Unlock()

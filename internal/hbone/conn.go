@@ -75,6 +75,7 @@ type conn struct {
 	reserved       int // client: streams promised to Dial callers
 	refused        int
 	goingAway      bool // we or the peer sent GOAWAY: no new streams
+	closeWhenIdle  bool // a graceful GOAWAY: close once the last stream ends
 	goAwayLastID   uint32
 	sawSettings    bool
 	err            error
@@ -282,22 +283,31 @@ func (c *conn) goAway(code http2.ErrCode, reason string) {
 		// must not hold us.
 		c.raw.Conn.SetWriteDeadline(time.Now().Add(time.Second))
 		c.flush()
-		c.fail(fmt.Errorf("%w: %s: %s", ErrConnClosed, code, reason))
+		c.failLinger(fmt.Errorf("%w: %s: %s", ErrConnClosed, code, reason))
 		return
 	}
 	c.kick()
 	c.mu.Lock()
+	c.closeWhenIdle = true
 	c.maybeIdleLocked()
 	c.mu.Unlock()
 }
 
 // fail tears the connection down: every stream sees err.
-func (c *conn) fail(err error) {
+func (c *conn) fail(err error) { c.teardown(err, false) }
+
+// failLinger is fail for a connection we just sent GOAWAY on: closing a
+// socket with unread input sends a TCP RST, which can destroy the GOAWAY
+// before the peer reads it. So we send FIN and discard input for a moment.
+func (c *conn) failLinger(err error) { c.teardown(err, true) }
+
+func (c *conn) teardown(err error, linger bool) {
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
 		return
 	}
+	c.log.Debug("hbone: connection closed", "remote", c.tc.RemoteAddr(), "peer", c.peer, "reason", err)
 	c.err = err
 	c.goingAway = true
 	streams := c.streams
@@ -311,7 +321,16 @@ func (c *conn) fail(err error) {
 	}
 	c.mu.Unlock()
 	c.cancel()
-	c.raw.Conn.Close()
+	if cw, ok := c.raw.Conn.(interface{ CloseWrite() error }); linger && ok {
+		cw.CloseWrite()
+		go func() {
+			c.raw.Conn.SetReadDeadline(time.Now().Add(time.Second))
+			io.Copy(io.Discard, io.LimitReader(c.raw.Conn, 4<<20))
+			c.raw.Conn.Close()
+		}()
+	} else {
+		c.raw.Conn.Close()
+	}
 	close(c.done)
 }
 
@@ -333,8 +352,11 @@ func (c *conn) maybeIdleLocked() {
 	if c.active > 0 || c.handlers > 0 || c.reserved > 0 || c.err != nil {
 		return
 	}
-	if c.goingAway {
+	if c.closeWhenIdle {
 		go c.close()
+		return
+	}
+	if c.goingAway {
 		return
 	}
 	if c.idleTimeout <= 0 {
@@ -600,6 +622,7 @@ func (c *conn) onGoAway(f *http2.GoAwayFrame) {
 	}
 	c.mu.Lock()
 	c.goingAway = true
+	c.closeWhenIdle = true
 	c.goAwayLastID = f.LastStreamID
 	for id, s := range c.streams {
 		if !c.isServer && id > f.LastStreamID {

@@ -26,6 +26,7 @@ func TestParseAuthority(t *testing.T) {
 		{"127.0.0.1:1", "127.0.0.1:1"},
 		{"[fd00::1]:80", "[fd00::1]:80"},
 		{"[::1]:65535", "[::1]:65535"},
+		{"[FD00:0::1]:80", "[fd00::1]:80"},
 		{"10.0.0.1:65536", ""},
 		{"10.0.0.1:0", ""},
 		{"10.0.0.1:080", ""},
@@ -71,9 +72,14 @@ func FuzzParseAuthority(f *testing.F) {
 		if err != nil {
 			return
 		}
-		// One spelling per destination: what we accept is what we print.
-		if ap.String() != s {
-			t.Fatalf("ParseAuthority(%q) accepted a non-canonical form of %s", s, ap)
+		// The canonical form parses to the same destination, and no accepted
+		// address is one that policy could mistake for another.
+		again, err := ParseAuthority(ap.String())
+		if err != nil || again != ap {
+			t.Fatalf("ParseAuthority(%q) = %v, but its canonical form gives %v, %v", s, ap, again, err)
+		}
+		if ap.Addr().Zone() != "" || ap.Addr().Is4In6() || ap.Port() == 0 {
+			t.Fatalf("ParseAuthority(%q) accepted %v", s, ap)
 		}
 	})
 }

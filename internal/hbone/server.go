@@ -298,10 +298,7 @@ func (srv *Server) refuse(c *conn, s *Stream, status int) {
 	if s.recvErr == nil {
 		s.recvErr = net.ErrClosed
 	}
-	if q := s.recvQ.len(); q > 0 {
-		c.creditConnLocked(int64(q))
-		s.recvQ.reset()
-	}
+	s.releaseQueueLocked()
 	c.removeLocked(s)
 	fields := statusFields(status)
 	c.writeHeadersLocked(s.id, fields, true)

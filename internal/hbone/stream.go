@@ -38,6 +38,7 @@ type Stream struct {
 	sinkIdle bool
 	sinkN    int64
 	sinkErr  error
+	draining bool // WriteTo is writing from recvQ without the lock
 
 	gotResponse bool
 	status      int
@@ -159,8 +160,15 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 				// The reader may have left a short deadline behind.
 				dw.SetWriteDeadline(time.Time{})
 			}
+			s.draining = true
 			n, err := w.Write(b)
 			c.mu.Lock()
+			s.draining = false
+			if s.closed {
+				// Close left the queue to us, as b pointed into it.
+				s.releaseQueueLocked()
+				return total, net.ErrClosed
+			}
 			s.recvQ.discard(n)
 			c.creditLocked(s, int64(n))
 			total += int64(n)
@@ -269,10 +277,8 @@ func (s *Stream) Close() error {
 		s.recvErr = ErrStreamReset
 	}
 	s.writeErr = net.ErrClosed
-	// Unread bytes will never be read: give them back to the connection.
-	if q := s.recvQ.len(); q > 0 {
-		c.creditConnLocked(int64(q))
-		s.recvQ.reset()
+	if !s.draining {
+		s.releaseQueueLocked()
 	}
 	for _, d := range []*deadline{&s.readDL, &s.writeDL} {
 		if d.timer != nil {
@@ -350,6 +356,15 @@ func (s *Stream) setDeadline(d *deadline, t time.Time) error {
 		c.mu.Unlock()
 	})
 	return nil
+}
+
+// releaseQueueLocked drops bytes that will never be read and gives them back
+// to the connection window.
+func (s *Stream) releaseQueueLocked() {
+	if q := s.recvQ.len(); q > 0 {
+		s.c.creditConnLocked(int64(q))
+	}
+	s.recvQ.reset()
 }
 
 // ID is the HTTP/2 stream ID, for logs.
