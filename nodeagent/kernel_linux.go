@@ -478,11 +478,52 @@ func (k *Kernel) Uninstall(ctx context.Context) error {
 		k.opts.Registerer.Unregister(k.metrics)
 	}
 	errs = append(errs, k.closeHandles())
-	errs = append(errs, os.Remove(filepath.Join(k.opts.PinDir, linksDir)), os.Remove(k.opts.PinDir))
+	// And whatever else is pinned there (an older version's links).
+	errs = append(errs, removePinDir(k.opts.PinDir))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("uninstall: %w", err)
 	}
 	k.log.Info("dataplane uninstalled")
+	return nil
+}
+
+// RemovePins removes everything an agent pinned under opts.PinDir without
+// loading anything, which detaches its programs once no process holds them:
+// the way out when Open refuses maps pinned by an incompatible version.
+func RemovePins(opts Options) error {
+	opts.setDefaults()
+	if err := opts.Validate(); err != nil {
+		return err
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(opts.PinDir, &st); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("pin dir %s: %w", opts.PinDir, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("pin dir %s: not on a bpffs", opts.PinDir)
+	}
+	return removePinDir(opts.PinDir)
+}
+
+func removePinDir(dir string) error {
+	// Links are detached by the last close of the last reference: when that
+	// is the pin's, it happens later, in the kernel's own time. Holding a
+	// reference while unpinning makes it this close, now.
+	entries, _ := os.ReadDir(filepath.Join(dir, linksDir))
+	for _, e := range entries {
+		pin := filepath.Join(dir, linksDir, e.Name())
+		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+			_ = l.Unpin()
+			l.Close()
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("pin dir: %w", err)
+	}
+	_ = os.Remove(filepath.Dir(dir)) // <bpffs>/warren, when this was the last node in it
 	return nil
 }
 

@@ -405,6 +405,34 @@ func TestOrigDstOutlivesClient(t *testing.T) {
 	waitEntries(t, k, map[string]int{"orig_by_tuple": 0})
 }
 
+// RemovePins undoes an agent that is gone, without loading anything.
+func TestRemovePins(t *testing.T) {
+	e := newEnv(t)
+	opts := e.options("n1")
+	k := e.open(opts)
+	tp := newTopo(t)
+	enroll(t, k, tp.Pod("pod-a"))
+	tunnel(t, tp.pod, k.OrigDst)
+	serve(t, tp.peer, "tcp", ":8080", tag("peer"))
+	got, err := dial(tp.pod, "tcp4", ap(tp.peer4, 8080), 0)
+	expectLine(t, "installed", got, err, "tunnel "+ap(tp.peer4, 8080))
+	k.Close()
+	if err := RemovePins(opts); err != nil {
+		t.Fatal(err)
+	}
+	got, err = dial(tp.pod, "tcp4", ap(tp.peer4, 8080), 0)
+	expectLine(t, "pins removed", got, err, "peer "+ap(tp.peer4, 8080))
+	if !poll(5*time.Second, func() bool { return len(e.stillAttached()) == 0 }) {
+		t.Errorf("still attached after RemovePins: %v", e.stillAttached())
+	}
+	if _, err := os.Stat(filepath.Join(e.bpffs, "warren")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s/warren left: %v", e.bpffs, err)
+	}
+	if err := RemovePins(opts); err != nil {
+		t.Errorf("RemovePins again: %v", err)
+	}
+}
+
 // Maps go back to their size before the test after many short connections,
 // and after connections refused because no tunnel listens.
 func TestMapsBackToBaseline(t *testing.T) {
