@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"image/color"
 	"io"
+	"math"
+	"strconv"
 	"strings"
 
 	"gonum.org/v1/plot"
@@ -23,8 +25,9 @@ var palette = []color.Color{
 	color.RGBA{0xd5, 0x5e, 0x00, 0xff},
 }
 
-// Chart draws the keep-alive latency percentiles of every scenario that ran as grouped bars
-// (median) with min–max whiskers, and writes it as a PNG.
+// Chart draws the keep-alive latency percentiles of every scenario that ran: one line per
+// scenario through its medians, whiskers from min to max, on a log scale so that p50 and p99.9
+// both stay readable. It writes a PNG.
 func Chart(r Run, w io.Writer) error {
 	percentiles := []Metric{P50, P90, P99, P999}
 	labels := []string{"p50", "p90", "p99", "p99.9"}
@@ -42,60 +45,64 @@ func Chart(r Run, w io.Writer) error {
 		return fmt.Errorf("chart: no scenario ran")
 	}
 
-	const width, height = 8 * vg.Inch, 4.5 * vg.Inch
 	p := plot.New()
 	p.Title.Text = fmt.Sprintf("Latency: %s (median of %d runs, whiskers min–max)", r.LatencyLoad, r.Reps)
 	p.Title.Padding = vg.Points(6)
-	p.Y.Label.Text = "µs"
-	p.Y.Min = 0
+	p.Y.Label.Text = "µs (log scale)"
+	p.Y.Scale = plot.LogScale{}
 	if len(notRun) > 0 {
 		p.X.Label.Text = "not run: " + strings.Join(notRun, ", ")
 	}
 	p.NominalX(labels...)
-	p.X.Min, p.X.Max = -0.5, float64(len(labels))-0.5
+	p.X.Min, p.X.Max = -0.3, float64(len(labels))-0.7
 	p.Legend.Top = true
 	p.Legend.Left = true
 	p.Add(plotter.NewGrid())
 
-	// Bars are placed in data units so the whiskers line up with them; the bar width in canvas
-	// units is derived from the plot's approximate data area (the image less its margins).
-	group := 0.8
-	step := group / float64(len(ran))
-	dataUnit := (width - 1.2*vg.Inch) / vg.Length(p.X.Max-p.X.Min)
+	lo, hi := math.Inf(1), 0.0
+	step := 0.05 // scenarios side by side within a percentile, so whiskers do not hide each other
 	for k, s := range ran {
-		vals := make(plotter.Values, len(percentiles))
-		errs := make(plotter.XYs, len(percentiles))
-		yerr := make(plotter.YErrors, len(percentiles))
 		off := (float64(k) - float64(len(ran)-1)/2) * step
+		var pts plotter.XYs
+		var yerr plotter.YErrors
 		for i, m := range percentiles {
-			v := s.Values[m] // absent: a zero bar, which the tables explain
-			vals[i] = v.Median
-			errs[i] = plotter.XY{X: float64(i) + off, Y: v.Median}
-			yerr[i].Low, yerr[i].High = v.Median-v.Min, v.Max-v.Median
+			v, ok := s.Values[m]
+			if !ok || v.Min <= 0 {
+				continue // not measured: leave a gap rather than draw a zero on a log scale
+			}
+			pts = append(pts, plotter.XY{X: float64(i) + off, Y: v.Median})
+			yerr = append(yerr, struct{ Low, High float64 }{v.Median - v.Min, v.Max - v.Median})
+			lo, hi = math.Min(lo, v.Min), math.Max(hi, v.Max)
 		}
-		bars, err := plotter.NewBarChart(vals, vg.Length(step*0.9)*dataUnit)
+		if len(pts) == 0 {
+			continue
+		}
+		line, points, err := plotter.NewLinePoints(pts)
 		if err != nil {
 			return fmt.Errorf("chart: %w", err)
 		}
-		bars.XMin = off
-		bars.Color = palette[k%len(palette)]
-		bars.LineStyle.Width = 0
-		p.Add(bars)
-		p.Legend.Add(s.Name, bars)
-
+		c := palette[k%len(palette)]
+		line.Color, line.Width = c, vg.Points(2)
+		points.Color, points.Shape, points.Radius = c, draw.CircleGlyph{}, vg.Points(3.5)
 		eb, err := plotter.NewYErrorBars(struct {
 			plotter.XYs
 			plotter.YErrors
-		}{errs, yerr})
+		}{pts, yerr})
 		if err != nil {
 			return fmt.Errorf("chart: %w", err)
 		}
-		eb.LineStyle = draw.LineStyle{Color: color.Black, Width: vg.Points(1)}
-		eb.CapWidth = vg.Points(5)
-		p.Add(eb)
+		eb.LineStyle = draw.LineStyle{Color: c, Width: vg.Points(1.5)}
+		eb.CapWidth = vg.Points(6)
+		p.Add(line, points, eb)
+		p.Legend.Add(s.Name, line, points)
 	}
+	if hi == 0 {
+		return fmt.Errorf("chart: no latency measured")
+	}
+	p.Y.Min, p.Y.Max = lo/1.3, hi*1.3
+	p.Y.Tick.Marker = logTicks{}
 
-	wt, err := p.WriterTo(width, height, "png")
+	wt, err := p.WriterTo(8*vg.Inch, 4.5*vg.Inch, "png")
 	if err != nil {
 		return fmt.Errorf("chart: %w", err)
 	}
@@ -103,4 +110,20 @@ func Chart(r Run, w io.Writer) error {
 		return fmt.Errorf("chart: %w", err)
 	}
 	return nil
+}
+
+// logTicks labels 1, 2 and 5 times each power of ten, denser than gonum's LogTicks (powers of
+// ten only), which would leave one label on a chart that spans 100 µs to 5 ms.
+type logTicks struct{}
+
+func (logTicks) Ticks(min, max float64) []plot.Tick {
+	var ts []plot.Tick
+	for dec := math.Pow(10, math.Floor(math.Log10(min))); dec <= max; dec *= 10 {
+		for _, m := range []float64{1, 2, 5} {
+			if v := m * dec; v >= min && v <= max {
+				ts = append(ts, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'f', -1, 64)})
+			}
+		}
+	}
+	return ts
 }

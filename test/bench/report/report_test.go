@@ -6,6 +6,7 @@ import (
 	"image/png"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -169,5 +170,25 @@ func TestChart(t *testing.T) {
 	}
 	if err := Chart(Run{Scenarios: []Scenario{NotRun("x", "", "y")}}, &b); err == nil {
 		t.Error("a chart with nothing that ran should be an error")
+	}
+}
+
+func TestLogTicks(t *testing.T) {
+	tests := []struct {
+		min, max float64
+		want     []float64
+	}{
+		{150, 4000, []float64{200, 500, 1000, 2000}},
+		{100, 100, []float64{100}},
+		{0.3, 3, []float64{0.5, 1, 2}},
+	}
+	for _, tt := range tests {
+		var got []float64
+		for _, tk := range (logTicks{}).Ticks(tt.min, tt.max) {
+			got = append(got, tk.Value)
+		}
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("Ticks(%v, %v) = %v, want %v", tt.min, tt.max, got, tt.want)
+		}
 	}
 }
