@@ -122,13 +122,24 @@ func (k *Kernel) load() error {
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		return fmt.Errorf("load: maps pinned in %s by another version do not match (uninstall first): %w", k.opts.PinDir, err)
 	}
+	if errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("load: %w (the agent needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN, or root)", err)
+	}
 	if err != nil {
 		return fmt.Errorf("load: %w", err)
 	}
 	return nil
 }
 
-func (k *Kernel) attachCgroup() error {
+func (k *Kernel) attachCgroup() (err error) {
+	var created []link.Link
+	defer func() {
+		if err != nil { // a first install that failed half-way leaves nothing behind
+			for _, l := range created {
+				_ = l.Unpin()
+			}
+		}
+	}()
 	for _, a := range []struct {
 		name   string
 		prog   *ebpf.Program
@@ -152,6 +163,7 @@ func (k *Kernel) attachCgroup() error {
 				l.Close()
 				return fmt.Errorf("program %s: %w", a.name, err)
 			}
+			created = append(created, l)
 		}
 		k.cgroup = append(k.cgroup, l)
 	}
