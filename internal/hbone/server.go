@@ -293,6 +293,8 @@ func (srv *Server) handlerDone(c *conn) {
 func (srv *Server) refuse(c *conn, s *Stream, status int) {
 	c.mu.Lock()
 	rst := !s.recvEnd && s.recvErr == nil
+	// A stream the client already reset gets no answer: it would ignore it.
+	answer := !s.rstRecv
 	s.sentEnd, s.closed = true, true
 	s.writeErr = net.ErrClosed
 	if s.recvErr == nil {
@@ -300,8 +302,9 @@ func (srv *Server) refuse(c *conn, s *Stream, status int) {
 	}
 	s.releaseQueueLocked()
 	c.removeLocked(s)
-	fields := statusFields(status)
-	c.writeHeadersLocked(s.id, fields, true)
+	if answer {
+		c.writeHeadersLocked(s.id, statusFields(status), true)
+	}
 	c.mu.Unlock()
 	if rst {
 		// The client may still be sending: RFC 9113 8.1 says stop it with NO_ERROR.
