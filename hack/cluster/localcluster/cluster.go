@@ -359,7 +359,7 @@ func (c *Config) Down(ctx context.Context) error {
 		return ErrNotRoot
 	}
 	var errs []string
-	c.stopPidFiles(10 * time.Second)
+	c.stopPidFiles(3 * time.Second) // the apiserver drains watches for longer; it needs no grace here
 	if h, err := detectHierarchies(); err == nil {
 		if err := h.killAll(cgroupParent, 20*time.Second); err != nil {
 			errs = append(errs, err.Error())
