@@ -49,6 +49,11 @@ func main() {
 	nodes := fs.Int("nodes", cfg.Nodes, "number of nodes (up)")
 	_ = fs.Parse(args)
 	cfg.Nodes = *nodes
+	nodesSet := false
+	fs.Visit(func(f *flag.Flag) { nodesSet = nodesSet || f.Name == "nodes" })
+	if n, ok := cfg.Running(); ok && !nodesSet {
+		cfg.Nodes = n // `up` without --nodes reuses whatever runs
+	}
 	repo, err := repoRoot()
 	if err == nil {
 		cfg.RepoDir = repo
