@@ -8,7 +8,7 @@ export CGO_ENABLED ?= 0
 .PHONY: help deps build generate generate-check test test-unit test-root e2e demo demo-down bench lint clean
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 deps: ## install the Debian packages builds and tests need (idempotent)
 	@hack/deps.sh
@@ -27,6 +27,7 @@ lint: ## go vet and staticcheck (pinned with go tool)
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./test/...
 	$(GO) tool staticcheck ./...
+	$(GO) tool staticcheck -tags e2e ./test/e2e/...
 
 test-unit: ## unit tests; no root needed (kernel tests skip)
 	$(GO) test -short -count=1 ./...
