@@ -186,3 +186,19 @@ func (c *Config) progress(ctx context.Context, what string, f func(context.Conte
 	}
 	return err
 }
+
+// EnsureBinaries builds Kubernetes, containerd and CoreDNS into the cache when they are missing
+// or stale. Integration tests use it to get a real kube-apiserver (and Debian's etcd) without
+// bringing a cluster up.
+func (c *Config) EnsureBinaries(ctx context.Context) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	if err := ensureDeps(ctx, c.Log); err != nil {
+		return stepErr("install Debian packages", "", err)
+	}
+	return c.ensureBinaries(ctx)
+}
+
+// Bin returns the path of a cached binary ("kube-apiserver", "kubectl", "ctr", ...).
+func (c *Config) Bin(name string) string { return c.bin(name) }
