@@ -66,6 +66,15 @@ func newEnv(tb testing.TB) *testEnv {
 		}
 	})
 	tb.Cleanup(func() {
+		// Unpin first: unmounting alone frees the pins only if no other
+		// mount namespace (say, a local-cluster node started meanwhile)
+		// copied this mount.
+		nodes, _ := os.ReadDir(filepath.Join(dir, "warren"))
+		for _, n := range nodes {
+			if err := removePinDir(filepath.Join(dir, "warren", n.Name())); err != nil {
+				tb.Error(err)
+			}
+		}
 		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 			tb.Errorf("unmount %s: %v", dir, err)
 		}
