@@ -119,11 +119,14 @@ func bench(ctx context.Context, log *slog.Logger, o options) (err error) {
 	// Interleaved: every repetition runs each scenario once, so that a slow spell on the shared
 	// machine lands on all of them rather than on one.
 	samples := map[string][]report.Sample{}
-	start := time.Now()
+	start, loadStart := time.Now(), loadAvg()
 	for rep := 1; rep <= o.reps; rep++ {
 		for _, sc := range all {
 			log.Info("running", "scenario", sc.Name(), "rep", rep, "of", o.reps)
 			s, err := runOnce(ctx, env, o.load, sc)
+			if ctx.Err() != nil {
+				return fmt.Errorf("interrupted during %s, repetition %d", sc.Name(), rep)
+			}
 			if err != nil {
 				return fmt.Errorf("%s, repetition %d: %w", sc.Name(), rep, err)
 			}
@@ -143,7 +146,8 @@ func bench(ctx context.Context, log *slog.Logger, o options) (err error) {
 		LatencyLoad: fmt.Sprintf("fortio, %d qps over %d keep-alive connections", o.load.qps, o.load.conns),
 		Baseline:    "direct",
 		Peer:        "haproxy-pair",
-		Settings:    settings(o.load),
+		Settings: append(settings(o.load), fmt.Sprintf("Load average (1 min) of the machine: %s at the start, %s at the end "+
+			"(the benchmark itself adds about 2; more means other work shared the CPUs).", loadStart, loadAvg())),
 	}
 	for _, sc := range all {
 		r.Scenarios = append(r.Scenarios, report.Summarize(sc.Name(), sc.Description(), samples[sc.Name()]))
@@ -243,6 +247,19 @@ func hostInfo() string {
 		kernel = strings.TrimSpace(string(b))
 	}
 	return fmt.Sprintf("%s, %d CPUs, Linux %s, %s", model, runtime.NumCPU(), kernel, runtime.Version())
+}
+
+// loadAvg is the 1-minute load average, which tells a reader how shared the machine was.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
 }
 
 func toolVersions(ctx context.Context, fortio string) []string {
