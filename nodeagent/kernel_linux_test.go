@@ -59,6 +59,18 @@ func TestOutboundRedirect(t *testing.T) {
 	expectLine(t, "IPv6", got, err, "tunnel "+ap(tp.peer6, 8443))
 	got, err = dialMapped(tp.pod, netip.AddrPortFrom(tp.peer4, 8081))
 	expectLine(t, "v4-mapped", got, err, "tunnel "+ap(tp.peer4, 8081))
+	err = netns.Do(tp.pod, func() error { // Go's dialers may default to MPTCP one day
+		d := net.Dialer{Timeout: 5 * time.Second}
+		d.SetMultipathTCP(true)
+		c, err := d.Dial("tcp4", ap(tp.peer4, 8082))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		got, err = readLine(c)
+		return err
+	})
+	expectLine(t, "MPTCP", got, err, "tunnel "+ap(tp.peer4, 8082))
 
 	// Bypassed: loopback, the pod's own address, the tunnel's marked sockets.
 	got, err = dial(tp.pod, "tcp4", "127.0.0.1:9000", 0)
@@ -92,9 +104,9 @@ func TestOutboundRedirect(t *testing.T) {
 
 	// Exactly the enrolled pod's connections were counted.
 	want := [4][3]uint64{
-		{1, 3, 0}, // connect4: the IPv4 one; loopback, own address, marked
+		{2, 3, 0}, // connect4: IPv4, MPTCP; loopback, own address, marked
 		{2, 0, 0}, // connect6: IPv6, v4-mapped
-		{3, 0, 0}, // sockops: three re-keyed at ESTABLISHED
+		{4, 0, 0}, // sockops: four re-keyed at ESTABLISHED
 		{0, 1, 0}, // sk_lookup: the pod's connection to itself
 	}
 	if a := actions(t, k); a != want {
