@@ -121,15 +121,6 @@ func newTLSRelay(b *testing.B, m *mesh, backend string) *tlsRelay {
 	return &tlsRelay{addr: ln.Addr().String(), cli: cc}
 }
 
-func (r *tlsRelay) dial(b *testing.B) net.Conn {
-	c, err := tls.Dial("tcp", r.addr, r.cli)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { c.Close() })
-	return c
-}
-
 func hboneDial(b *testing.B, m *mesh, backend string) net.Conn {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -141,11 +132,66 @@ func hboneDial(b *testing.B, m *mesh, backend string) net.Conn {
 	return c
 }
 
+// outbound is the client-side tunnel of a two-hop chain, as a ztunnel runs it:
+// it accepts plain TCP from the application and relays it into dial's
+// connection. The application connects to the address it returns.
+func outbound(b *testing.B, dial func() (net.Conn, error)) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				up, err := dial()
+				if err != nil {
+					c.Close()
+					return
+				}
+				if s, ok := up.(*Stream); ok {
+					Relay(s, c)
+					return
+				}
+				go func() {
+					io.Copy(up, c)
+					up.(interface{ CloseWrite() error }).CloseWrite()
+				}()
+				io.Copy(c, up)
+				c.Close()
+				up.Close()
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// benchConns runs run over: "hbone", an application TCP connection through
+// two tunnels (outbound relay, HBONE, server relay) to backend; "tls-relay",
+// the same chain with a plain TLS 1.3 relay pair in place of HBONE; and
+// "hbone-stream", the Stream API used directly (one hop).
 func benchConns(b *testing.B, backend string, run func(b *testing.B, c net.Conn)) {
 	m := newMesh(b, meshOptions{})
 	relay := newTLSRelay(b, m, backend)
-	b.Run("hbone", func(b *testing.B) { run(b, hboneDial(b, m, backend)) })
-	b.Run("tls-relay", func(b *testing.B) { run(b, relay.dial(b)) })
+	dialApp := func(b *testing.B, addr string) net.Conn {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { c.Close() })
+		return c
+	}
+	hboneOut := outbound(b, func() (net.Conn, error) {
+		return m.pool.Dial(context.Background(), m.key, backend, nil)
+	})
+	tlsOut := outbound(b, func() (net.Conn, error) { return tls.Dial("tcp", relay.addr, relay.cli) })
+	b.Run("hbone", func(b *testing.B) { run(b, dialApp(b, hboneOut)) })
+	b.Run("tls-relay", func(b *testing.B) { run(b, dialApp(b, tlsOut)) })
+	b.Run("hbone-stream", func(b *testing.B) { run(b, hboneDial(b, m, backend)) })
 }
 
 func BenchmarkUpload(b *testing.B) {

@@ -57,8 +57,7 @@ type conn struct {
 	hbuf       bytes.Buffer
 	ctlFlusher atomic.Bool
 
-	wmu  sync.Mutex
-	wbuf []byte // scratch for DATA frames copied from callers' buffers
+	wmu sync.Mutex
 
 	mu             sync.Mutex
 	streams        map[uint32]*Stream
@@ -384,7 +383,22 @@ func (c *conn) idleFired() {
 func (c *conn) readLoop() {
 	defer c.fail(ErrConnClosed)
 	for {
-		f, err := c.fr.ReadFrame()
+		fh, err := c.fr.ReadFrameHeader()
+		var f http2.Frame
+		if err == nil && fh.Type == http2.FrameData {
+			// DATA bypasses the Framer so that its payload lands in a pooled
+			// buffer: an idle connection then holds no frame-sized buffer.
+			if err = c.readData(fh); err == nil {
+				continue
+			}
+			var ce connErr
+			if errors.As(err, &ce) {
+				c.goAway(ce.code, ce.reason)
+				return
+			}
+		} else if err == nil {
+			f, err = c.fr.ReadFrameForHeader(fh)
+		}
 		if err != nil {
 			var se http2.StreamError
 			var ce http2.ConnectionError
@@ -460,8 +474,6 @@ func (c *conn) handleFrame(f http2.Frame) error {
 		}
 	}
 	switch f := f.(type) {
-	case *http2.DataFrame:
-		return c.onData(f)
 	case *http2.MetaHeadersFrame:
 		return c.onHeaders(f)
 	case *http2.SettingsFrame:
@@ -752,10 +764,37 @@ func (c *conn) endRecv(s *Stream) {
 	c.mu.Unlock()
 }
 
-func (c *conn) onData(f *http2.DataFrame) error {
-	id := f.StreamID
-	n := int64(f.Length) // padding counts against flow control
-	data := f.Data()
+// readData reads the payload of a DATA frame whose header was read.
+func (c *conn) readData(fh http2.FrameHeader) error {
+	if !c.sawSettings {
+		return protoErr("first frame is DATA, not SETTINGS")
+	}
+	if fh.StreamID == 0 {
+		return protoErr("DATA on stream 0")
+	}
+	bp := framePool.Get().(*[]byte)
+	defer framePool.Put(bp)
+	buf := *bp
+	if int(fh.Length) > len(buf) {
+		buf = make([]byte, fh.Length)
+	}
+	p := buf[:fh.Length]
+	if _, err := io.ReadFull(c.tc, p); err != nil {
+		return err
+	}
+	data := p
+	if fh.Flags.Has(http2.FlagDataPadded) {
+		if len(p) == 0 || int(p[0]) >= len(p) {
+			return protoErr("DATA padding longer than its payload")
+		}
+		data = p[1 : len(p)-int(p[0])]
+	}
+	return c.onData(fh.StreamID, int64(fh.Length), data, fh.Flags.Has(http2.FlagDataEndStream))
+}
+
+// onData accounts for and delivers a DATA payload; n is the frame length,
+// padding included, as flow control counts it.
+func (c *conn) onData(id uint32, n int64, data []byte, endStream bool) error {
 	c.mu.Lock()
 	if n > c.recvWin {
 		c.mu.Unlock()
@@ -801,7 +840,7 @@ func (c *conn) onData(f *http2.DataFrame) error {
 		}
 	}
 	c.mu.Unlock()
-	if f.StreamEnded() {
+	if endStream {
 		c.endRecv(s)
 	}
 	c.kick()
@@ -875,7 +914,7 @@ func (c *conn) creditConnLocked(n int64) {
 
 // sendData sends payload as DATA frames within the flow-control windows. If
 // frame is non-nil, payload is frame[9:] and the first frame is sent in place
-// (no copy); otherwise frames are copied into wbuf.
+// (no copy); otherwise frames are copied into pooled buffers.
 func (s *Stream) sendData(frame, payload []byte) (int, error) {
 	c := s.c
 	sent := 0
@@ -896,20 +935,28 @@ func (s *Stream) sendData(frame, payload []byte) (int, error) {
 		c.sendWin -= n
 		c.mu.Unlock()
 
-		c.wmu.Lock()
 		var buf []byte
+		var bp *[]byte
 		if frame != nil && sent == 0 {
 			buf = frame[:9+n]
 		} else {
-			if cap(c.wbuf) < int(9+n) {
-				c.wbuf = make([]byte, 9+max(n, int64(c.lim.MaxFrameSize)))
+			// Copied into a pooled buffer rather than one per connection, so
+			// idle connections hold none.
+			bp = framePool.Get().(*[]byte)
+			if cap(*bp) < int(9+n) {
+				b := make([]byte, 9+n)
+				bp = &b
 			}
-			buf = c.wbuf[:9+n]
+			buf = (*bp)[:9+n]
 			copy(buf[9:], payload[:n])
 		}
 		putFrameHeader(buf, uint32(n), http2.FrameData, 0, s.id)
+		c.wmu.Lock()
 		err := c.writeLocked(buf)
 		c.wmu.Unlock()
+		if bp != nil && cap(*bp) == 9+DefaultMaxFrameSize {
+			framePool.Put(bp)
+		}
 		if err != nil {
 			return sent, fmt.Errorf("hbone: write: %w", err)
 		}

@@ -3,6 +3,7 @@ package hbone
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -498,5 +499,45 @@ func TestShutdownGoAway(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Shutdown did not return after the last stream closed")
+	}
+}
+
+// TestPoolKeys: streams share a connection only under the same key, and the
+// server sees the source identity of the key's certificate.
+func TestPoolKeys(t *testing.T) {
+	m := newMesh(t, meshOptions{})
+	echo := echoServer(t)
+	other := identity.New("ns-a", "other")
+	certs := map[identity.ID]*identity.CertSource{
+		clientID: identity.NewCertSource(m.ca.Issue(t, clientID)),
+		other:    identity.NewCertSource(m.ca.Issue(t, other)),
+	}
+	pool, err := NewPool(PoolOptions{TLSConfig: func(k Key) (*tls.Config, error) {
+		return identity.ClientConfig(identity.TLSOptions{Certs: certs[k.Src], Roots: m.ca.Roots(), Authorize: identity.ExpectID(k.Dst)})
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	ctx := context.Background()
+	keyA := Key{Src: clientID, Dst: serverID, Addr: m.addr}
+	keyB := Key{Src: other, Dst: serverID, Addr: m.addr}
+	for _, k := range []Key{keyA, keyA, keyB, keyB, keyA} {
+		c, err := pool.Dial(ctx, k, echo, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	if a, b := pool.Conns(keyA), pool.Conns(keyB); a != 1 || b != 1 {
+		t.Fatalf("connections per key: %d and %d, want 1 and 1", a, b)
+	}
+	var peers []identity.ID
+	for _, r := range m.requests() {
+		peers = append(peers, r.Peer)
+	}
+	want := []identity.ID{clientID, clientID, other, other, clientID}
+	if fmt.Sprint(peers) != fmt.Sprint(want) {
+		t.Fatalf("server saw peers %v, want %v", peers, want)
 	}
 }

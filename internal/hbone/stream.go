@@ -213,7 +213,7 @@ var framePool = sync.Pool{New: func() any {
 func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
 	size := int(s.c.lim.MaxFrameSize)
 	var bp *[]byte
-	if size == DefaultMaxFrameSize {
+	if size <= DefaultMaxFrameSize {
 		bp = framePool.Get().(*[]byte)
 		defer framePool.Put(bp)
 	} else {
