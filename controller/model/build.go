@@ -1,0 +1,104 @@
+package model
+
+import (
+	"cmp"
+	"strings"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/warrenmesh/warren/api/v1alpha1"
+	"github.com/warrenmesh/warren/internal/identity"
+)
+
+// Inputs are the Kubernetes objects a Model is built from, as listed from
+// informer caches. Build does not modify them.
+type Inputs struct {
+	// TrustDomain defaults to cluster.local, SystemNamespace to warren-system.
+	TrustDomain           string
+	SystemNamespace       string
+	Namespaces            []*corev1.Namespace
+	Pods                  []*corev1.Pod
+	Services              []*corev1.Service
+	EndpointSlices        []*discoveryv1.EndpointSlice
+	AuthorizationPolicies []*v1alpha1.AuthorizationPolicy
+	PeerAuthentications   []*v1alpha1.PeerAuthentication
+}
+
+// Build translates everything into a Model and judges every policy object.
+// It is level-based: the same inputs give the same model, whatever happened
+// before.
+func Build(in Inputs) *Model {
+	m := &Model{
+		TrustDomain:      cmp.Or(in.TrustDomain, identity.DefaultTrustDomain),
+		SystemNamespace:  cmp.Or(in.SystemNamespace, DefaultSystemNamespace),
+		Workloads:        map[types.UID]*Workload{},
+		Services:         map[Key]*Service{},
+		AuthzVerdicts:    map[Key]Verdict{},
+		PeerAuthVerdicts: map[Key]Verdict{},
+	}
+	nsLabels := map[string]map[string]string{}
+	for _, ns := range in.Namespaces {
+		nsLabels[ns.Name] = ns.Labels
+	}
+	for _, pod := range in.Pods {
+		if w, ok := WorkloadFromPod(pod, nsLabels[pod.Namespace], m.TrustDomain); ok {
+			m.Workloads[w.UID] = &w
+		}
+	}
+
+	slicesBySvc := map[Key][]*discoveryv1.EndpointSlice{}
+	for _, es := range in.EndpointSlices {
+		k := Key{Namespace: es.Namespace, Name: es.Labels[discoveryv1.LabelServiceName]}
+		slicesBySvc[k] = append(slicesBySvc[k], es)
+	}
+	for _, svc := range in.Services {
+		k := Key{Namespace: svc.Namespace, Name: svc.Name}
+		s := ServiceFromCore(svc, slicesBySvc[k])
+		for i := range s.Endpoints {
+			e := &s.Endpoints[i]
+			if w := m.Workloads[e.WorkloadUID]; w != nil {
+				e.Enrolled, e.Identity = w.Enrolled, w.Identity
+			}
+		}
+		m.Services[k] = &s
+	}
+
+	for _, ap := range in.AuthorizationPolicies {
+		p, err := PolicyFromCRD(ap)
+		if err != nil {
+			m.AuthzVerdicts[Key{Namespace: ap.Namespace, Name: ap.Name}] = invalid(err, failClosed(p.Action))
+		}
+		m.Policies = append(m.Policies, p)
+	}
+	slices.SortFunc(m.Policies, func(a, b Policy) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	for _, pa := range in.PeerAuthentications {
+		p, err := PeerAuthFromCRD(pa)
+		if err != nil {
+			m.PeerAuthVerdicts[Key{Namespace: pa.Namespace, Name: pa.Name}] = invalid(err, "enforced as STRICT until fixed")
+		}
+		m.PeerAuths = append(m.PeerAuths, p)
+	}
+	slices.SortFunc(m.PeerAuths, func(a, b PeerAuth) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	m.judgePolicies()
+	m.judgePeerAuths()
+	return m
+}
+
+func invalid(err error, enforced string) Verdict {
+	msg := strings.TrimPrefix(err.Error(), ErrInvalidPolicy.Error()+": ")
+	return Verdict{Reason: v1alpha1.ReasonInvalid, Message: msg + "; " + enforced}
+}
+
+func failClosed(a Action) string {
+	if a == v1alpha1.ActionDeny {
+		return "enforced as deny-all for the workloads it selects until fixed"
+	}
+	return "enforced as allow-nothing until fixed"
+}

@@ -1,0 +1,167 @@
+// Package model is the controller's compact view of the mesh: workloads,
+// services and policies, translated from Kubernetes objects by pure
+// functions, and cut per node into what one node's ztunnel needs.
+//
+// Everything here is deterministic (sorted slices, no clocks, no I/O) so that
+// two builds from the same objects compare equal and a subscriber can be sent
+// the difference.
+package model
+
+import (
+	"net/netip"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/warrenmesh/warren/api/v1alpha1"
+	"github.com/warrenmesh/warren/internal/identity"
+)
+
+// Labels that enroll workloads, from the design brief.
+const (
+	// MeshLabel on a namespace (value MeshEnabled) enrolls its pods; on a pod
+	// (value MeshDisabled) opts that pod out.
+	MeshLabel    = "warren.dev/mesh"
+	MeshEnabled  = "enabled"
+	MeshDisabled = "disabled"
+)
+
+// DefaultSystemNamespace holds the controller, its CA Secret and the
+// mesh-wide policies.
+const DefaultSystemNamespace = "warren-system"
+
+// Workload is a pod as the mesh sees it.
+type Workload struct {
+	UID            types.UID
+	Namespace      string
+	Name           string
+	Node           string
+	ServiceAccount string
+	// Identity is the SPIFFE ID of the pod's service account.
+	Identity identity.ID
+	// IPs are the pod's addresses, sorted; empty until the pod has one.
+	IPs    []netip.Addr
+	Labels map[string]string
+	// Running: the pod's phase is Running. Only running pods entitle their
+	// node to certificates.
+	Running bool
+	// Enrolled: the namespace carries warren.dev/mesh=enabled, the pod does
+	// not carry warren.dev/mesh=disabled, and it is not host-network (its
+	// traffic is the node's).
+	Enrolled bool
+}
+
+// Service is a Kubernetes Service with its endpoints. Only TCP ports are
+// kept: the mesh carries TCP and leaves everything else alone.
+type Service struct {
+	Namespace string
+	Name      string
+	// VIPs are the cluster IPs, sorted; empty for a headless service.
+	VIPs      []netip.Addr
+	Ports     []ServicePort
+	Endpoints []Endpoint
+}
+
+// ServicePort is one TCP port of a Service.
+type ServicePort struct {
+	Name string
+	Port uint16
+	// TargetPort is the endpoint port when numeric (0 when named: the
+	// endpoints then carry the resolved number).
+	TargetPort uint16
+	// TargetPortName is the named container port, if any.
+	TargetPortName string
+}
+
+// Endpoint is one address behind a Service, from its EndpointSlices.
+type Endpoint struct {
+	Addr netip.Addr
+	Node string
+	// WorkloadUID is the pod behind the address, when the slice names one.
+	WorkloadUID types.UID
+	Ready       bool
+	// Ports maps a service port name to the endpoint's port number.
+	Ports map[string]uint16
+	// Enrolled and Identity come from the workload: an enrolled endpoint is
+	// reached over HBONE and must prove Identity.
+	Enrolled bool
+	Identity identity.ID
+}
+
+// Action is what a matching policy does.
+type Action = v1alpha1.AuthorizationAction
+
+// Policy is an AuthorizationPolicy in force.
+type Policy struct {
+	Namespace string
+	Name      string
+	// Selector nil: every workload of Namespace, or of the mesh when
+	// Namespace is the system namespace.
+	Selector map[string]string
+	Action   Action
+	Rules    []Rule
+}
+
+// Rule matches when a source and a destination match (absent lists match
+// anything).
+type Rule struct {
+	From []Source
+	To   []Destination
+}
+
+// Source matches a peer by identity and/or namespace.
+type Source struct {
+	Principals []identity.ID
+	Namespaces []string
+}
+
+// Destination matches the destination port.
+type Destination struct {
+	Ports []uint16
+}
+
+// PeerAuth is a PeerAuthentication.
+type PeerAuth struct {
+	Namespace string
+	Name      string
+	Selector  map[string]string
+	Mode      v1alpha1.MTLSMode
+	Created   time.Time
+}
+
+// Key names a namespaced object.
+type Key = types.NamespacedName
+
+// Verdict is the controller's judgement of one policy object, written into
+// its Accepted condition.
+type Verdict struct {
+	Accepted bool
+	Reason   string
+	Message  string
+}
+
+// Model is the whole mesh at one moment.
+type Model struct {
+	TrustDomain     string
+	SystemNamespace string
+	Workloads       map[types.UID]*Workload
+	Services        map[Key]*Service
+	// Policies and PeerAuths are sorted by namespace and name.
+	Policies  []Policy
+	PeerAuths []PeerAuth
+	// AuthzVerdicts and PeerAuthVerdicts judge every policy object given to
+	// Build, including the invalid ones.
+	AuthzVerdicts    map[Key]Verdict
+	PeerAuthVerdicts map[Key]Verdict
+}
+
+// Running reports whether a running pod on node has the service account of
+// id. The CA asks this before it signs id for a caller on node.
+func (m *Model) Running(node string, id identity.ID) bool {
+	for _, w := range m.Workloads {
+		if w.Node == node && w.Running && w.Identity == id {
+			return true
+		}
+	}
+	return false
+}
