@@ -2,8 +2,8 @@ package model
 
 import (
 	"cmp"
-	"strings"
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
