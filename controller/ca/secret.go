@@ -1,0 +1,72 @@
+package ca
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	coreclient "k8s.io/client-go/kubernetes/typed/core/v1"
+)
+
+// Keys of the CA Secret. An operator who brings an intermediate creates the
+// Secret before the controller first starts: tls.crt is the intermediate
+// followed by its issuers, tls.key its key, ca.crt the roots.
+const (
+	SecretCert  = "tls.crt"
+	SecretKey   = "tls.key"
+	SecretRoots = "ca.crt"
+	// DefaultSecretName is the CA Secret in the system namespace.
+	DefaultSecretName = "warren-ca"
+)
+
+// LoadOrCreate returns the CA kept in the Secret name (in the namespace of
+// secrets), creating a new root there when there is none. When several
+// replicas start at once, the first Create wins and the others load its
+// root, so they all sign with one key.
+func LoadOrCreate(ctx context.Context, secrets coreclient.SecretInterface, name string, o Options, log *slog.Logger) (*CA, error) {
+	s, err := secrets.Get(ctx, name, metav1.GetOptions{})
+	if err == nil {
+		return fromSecret(s, o)
+	}
+	if !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("get CA secret %s: %w", name, err)
+	}
+	ca, err := NewRoot(o)
+	if err != nil {
+		return nil, err
+	}
+	certPEM, keyPEM, rootsPEM, err := ca.PEM()
+	if err != nil {
+		return nil, err
+	}
+	s = &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app.kubernetes.io/part-of": "warren"}},
+		Type:       corev1.SecretTypeTLS,
+		Data:       map[string][]byte{SecretCert: certPEM, SecretKey: keyPEM, SecretRoots: rootsPEM},
+	}
+	created, err := secrets.Create(ctx, s, metav1.CreateOptions{})
+	switch {
+	case err == nil:
+		log.Info("created a new mesh root", "secret", name, "trust_domain", ca.TrustDomain(), "not_after", ca.cert.NotAfter)
+		return fromSecret(created, o)
+	case apierrors.IsAlreadyExists(err):
+		s, err = secrets.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("get CA secret %s after losing the race to create it: %w", name, err)
+		}
+		return fromSecret(s, o)
+	default:
+		return nil, fmt.Errorf("create CA secret %s: %w", name, err)
+	}
+}
+
+func fromSecret(s *corev1.Secret, o Options) (*CA, error) {
+	ca, err := Load(s.Data[SecretCert], s.Data[SecretKey], s.Data[SecretRoots], o)
+	if err != nil {
+		return nil, fmt.Errorf("CA secret %s/%s: %w", s.Namespace, s.Name, err)
+	}
+	return ca, nil
+}
