@@ -1,6 +1,9 @@
 package hbone
 
-import "sync"
+import (
+	"net"
+	"sync"
+)
 
 // chunkSize is the unit in which received bytes wait for a slow reader. Chunks
 // come from a pool and go back as soon as they are read, so an idle stream
@@ -80,4 +83,30 @@ func (q *recvQueue) reset() {
 		chunkPool.Put(c)
 	}
 	*q = recvQueue{}
+}
+
+// buffers appends every queued run of bytes to bufs, for a vectored write.
+func (q *recvQueue) buffers(bufs net.Buffers) net.Buffers {
+	for i, c := range q.chunks {
+		start, end := 0, chunkSize
+		if i == 0 {
+			start = q.head
+		}
+		if i == len(q.chunks)-1 {
+			end = q.tail
+		}
+		if end > start {
+			bufs = append(bufs, (*c)[start:end])
+		}
+	}
+	return bufs
+}
+
+// discardN drops m queued bytes, across chunks.
+func (q *recvQueue) discardN(m int) {
+	for m > 0 {
+		k := min(m, len(q.peek()))
+		q.discard(k)
+		m -= k
+	}
 }

@@ -142,6 +142,7 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 		dw = w
 	}
 	var total int64
+	var bufs net.Buffers
 	c.mu.Lock()
 	defer func() {
 		s.sink, s.sinkIdle = nil, false
@@ -153,23 +154,35 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 		}
 	}()
 	for {
-		if b := s.recvQ.peek(); len(b) > 0 {
+		if s.recvQ.len() > 0 {
+			// Everything queued goes out in one writev: a slow destination
+			// is drained in large writes, not chunk by chunk.
+			bufs = s.recvQ.buffers(bufs[:0])
 			s.sinkIdle = false
+			s.draining = true
 			c.mu.Unlock()
 			if dw != nil {
 				// The reader may have left a short deadline behind.
 				dw.SetWriteDeadline(time.Time{})
 			}
-			s.draining = true
-			n, err := w.Write(b)
+			var n int
+			var err error
+			if len(bufs) == 1 {
+				n, err = w.Write(bufs[0])
+			} else {
+				nb := bufs
+				var n64 int64
+				n64, err = nb.WriteTo(w)
+				n = int(n64)
+			}
 			c.mu.Lock()
 			s.draining = false
 			if s.closed {
-				// Close left the queue to us, as b pointed into it.
+				// Close left the queue to us, as bufs pointed into it.
 				s.releaseQueueLocked()
 				return total, net.ErrClosed
 			}
-			s.recvQ.discard(n)
+			s.recvQ.discardN(n)
 			c.creditLocked(s, int64(n))
 			total += int64(n)
 			if err != nil {
