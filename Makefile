@@ -23,7 +23,9 @@ generate: ## regenerate committed code (bpf2go, controller-gen, protobuf)
 generate-check: generate ## fail if regenerating changes anything committed
 	@git diff --exit-code --stat -- . ':!go.sum' || { echo "generated code is stale: run make generate and commit"; exit 1; }
 
-lint: ## go vet and staticcheck (pinned with go tool)
+lint: ## go vet, staticcheck (pinned with go tool), and a doc comment on every package
+	@missing=$$($(GO) list -f '{{if not .Doc}}{{.ImportPath}}{{end}}' ./... | grep -v '^$$' || true); \
+	  if [ -n "$$missing" ]; then echo "packages without a package doc comment:"; echo "$$missing"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./test/...
 	$(GO) tool staticcheck ./...
