@@ -30,6 +30,9 @@ func TestTopology(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("creates network namespaces: needs root")
 	}
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		t.Skip("iperf3 not installed (hack/deps.sh installs it)")
+	}
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	topo, err := NewTopology(ctx, log, t.TempDir())
