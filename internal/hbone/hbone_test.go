@@ -541,3 +541,58 @@ func TestPoolKeys(t *testing.T) {
 		t.Fatalf("server saw peers %v, want %v", peers, want)
 	}
 }
+
+// TestSlowClientReader: a client that does not read holds at most its stream
+// window; the server stops reading its backend instead of buffering.
+func TestSlowClientReader(t *testing.T) {
+	const window = 256 << 10
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	sent := make(chan int64, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		var n int64
+		buf := make([]byte, 64<<10)
+		c.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
+		for {
+			m, err := c.Write(buf)
+			n += int64(m)
+			if err != nil {
+				break
+			}
+		}
+		sent <- n
+	}()
+	m := newMesh(t, meshOptions{cliLimits: Limits{StreamWindow: window, ConnWindow: 4 * window}})
+	s, err := m.dial(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	n := <-sent // the backend is blocked: everything in between is full
+	m.pool.mu.Lock()
+	c := m.pool.entries[m.key].conns[0]
+	m.pool.mu.Unlock()
+	c.mu.Lock()
+	queued := s.recvQ.len()
+	c.mu.Unlock()
+	if queued > window || queued == 0 {
+		t.Fatalf("client queued %d bytes, want (0, %d]", queued, window)
+	}
+	// The rest sits in socket buffers, not in the tunnels: bounded, whatever
+	// the backend had to send.
+	if n > 64<<20 {
+		t.Fatalf("backend wrote %d bytes into a tunnel nobody reads", n)
+	}
+	got, err := io.ReadAll(s)
+	if err != nil || int64(len(got)) != n {
+		t.Fatalf("read %d of %d bytes: %v", len(got), n, err)
+	}
+}
