@@ -98,9 +98,9 @@ func (h *haproxyPair) Teardown() error {
 
 // haproxyGlobal is shared by both ends. TLS 1.3 only, with the AES-128-GCM suite that Go (and so
 // Warren) negotiates on CPUs with AES instructions, so that both sides of the comparison do the
-// same cryptography. Threads: HAProxy's default, one per CPU.
+// same cryptography. Threads: HAProxy's default, one per CPU. No maxconn: HAProxy derives it
+// from the file-descriptor limit, and a fixed one above that limit makes it refuse to start.
 const haproxyGlobal = `global
-    maxconn 9000
     ssl-default-bind-options ssl-min-ver TLSv1.3
     ssl-default-server-options ssl-min-ver TLSv1.3
     ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256
