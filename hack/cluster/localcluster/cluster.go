@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -100,6 +101,11 @@ func (c *Config) Up(ctx context.Context) error {
 		if err := c.Down(ctx); err != nil {
 			return stepErr("clean up the previous cluster", "", err)
 		}
+	}
+	if ln, err := net.Listen("tcp", HostAPIAddr); err != nil {
+		return stepErr("check the host port", "", fmt.Errorf("%s is taken by another program, and the apiserver relay needs it: %w", HostAPIAddr, err))
+	} else {
+		ln.Close()
 	}
 	if err := ensureDeps(ctx, c.Log); err != nil {
 		return stepErr("install Debian packages", "", err)
