@@ -650,6 +650,13 @@ func (c *conn) onHeaders(mh *http2.MetaHeadersFrame) error {
 	id := mh.StreamID
 	if c.isServer {
 		c.mu.Lock()
+		if c.err != nil {
+			// Torn down by a writer while we were reading this frame: a
+			// stream opened now would never be aborted.
+			err := c.err
+			c.mu.Unlock()
+			return err
+		}
 		if s := c.streams[id]; s != nil {
 			// Trailers on a tunnel: treat as the end of the client's data.
 			c.mu.Unlock()
