@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
 )
 
 // Dataplane is what the enrollment logic needs from the kernel. Every method
@@ -33,6 +34,11 @@ type Pod struct {
 	Netns string
 	// IPs are the pod's addresses: at most one IPv4 and one IPv6.
 	IPs []netip.Addr
+	// NodeIPs are addresses the node reaches the pod from, whose
+	// connections pass to the app without the tunnel: the kubelet's probes
+	// come from the node. The gateways of the routes in the pod's netns (the
+	// node's side of the pod's link) are added to them at Enroll.
+	NodeIPs []netip.Addr
 }
 
 // EnrolledPod is a pod as the kernel has it.
@@ -42,6 +48,7 @@ type EnrolledPod struct {
 	// and to SO_NETNS_COOKIE.
 	NetnsCookie uint64
 	IPs         []netip.Addr
+	NodeIPs     []netip.Addr
 }
 
 // Errors callers can tell apart.
@@ -74,6 +81,11 @@ func (p Pod) Validate() error {
 			v4++
 		default:
 			v6++
+		}
+	}
+	for _, ip := range p.NodeIPs {
+		if !ip.IsValid() || ip.IsUnspecified() || slices.Contains(p.IPs, ip) {
+			return fmt.Errorf("%w: pod %s: node address %v", ErrInvalidPod, p.UID, ip)
 		}
 	}
 	if v4+v6 == 0 || v4 > 1 || v6 > 1 {

@@ -5,15 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/warrenmesh/warren/bpf/redirect"
@@ -36,9 +39,10 @@ type Kernel struct {
 }
 
 type podState struct {
-	cookie uint64
-	ips    []netip.Addr
-	link   link.Link // sk_lookup in the pod's netns
+	cookie  uint64
+	ips     []netip.Addr
+	nodeIPs []netip.Addr
+	link    link.Link // sk_lookup in the pod's netns
 }
 
 var _ Dataplane = (*Kernel)(nil)
@@ -47,6 +51,7 @@ var _ Dataplane = (*Kernel)(nil)
 var pinnedMaps = []string{
 	redirect.RedirectMapEnrolled,
 	redirect.RedirectMapPodIps,
+	redirect.RedirectMapNodeIps,
 	redirect.RedirectMapOrigByCookie,
 	redirect.RedirectMapOrigByTuple,
 	redirect.RedirectMapSockets,
@@ -203,6 +208,29 @@ func (k *Kernel) adoptPods() error {
 	if err := iter.Err(); err != nil {
 		return fmt.Errorf("map enrolled: %w", err)
 	}
+	byCookie := map[uint64]*podState{}
+	for _, p := range k.pods {
+		byCookie[p.cookie] = p
+	}
+	var (
+		nip   redirect.RedirectNodeIp
+		one   uint8
+		stale []redirect.RedirectNodeIp
+	)
+	niter := k.objs.NodeIps.Iterate()
+	for niter.Next(&nip, &one) {
+		if p := byCookie[nip.Netns]; p != nil {
+			p.nodeIPs = append(p.nodeIPs, netip.AddrFrom16(unwords(nip.Ip.Ip6)).Unmap())
+		} else {
+			stale = append(stale, nip)
+		}
+	}
+	if err := niter.Err(); err != nil {
+		return fmt.Errorf("map node_ips: %w", err)
+	}
+	for _, key := range stale {
+		_ = k.objs.NodeIps.Delete(&key)
+	}
 	entries, err := os.ReadDir(filepath.Join(k.opts.PinDir, linksDir))
 	if err != nil {
 		return fmt.Errorf("pin dir: %w", err)
@@ -264,6 +292,15 @@ func (k *Kernel) enrollLocked(pod Pod) error {
 	if err != nil {
 		return fmt.Errorf("pod %s: netns %s: %w", pod.UID, pod.Netns, err)
 	}
+	gws, err := gateways(ns)
+	if err != nil {
+		return fmt.Errorf("pod %s: netns %s: %w", pod.UID, pod.Netns, err)
+	}
+	for _, gw := range gws {
+		if !slices.Contains(pod.NodeIPs, gw) && !slices.Contains(pod.IPs, gw) {
+			pod.NodeIPs = append(pod.NodeIPs, gw)
+		}
+	}
 	for uid, p := range k.pods {
 		if uid != pod.UID && p.cookie == cookie {
 			return fmt.Errorf("%w: pod %s: netns %s already enrolled for pod %s", ErrInvalidPod, pod.UID, pod.Netns, uid)
@@ -271,7 +308,7 @@ func (k *Kernel) enrollLocked(pod Pod) error {
 	}
 	if p := k.pods[pod.UID]; p != nil {
 		if p.cookie == cookie {
-			return k.updateIPs(pod.UID, p, pod.IPs)
+			return k.updateIPs(pod.UID, p, pod.IPs, pod.NodeIPs)
 		}
 		// A new sandbox for the same pod: start over.
 		if err := k.unenrollLocked(pod.UID); err != nil {
@@ -293,16 +330,31 @@ func (k *Kernel) enrollLocked(pod Pod) error {
 	}
 	p.link = l
 	k.pods[pod.UID] = p
-	if err := k.updateIPs(pod.UID, p, pod.IPs); err != nil {
+	if err := k.updateIPs(pod.UID, p, pod.IPs, pod.NodeIPs); err != nil {
 		return errors.Join(err, k.unenrollLocked(pod.UID))
 	}
-	k.log.Info("pod enrolled", "uid", pod.UID, "netns", pod.Netns, "netns_cookie", cookie, "ips", pod.IPs)
+	k.log.Info("pod enrolled", "uid", pod.UID, "netns", pod.Netns, "netns_cookie", cookie, "ips", pod.IPs, "node_ips", pod.NodeIPs)
 	return nil
 }
 
-// updateIPs writes the pod's addresses to pod_ips and its enrolled entry.
-func (k *Kernel) updateIPs(uid string, p *podState, ips []netip.Addr) error {
+// updateIPs writes the pod's addresses to pod_ips, node_ips and its enrolled
+// entry. Node addresses go first, so that no probe is ever steered.
+func (k *Kernel) updateIPs(uid string, p *podState, ips, nodeIPs []netip.Addr) error {
 	info := podInfo(uid, ips)
+	one := uint8(1)
+	for _, ip := range nodeIPs {
+		key := nodeIPKey(p.cookie, ip)
+		if err := k.objs.NodeIps.Update(&key, &one, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("pod %s: map node_ips: %w", uid, err)
+		}
+	}
+	for _, old := range p.nodeIPs {
+		if !containsAddr(nodeIPs, old) {
+			key := nodeIPKey(p.cookie, old)
+			_ = k.objs.NodeIps.Delete(&key)
+		}
+	}
+	p.nodeIPs = append([]netip.Addr(nil), nodeIPs...)
 	for _, ip := range ips {
 		key := ipKey(ip)
 		if err := k.objs.PodIps.Update(&key, &p.cookie, ebpf.UpdateAny); err != nil {
@@ -348,6 +400,13 @@ func (k *Kernel) unenrollLocked(uid string) error {
 	for _, ip := range p.ips {
 		k.deletePodIP(ip, p.cookie)
 	}
+	// After pod_ips: until then sk_lookup may still read them.
+	for _, ip := range p.nodeIPs {
+		key := nodeIPKey(p.cookie, ip)
+		if err := k.objs.NodeIps.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("map node_ips: %w", err))
+		}
+	}
 	for _, kind := range []redirect.RedirectSockKind{redirect.RedirectSockKindSOCK_KIND_INBOUND, redirect.RedirectSockKindSOCK_KIND_HBONE} {
 		key := redirect.RedirectSockKey{Netns: p.cookie, Kind: kind}
 		if err := k.objs.Sockets.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -390,7 +449,8 @@ func (k *Kernel) Pods(ctx context.Context) ([]EnrolledPod, error) {
 	}
 	out := make([]EnrolledPod, 0, len(k.pods))
 	for uid, p := range k.pods {
-		out = append(out, EnrolledPod{UID: uid, NetnsCookie: p.cookie, IPs: append([]netip.Addr(nil), p.ips...)})
+		out = append(out, EnrolledPod{UID: uid, NetnsCookie: p.cookie, IPs: append([]netip.Addr(nil), p.ips...),
+			NodeIPs: append([]netip.Addr(nil), p.nodeIPs...)})
 	}
 	return out, nil
 }
@@ -545,6 +605,8 @@ func (k *Kernel) mapByName(name string) *ebpf.Map {
 		return k.objs.Enrolled
 	case redirect.RedirectMapPodIps:
 		return k.objs.PodIps
+	case redirect.RedirectMapNodeIps:
+		return k.objs.NodeIps
 	case redirect.RedirectMapOrigByCookie:
 		return k.objs.OrigByCookie
 	case redirect.RedirectMapOrigByTuple:
@@ -654,6 +716,36 @@ func withFD(c syscall.Conn, f func(fd int) error) error {
 
 func ipKey(ip netip.Addr) redirect.RedirectIp {
 	return redirect.RedirectIp{Ip6: words(ip.As16())}
+}
+
+func nodeIPKey(cookie uint64, ip netip.Addr) redirect.RedirectNodeIp {
+	return redirect.RedirectNodeIp{Netns: cookie, Ip: ipKey(ip)}
+}
+
+// gateways lists the next hops of the routes in a netns: the node's side of
+// the pod's link, where the kubelet's probes come from (bridge and ptp CNIs).
+func gateways(ns *os.File) ([]netip.Addr, error) {
+	var gws []netip.Addr
+	err := netns.Do(ns, func() error {
+		routes, err := netlink.RouteList(nil, netlink.FAMILY_ALL)
+		if err != nil {
+			return fmt.Errorf("routes: %w", err)
+		}
+		add := func(ip net.IP) {
+			a, ok := netip.AddrFromSlice(ip)
+			if a = a.Unmap(); ok && a.IsValid() && !a.IsUnspecified() && !slices.Contains(gws, a) {
+				gws = append(gws, a)
+			}
+		}
+		for _, r := range routes {
+			add(r.Gw)
+			for _, nh := range r.MultiPath {
+				add(nh.Gw)
+			}
+		}
+		return nil
+	})
+	return gws, err
 }
 
 // words reinterprets 16 address bytes as the four network-order u32 the

@@ -3,10 +3,12 @@ package nodeagent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -122,6 +124,7 @@ warren_agent_enrolled_pods 1
 # HELP warren_agent_bpf_map_entries Entries in the agent's eBPF maps.
 # TYPE warren_agent_bpf_map_entries gauge
 warren_agent_bpf_map_entries{map="enrolled"} 1
+warren_agent_bpf_map_entries{map="node_ips"} 0
 warren_agent_bpf_map_entries{map="orig_by_cookie"} 0
 warren_agent_bpf_map_entries{map="orig_by_tuple"} 0
 warren_agent_bpf_map_entries{map="pod_ips"} 2
@@ -183,6 +186,91 @@ func TestInboundSteering(t *testing.T) {
 	got, err = dial(tp.peer, "tcp4", ap(tp.pod4, 8080), 0)
 	expectFail(t, "tunnel gone", got, err)
 	waitEntries(t, k, map[string]int{"sockets": 0})
+}
+
+// The kubelet probes an enrolled pod's app from the node: the node's address
+// on the pod's link (the gateway of the pod's routes, found at Enroll) or one
+// the caller names. Those connections reach the app directly, and every other
+// source still goes to the tunnel (and is dropped when it is away: STRICT).
+func TestProbesFromNode(t *testing.T) {
+	e := newEnv(t)
+	k := e.open(e.options("n1"))
+	tp := newTopo(t) // peer 10.77.n.2 plays the node; 10.77.n.3 on the same link is another pod
+	n := tp.pod4.As4()[2]
+	other4 := netip.MustParseAddr(fmt.Sprintf("10.77.%d.3", n))
+	other6 := netip.MustParseAddr(fmt.Sprintf("fd77:%x::3", n))
+	named4 := netip.MustParseAddr(fmt.Sprintf("10.77.%d.4", n))
+	for _, a := range []netip.Addr{other4, named4} {
+		ip(t, "-n", tp.peerName, "addr", "add", a.String()+"/24", "dev", "wq")
+	}
+	ip(t, "-n", tp.peerName, "addr", "add", other6.String()+"/64", "dev", "wq", "nodad")
+	ip(t, "-n", tp.podName, "neigh", "replace", other6.String(), "lladdr", fmt.Sprintf("02:77:00:00:%02x:02", n), "dev", "wp", "nud", "permanent")
+	ip(t, "-n", tp.podName, "route", "add", "default", "via", tp.peer4.String())
+	ip(t, "-n", tp.podName, "-6", "route", "add", "default", "via", tp.peer6.String())
+
+	serve(t, tp.pod, "tcp", ":8080", tag("app"))
+	enroll(t, k, Pod{UID: "pod-a", Netns: tp.Pod("").Netns, IPs: []netip.Addr{tp.pod4, tp.pod6}, NodeIPs: []netip.Addr{named4}})
+	pods, err := k.Pods(ctx)
+	if err != nil || len(pods) != 1 {
+		t.Fatalf("Pods() = %v, %v", pods, err)
+	}
+	want := []netip.Addr{named4, tp.peer4, tp.peer6}
+	if got := pods[0].NodeIPs; !slices.Equal(got, want) {
+		t.Errorf("node IPs = %v, want %v (the named one, then the routes' gateways)", got, want)
+	}
+
+	from := func(src netip.Addr, dst string) (string, error) {
+		var line string
+		err := netns.Do(tp.peer, func() error {
+			d := net.Dialer{Timeout: 2 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
+			c, err := d.Dial("tcp", dst)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			line, err = readLine(c)
+			return err
+		})
+		return line, err
+	}
+	check := func(state string, tunnel bool) {
+		t.Helper()
+		for _, src := range []netip.Addr{tp.peer4, named4, tp.peer6} {
+			dst := ap(tp.pod4, 8080)
+			if src.Is6() {
+				dst = ap(tp.pod6, 8080)
+			}
+			got, err := from(src, dst)
+			expectLine(t, state+": probe from node "+src.String(), got, err, "app "+dst)
+		}
+		for _, src := range []netip.Addr{other4, other6} {
+			dst := ap(tp.pod4, 8080)
+			if src.Is6() {
+				dst = ap(tp.pod6, 8080)
+			}
+			got, err := from(src, dst)
+			if tunnel {
+				expectLine(t, state+": from "+src.String(), got, err, "inbound "+dst)
+			} else {
+				expectFail(t, state+": from "+src.String(), got, err)
+			}
+		}
+	}
+	check("no tunnel (STRICT, fail closed)", false)
+
+	hbone := serve(t, tp.pod, "tcp", ":15008", tag("hbone"))
+	inbound := serve(t, tp.pod, "tcp", ":15006", tag("inbound"))
+	if err := k.SetTunnelSockets(ctx, "pod-a", TunnelSockets{HBONE: hbone.(*net.TCPListener), Inbound: inbound.(*net.TCPListener)}); err != nil {
+		t.Fatal(err)
+	}
+	check("tunnel", true)
+	waitEntries(t, k, map[string]int{"node_ips": 3})
+
+	// Unenroll removes them.
+	if err := k.Unenroll(ctx, "pod-a"); err != nil {
+		t.Fatal(err)
+	}
+	waitEntries(t, k, map[string]int{"node_ips": 0, "pod_ips": 0})
 }
 
 func TestUnenroll(t *testing.T) {

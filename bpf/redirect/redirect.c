@@ -16,7 +16,9 @@
 //                                     the tunnel's side of the connection closes
 //   sk_lookup (per pod netns)         inbound TCP to the pod: port 15008 to the
 //                                     tunnel's HBONE socket, any other to its 15006 one;
-//                                     it finds the pod by address in `pod_ips`
+//                                     it finds the pod by address in `pod_ips`;
+//                                     connections from the node itself (the
+//                                     kubelet's probes) pass straight to the app
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -107,6 +109,23 @@ struct {
 	__type(key, struct ip);
 	__type(value, __u64);
 } pod_ips SEC(".maps");
+
+// A node-local address of an enrolled pod: where the node reaches the pod
+// from (its gateway on the pod's link, the node's own address).
+struct node_ip {
+	__u64 netns;
+	struct ip ip;
+};
+
+// Node-local addresses per enrolled pod. Connections from them are the
+// kubelet's probes (and anything else on the node's network namespace): they
+// pass to the app, unsteered, in STRICT mode too, or every probe would fail.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4 * MAX_PODS);
+	__type(key, struct node_ip);
+	__type(value, __u8);
+} node_ips SEC(".maps");
 
 // Original destination by socket cookie, from connect() to ACTIVE_ESTABLISHED.
 struct {
@@ -370,17 +389,23 @@ int warren_sk_lookup(struct bpf_sk_lookup *ctx)
 	// sk_lookup cannot read its netns cookie: the pod is found by its own
 	// address, the packet's destination.
 	struct ip local = {};
+	struct node_ip remote = {};
 	int own;
 	if (ctx->family == AF_INET) {
 		set_v4(local.ip6, ctx->local_ip4);
+		set_v4(remote.ip.ip6, ctx->remote_ip4);
 		own = ctx->remote_ip4 == ctx->local_ip4;
 	} else {
 		local.ip6[0] = ctx->local_ip6[0];
 		local.ip6[1] = ctx->local_ip6[1];
 		local.ip6[2] = ctx->local_ip6[2];
 		local.ip6[3] = ctx->local_ip6[3];
-		own = ctx->remote_ip6[0] == local.ip6[0] && ctx->remote_ip6[1] == local.ip6[1] &&
-		      ctx->remote_ip6[2] == local.ip6[2] && ctx->remote_ip6[3] == local.ip6[3];
+		remote.ip.ip6[0] = ctx->remote_ip6[0];
+		remote.ip.ip6[1] = ctx->remote_ip6[1];
+		remote.ip.ip6[2] = ctx->remote_ip6[2];
+		remote.ip.ip6[3] = ctx->remote_ip6[3];
+		own = remote.ip.ip6[0] == local.ip6[0] && remote.ip.ip6[1] == local.ip6[1] &&
+		      remote.ip.ip6[2] == local.ip6[2] && remote.ip.ip6[3] == local.ip6[3];
 	}
 	__u64 *netns = bpf_map_lookup_elem(&pod_ips, &local);
 	if (!netns)
@@ -389,6 +414,12 @@ int warren_sk_lookup(struct bpf_sk_lookup *ctx)
 	// The pod's connections to itself stay as they are (its loopback ones
 	// never get here: 127.0.0.1 and ::1 are no pod's address).
 	if (ctx->protocol != IPPROTO_TCP || own) {
+		count(PROG_SK_LOOKUP, ACTION_BYPASSED);
+		return SK_PASS;
+	}
+	// So do the node's own (the kubelet's probes): see node_ips.
+	remote.netns = *netns;
+	if (bpf_map_lookup_elem(&node_ips, &remote)) {
 		count(PROG_SK_LOOKUP, ACTION_BYPASSED);
 		return SK_PASS;
 	}

@@ -25,6 +25,12 @@ type RedirectIp struct {
 	Ip6 [4]uint32
 }
 
+type RedirectNodeIp struct {
+	_     structs.HostLayout
+	Netns uint64
+	Ip    RedirectIp
+}
+
 type RedirectPodInfo struct {
 	_   structs.HostLayout
 	Ip4 uint32
@@ -59,6 +65,7 @@ type RedirectTuple struct {
 const (
 	RedirectMapCounters        = "counters"
 	RedirectMapEnrolled        = "enrolled"
+	RedirectMapNodeIps         = "node_ips"
 	RedirectMapOrigByCookie    = "orig_by_cookie"
 	RedirectMapOrigByTuple     = "orig_by_tuple"
 	RedirectMapPodIps          = "pod_ips"
@@ -124,6 +131,7 @@ type RedirectProgramSpecs struct {
 type RedirectMapSpecs struct {
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	Enrolled     *ebpf.MapSpec `ebpf:"enrolled"`
+	NodeIps      *ebpf.MapSpec `ebpf:"node_ips"`
 	OrigByCookie *ebpf.MapSpec `ebpf:"orig_by_cookie"`
 	OrigByTuple  *ebpf.MapSpec `ebpf:"orig_by_tuple"`
 	PodIps       *ebpf.MapSpec `ebpf:"pod_ips"`
@@ -159,6 +167,7 @@ func (o *RedirectObjects) Close() error {
 type RedirectMaps struct {
 	Counters     *ebpf.Map `ebpf:"counters"`
 	Enrolled     *ebpf.Map `ebpf:"enrolled"`
+	NodeIps      *ebpf.Map `ebpf:"node_ips"`
 	OrigByCookie *ebpf.Map `ebpf:"orig_by_cookie"`
 	OrigByTuple  *ebpf.Map `ebpf:"orig_by_tuple"`
 	PodIps       *ebpf.Map `ebpf:"pod_ips"`
@@ -169,6 +178,7 @@ func (m *RedirectMaps) Close() error {
 	return _RedirectClose(
 		m.Counters,
 		m.Enrolled,
+		m.NodeIps,
 		m.OrigByCookie,
 		m.OrigByTuple,
 		m.PodIps,
