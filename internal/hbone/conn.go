@@ -112,7 +112,6 @@ func newConn(tc net.Conn, raw *batchConn, lim Limits, isServer bool, log *slog.L
 	c.fr.SetMaxReadFrameSize(lim.MaxFrameSize)
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.MaxHeaderListSize = lim.MaxHeaderListSize
-	c.fr.SetReuseFrames()
 	c.ctlFr = http2.NewFramer(&c.ctlBuf, nil)
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	return c

@@ -41,7 +41,9 @@ type Limits struct {
 	// MaxConcurrentStreams is announced to the peer (server) or caps the
 	// peer's announcement (client pool).
 	MaxConcurrentStreams uint32
-	// MaxFrameSize is the largest frame we read, and the largest DATA frame we send.
+	// MaxFrameSize is the largest frame we read, and the largest DATA frame we
+	// send. Buffers are pooled at the default size: larger values work but
+	// allocate per frame.
 	MaxFrameSize uint32
 	// StreamWindow and ConnWindow are the receive windows we grant: they bound
 	// the bytes buffered for a slow reader per stream and per connection.
