@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -100,7 +101,9 @@ func (rc *rawClient) closed() bool {
 func TestBadInput(t *testing.T) {
 	block := make(chan struct{})
 	defer close(block)
+	logs := &logRecorder{}
 	m := newMesh(t, meshOptions{
+		srvLog:    slog.New(logs),
 		srvLimits: Limits{MaxConcurrentStreams: 8, MaxHeaderListSize: 4 << 10},
 		handler: func(ctx context.Context, r *Request) (net.Conn, error) {
 			if r.Authority.Port() == 7 {
@@ -244,6 +247,21 @@ func TestBadInput(t *testing.T) {
 			t.Fatalf("GOAWAY %v", g.ErrCode)
 		}
 	})
+
+	// Every refusal left a reason in the log.
+	for _, want := range [][]string{
+		{"refusing connection", "no HTTP/2 client preface"},
+		{"closing connection", "FRAME_SIZE_ERROR"},
+		{"closing connection", "ENHANCE_YOUR_CALM"},
+		{"closing connection", "FLOW_CONTROL_ERROR"},
+		{"refusing stream", "status=400", "not an IP literal"},
+		{"refusing stream", "status=405"},
+		{"resetting stream", "FLOW_CONTROL"},
+	} {
+		if !logs.has(want...) {
+			t.Errorf("no log line with %q", want)
+		}
+	}
 
 	// After all that, the server still serves.
 	s, err := m.dial(echo)

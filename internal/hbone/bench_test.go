@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 
@@ -265,4 +266,40 @@ func BenchmarkConnect(b *testing.B) {
 			c.Close()
 		}
 	})
+}
+
+// BenchmarkIdleStreamMemory reports the heap that open, idle tunnels hold,
+// both ends and the backend connections included (all in this process), and
+// the heap of the two idle pooled connections carrying them.
+func BenchmarkIdleStreamMemory(b *testing.B) {
+	const streams = 200
+	m := newMesh(b, meshOptions{})
+	echo := echoServer(b)
+	heap := func() uint64 {
+		var ms runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		return ms.HeapInuse
+	}
+	var perStream float64
+	for b.Loop() {
+		before := heap()
+		var open []net.Conn
+		for range streams {
+			c, err := m.pool.Dial(context.Background(), m.key, echo, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			// Move a byte each way so every buffer on the path was touched.
+			c.Write([]byte{1})
+			io.ReadFull(c, make([]byte, 1))
+			open = append(open, c)
+		}
+		perStream = float64(heap()-before) / streams
+		for _, c := range open {
+			c.Close()
+		}
+	}
+	b.ReportMetric(perStream, "heapB/stream")
+	b.ReportMetric(float64(m.pool.Conns(m.key)), "conns")
 }

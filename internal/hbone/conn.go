@@ -446,6 +446,16 @@ func protoErr(format string, args ...any) error {
 	return connErr{http2.ErrCodeProtocol, fmt.Sprintf(format, args...)}
 }
 
+// resetLocked resets a stream the peer misused, with a logged reason. The
+// caller kicks.
+func (c *conn) resetLocked(s *Stream, code http2.ErrCode, reason string) {
+	c.log.Warn("hbone: resetting stream", "remote", c.tc.RemoteAddr(), "peer", c.peer, "stream", s.id, "code", code, "reason", reason)
+	s.abortLocked(fmt.Errorf("%w: %s: %s", ErrStreamReset, code, reason))
+	c.removeLocked(s)
+	id := s.id
+	c.queue(func(fr *http2.Framer) { fr.WriteRSTStream(id, code) })
+}
+
 func (c *conn) streamError(se http2.StreamError) {
 	reason := "malformed stream"
 	if se.Cause != nil {
@@ -577,16 +587,14 @@ func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 		return nil
 	}
 	if inc == 0 {
-		s.abortLocked(fmt.Errorf("%w: peer sent a zero WINDOW_UPDATE", ErrStreamReset))
-		c.removeLocked(s)
-		go c.writeRST(s.id, http2.ErrCodeProtocol)
+		c.resetLocked(s, http2.ErrCodeProtocol, "zero WINDOW_UPDATE")
+		go c.kick()
 		return nil
 	}
 	s.sendWin += inc
 	if s.sendWin > 1<<31-1 {
-		s.abortLocked(fmt.Errorf("%w: stream window overflow", ErrStreamReset))
-		c.removeLocked(s)
-		go c.writeRST(s.id, http2.ErrCodeFlowControl)
+		c.resetLocked(s, http2.ErrCodeFlowControl, "stream window overflow")
+		go c.kick()
 		return nil
 	}
 	s.cond.Broadcast()
@@ -827,10 +835,9 @@ func (c *conn) onData(id uint32, n int64, data []byte, endStream bool) error {
 	}
 	if n > s.recvWin {
 		c.creditConnLocked(n)
-		s.abortLocked(fmt.Errorf("%w: peer overran the stream window", ErrStreamReset))
-		c.removeLocked(s)
+		c.resetLocked(s, http2.ErrCodeFlowControl, "DATA beyond the stream window")
 		c.mu.Unlock()
-		c.writeRST(id, http2.ErrCodeFlowControl)
+		c.kick()
 		return nil
 	}
 	s.recvWin -= n

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -46,6 +47,7 @@ type mesh struct {
 
 type meshOptions struct {
 	srvLimits, cliLimits Limits
+	srvLog               *slog.Logger
 	handler              Handler
 	srvCA, cliCA         *identitytest.CA // default: the mesh CA
 	srvID, cliID         identity.ID
@@ -84,7 +86,10 @@ func newMesh(t testing.TB, o meshOptions) *mesh {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.srv = &Server{TLSConfig: sc, Logger: testLogger(t), Limits: o.srvLimits, Handler: func(ctx context.Context, r *Request) (net.Conn, error) {
+	if o.srvLog == nil {
+		o.srvLog = testLogger(t)
+	}
+	m.srv = &Server{TLSConfig: sc, Logger: o.srvLog, Limits: o.srvLimits, Handler: func(ctx context.Context, r *Request) (net.Conn, error) {
 		m.mu.Lock()
 		m.reqs = append(m.reqs, r)
 		m.mu.Unlock()
@@ -194,4 +199,40 @@ func writeKey(t testing.TB, path string, c *tls.Certificate) {
 		t.Fatal(err)
 	}
 	writePEM(t, path, "PRIVATE KEY", der)
+}
+
+// logRecorder keeps the messages and attributes a logger received.
+type logRecorder struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (r *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (r *logRecorder) WithAttrs([]slog.Attr) slog.Handler       { return r }
+func (r *logRecorder) WithGroup(string) slog.Handler            { return r }
+func (r *logRecorder) Handle(_ context.Context, rec slog.Record) error {
+	line := rec.Level.String() + " " + rec.Message
+	rec.Attrs(func(a slog.Attr) bool {
+		line += " " + a.String()
+		return true
+	})
+	r.mu.Lock()
+	r.lines = append(r.lines, line)
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *logRecorder) has(substrs ...string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+next:
+	for _, l := range r.lines {
+		for _, s := range substrs {
+			if !strings.Contains(l, s) {
+				continue next
+			}
+		}
+		return true
+	}
+	return false
 }
