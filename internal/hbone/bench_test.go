@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"syscall"
 	"testing"
 	"time"
 
@@ -190,9 +191,25 @@ func benchConns(b *testing.B, backend string, run func(b *testing.B, c net.Conn)
 		return m.pool.Dial(context.Background(), m.key, backend, nil)
 	})
 	tlsOut := outbound(b, func() (net.Conn, error) { return tls.Dial("tcp", relay.addr, relay.cli) })
-	b.Run("hbone", func(b *testing.B) { run(b, dialApp(b, hboneOut)) })
-	b.Run("tls-relay", func(b *testing.B) { run(b, dialApp(b, tlsOut)) })
-	b.Run("hbone-stream", func(b *testing.B) { run(b, hboneDial(b, m, backend)) })
+	b.Run("hbone", func(b *testing.B) { withCPU(b, func() { run(b, dialApp(b, hboneOut)) }) })
+	b.Run("tls-relay", func(b *testing.B) { withCPU(b, func() { run(b, dialApp(b, tlsOut)) }) })
+	b.Run("hbone-stream", func(b *testing.B) { withCPU(b, func() { run(b, hboneDial(b, m, backend)) }) })
+}
+
+// withCPU reports the process's CPU time per operation (user+system, every
+// goroutine: application, tunnels and backend). On a shared, loaded machine
+// it is a steadier comparison than wall time.
+func withCPU(b *testing.B, f func()) {
+	cpu := func() time.Duration {
+		var ru syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	start := cpu()
+	f()
+	if b.N > 0 {
+		b.ReportMetric(float64(cpu()-start)/float64(b.N), "cpu-ns/op")
+	}
 }
 
 func BenchmarkUpload(b *testing.B) {
