@@ -10,7 +10,7 @@ func TestRecvQueue(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	var q recvQueue
 	var want bytes.Buffer
-	for i := range 2000 {
+	for i := range 400 {
 		switch r.IntN(3) {
 		case 0, 1:
 			p := make([]byte, r.IntN(3*chunkSize))
