@@ -722,11 +722,12 @@ func (c *conn) onHeaders(mh *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	status := mh.PseudoValue("status")
-	code := 0
+	code, digits := 0, len(status) == 3
 	for _, ch := range []byte(status) {
+		digits = digits && ch >= '0' && ch <= '9'
 		code = code*10 + int(ch-'0')
 	}
-	if len(status) != 3 || code < 100 {
+	if !digits || code < 100 {
 		c.mu.Unlock()
 		c.streamError(http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol, Cause: fmt.Errorf("bad :status %q", status)})
 		return nil
