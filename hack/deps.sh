@@ -6,6 +6,7 @@ pkgs=(
   etcd-server runc containernetworking-plugins iptables nftables conntrack socat  # local cluster
   iproute2 tcpdump                                                                 # netns tests, captures
   clang llvm libbpf-dev                                                            # bpf2go
+  protobuf-compiler                                                                # api/proto (protoc)
   haproxy iperf3                                                                   # benchmarks
 )
 missing=()

@@ -1,0 +1,101 @@
+package distribution
+
+import (
+	"maps"
+	"net/netip"
+
+	meshv1 "github.com/warrenmesh/warren/api/proto/mesh/v1"
+	"github.com/warrenmesh/warren/api/v1alpha1"
+	"github.com/warrenmesh/warren/controller/model"
+)
+
+// resources turns a node's view into keyed resources.
+func resources(v model.NodeView) map[string]*meshv1.Resource {
+	out := make(map[string]*meshv1.Resource, len(v.Workloads)+len(v.Peers)+len(v.Services)+len(v.Policies))
+	for _, w := range v.Workloads {
+		k := "workload/" + string(w.UID)
+		out[k] = &meshv1.Resource{Key: k, Kind: &meshv1.Resource_Workload{Workload: &meshv1.Workload{
+			Uid: string(w.UID), Namespace: w.Namespace, Name: w.Name, ServiceAccount: w.ServiceAccount,
+			Identity: w.Identity.String(), Ips: ips(w.IPs), Labels: maps.Clone(w.Labels), MtlsMode: mode(w.Mode),
+		}}}
+	}
+	for _, p := range v.Peers {
+		k := "peer/" + string(p.UID)
+		out[k] = &meshv1.Resource{Key: k, Kind: &meshv1.Resource_Peer{Peer: &meshv1.Peer{
+			Uid: string(p.UID), Node: p.Node, Ips: ips(p.IPs), Identity: p.Identity.String(),
+		}}}
+	}
+	for _, s := range v.Services {
+		k := "service/" + s.Namespace + "/" + s.Name
+		ps := &meshv1.Service{Namespace: s.Namespace, Name: s.Name, Vips: ips(s.VIPs)}
+		for _, p := range s.Ports {
+			ps.Ports = append(ps.Ports, &meshv1.ServicePort{Name: p.Name, Port: uint32(p.Port), TargetPort: uint32(p.TargetPort), TargetPortName: p.TargetPortName})
+		}
+		for _, e := range s.Endpoints {
+			pe := &meshv1.Endpoint{Ip: e.Addr.String(), Node: e.Node, WorkloadUid: string(e.WorkloadUID), Ready: e.Ready, Enrolled: e.Enrolled}
+			if !e.Identity.IsZero() {
+				pe.Identity = e.Identity.String()
+			}
+			if len(e.Ports) > 0 {
+				pe.Ports = make(map[string]uint32, len(e.Ports))
+				for n, p := range e.Ports {
+					pe.Ports[n] = uint32(p)
+				}
+			}
+			ps.Endpoints = append(ps.Endpoints, pe)
+		}
+		out[k] = &meshv1.Resource{Key: k, Kind: &meshv1.Resource_Service{Service: ps}}
+	}
+	for _, p := range v.Policies {
+		k := "policy/" + p.Namespace + "/" + p.Name
+		pp := &meshv1.Policy{Namespace: p.Namespace, Name: p.Name, Selector: maps.Clone(p.Selector), HasSelector: p.Selector != nil, Action: action(p.Action)}
+		for _, r := range p.Rules {
+			pr := &meshv1.Rule{}
+			for _, f := range r.From {
+				src := &meshv1.Source{Namespaces: f.Namespaces}
+				for _, id := range f.Principals {
+					src.Principals = append(src.Principals, id.String())
+				}
+				pr.From = append(pr.From, src)
+			}
+			for _, t := range r.To {
+				d := &meshv1.Destination{}
+				for _, port := range t.Ports {
+					d.Ports = append(d.Ports, uint32(port))
+				}
+				pr.To = append(pr.To, d)
+			}
+			pp.Rules = append(pp.Rules, pr)
+		}
+		out[k] = &meshv1.Resource{Key: k, Kind: &meshv1.Resource_Policy{Policy: pp}}
+	}
+	return out
+}
+
+func ips(as []netip.Addr) []string {
+	out := make([]string, len(as))
+	for i, a := range as {
+		out[i] = a.String()
+	}
+	return out
+}
+
+func mode(m v1alpha1.MTLSMode) meshv1.MTLSMode {
+	switch m {
+	case v1alpha1.ModeStrict:
+		return meshv1.MTLSMode_MTLS_MODE_STRICT
+	case v1alpha1.ModePermissive:
+		return meshv1.MTLSMode_MTLS_MODE_PERMISSIVE
+	}
+	return meshv1.MTLSMode_MTLS_MODE_UNSPECIFIED
+}
+
+func action(a v1alpha1.AuthorizationAction) meshv1.Action {
+	switch a {
+	case v1alpha1.ActionAllow:
+		return meshv1.Action_ACTION_ALLOW
+	case v1alpha1.ActionDeny:
+		return meshv1.Action_ACTION_DENY
+	}
+	return meshv1.Action_ACTION_UNSPECIFIED
+}

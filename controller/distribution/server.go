@@ -1,0 +1,324 @@
+// Package distribution serves the controller's model to data planes over
+// gRPC (api/proto/mesh/v1): each subscriber gets its node's view as a
+// snapshot, then only what changed, one update in flight at a time, acked or
+// nacked. Every subscriber has its own goroutine and a one-slot "something
+// changed" signal, so a slow or stuck subscriber only delays itself: it gets
+// the latest state when it catches up, not every intermediate one.
+package distribution
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	meshv1 "github.com/warrenmesh/warren/api/proto/mesh/v1"
+	"github.com/warrenmesh/warren/controller/ca"
+	"github.com/warrenmesh/warren/controller/model"
+)
+
+// Options configure a Server.
+type Options struct {
+	Log *slog.Logger
+	// Authn authenticates every call by its bearer token.
+	Authn ca.Authenticator
+	// Callers are the "namespace/serviceaccount" names that may subscribe.
+	Callers []string
+	// Signer answers SignCertificate; nil: Unimplemented.
+	Signer  *ca.Signer
+	Metrics *Metrics // optional
+}
+
+// Validate reports options a Server cannot work with.
+func (o *Options) Validate() error {
+	switch {
+	case o.Log == nil:
+		return errors.New("distribution: no logger")
+	case o.Authn == nil:
+		return errors.New("distribution: no authenticator")
+	case len(o.Callers) == 0:
+		return errors.New("distribution: no allowed callers")
+	}
+	return nil
+}
+
+// Server implements meshv1.DistributionServer.
+type Server struct {
+	meshv1.UnimplementedDistributionServer
+	o    Options
+	seed maphash.Seed
+
+	mu        sync.Mutex
+	model     *model.Model
+	version   uint64
+	changedAt time.Time
+	subs      map[*subscriber]struct{}
+}
+
+type subscriber struct {
+	node    string
+	changed chan struct{} // one slot: coalesces changes
+}
+
+// New returns a server with no model yet; subscribers wait for Publish.
+func New(o Options) (*Server, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	return &Server{o: o, seed: maphash.MakeSeed(), subs: map[*subscriber]struct{}{}}, nil
+}
+
+// Publish makes m the current model and wakes every subscriber. It never
+// blocks on a subscriber.
+func (s *Server) Publish(m *model.Model) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.model = m
+	s.version++
+	s.changedAt = time.Now()
+	for sub := range s.subs {
+		select {
+		case sub.changed <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (s *Server) current() (*model.Model, uint64, time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.model, s.version, s.changedAt
+}
+
+// authenticate checks the call's bearer token and that the caller may use
+// the API.
+func (s *Server) authenticate(ctx context.Context) (ca.Caller, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	var token string
+	if v := md.Get("authorization"); len(v) == 1 {
+		token, _ = strings.CutPrefix(v[0], "Bearer ")
+	}
+	caller, err := s.o.Authn.Authenticate(ctx, token)
+	if err != nil {
+		if ca.ReasonOf(err) != "" {
+			return caller, status.Error(codes.Unauthenticated, err.Error())
+		}
+		return caller, status.Error(codes.Unavailable, err.Error())
+	}
+	if !slices.Contains(s.o.Callers, caller.Namespace+"/"+caller.ServiceAccount) {
+		return caller, status.Errorf(codes.PermissionDenied, "service account %s/%s may not use the distribution API", caller.Namespace, caller.ServiceAccount)
+	}
+	return caller, nil
+}
+
+// SignCertificate implements meshv1.DistributionServer.
+func (s *Server) SignCertificate(ctx context.Context, req *meshv1.SignRequest) (*meshv1.SignResponse, error) {
+	if s.o.Signer == nil {
+		return nil, status.Error(codes.Unimplemented, "this controller does not sign")
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	var token string
+	if v := md.Get("authorization"); len(v) == 1 {
+		token, _ = strings.CutPrefix(v[0], "Bearer ")
+	}
+	chain, err := s.o.Signer.SignCSR(ctx, token, req.GetCsr())
+	switch r := ca.ReasonOf(err); {
+	case err == nil:
+		return &meshv1.SignResponse{Chain: chain, Roots: s.o.Signer.CA.RootsPEM()}, nil
+	case r == ca.ReasonUnauthenticated:
+		return nil, status.Error(codes.Unauthenticated, err.Error())
+	case r != "":
+		return nil, status.Error(codes.PermissionDenied, err.Error())
+	default:
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+}
+
+// answer is an Ack or Nack from the client.
+type answer struct {
+	version uint64
+	nack    string
+	ack     bool
+}
+
+// Subscribe implements meshv1.DistributionServer.
+func (s *Server) Subscribe(stream meshv1.Distribution_SubscribeServer) error {
+	ctx := stream.Context()
+	caller, err := s.authenticate(ctx)
+	if err != nil {
+		s.o.Log.Warn("subscriber refused", "err", err, "node", caller.Node)
+		return err
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	node := first.GetHello().GetNode()
+	if node == "" {
+		return status.Error(codes.InvalidArgument, "the first message must be a Hello with the node name")
+	}
+	if node != caller.Node {
+		return status.Errorf(codes.PermissionDenied, "caller runs on node %q, not %q: a node gets only its own data", caller.Node, node)
+	}
+
+	sub := &subscriber{node: node, changed: make(chan struct{}, 1)}
+	sub.changed <- struct{}{} // start with whatever model there is
+	s.mu.Lock()
+	s.subs[sub] = struct{}{}
+	s.mu.Unlock()
+	s.o.Metrics.subscribed(1)
+	defer func() {
+		s.mu.Lock()
+		delete(s.subs, sub)
+		s.mu.Unlock()
+		s.o.Metrics.subscribed(-1)
+	}()
+	log := s.o.Log.With("node", node, "caller_pod", caller.Pod)
+	log.Info("subscriber connected")
+
+	answers := make(chan answer)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			var a answer
+			switch k := req.GetKind().(type) {
+			case *meshv1.SubscribeRequest_Ack:
+				a = answer{version: k.Ack.GetVersion(), ack: true}
+			case *meshv1.SubscribeRequest_Nack:
+				a = answer{version: k.Nack.GetVersion(), nack: cmp.Or(k.Nack.GetError(), "no reason given")}
+			default:
+				recvErr <- status.Error(codes.InvalidArgument, "after Hello, only Ack and Nack")
+				return
+			}
+			select {
+			case answers <- a:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	var (
+		acked    map[string]uint64 // key -> hash of what the client holds
+		inflight *pending
+		dirty    bool
+	)
+	for {
+		if dirty && inflight == nil {
+			dirty = false
+			p, err := s.next(node, acked)
+			if err != nil {
+				return status.Error(codes.Internal, err.Error())
+			}
+			if p != nil {
+				if err := stream.Send(p.update); err != nil {
+					return err
+				}
+				inflight = p
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-recvErr:
+			if errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
+				return nil
+			}
+			log.Info("subscriber gone", "err", err)
+			return err
+		case <-sub.changed:
+			dirty = true
+		case a := <-answers:
+			if inflight == nil || a.version != inflight.update.Version {
+				return status.Errorf(codes.InvalidArgument, "answer for version %d, which is not in flight", a.version)
+			}
+			kind := map[bool]string{true: "snapshot", false: "delta"}[inflight.update.Snapshot]
+			if a.ack {
+				acked = inflight.state
+				s.o.Metrics.pushed(kind, "ack", time.Since(inflight.changedAt))
+			} else {
+				// The client keeps what it had; so do we. The refused
+				// resources go again with the next change.
+				log.Warn("update refused by subscriber", "version", a.version, "err", a.nack)
+				s.o.Metrics.pushed(kind, "nack", 0)
+			}
+			inflight = nil
+		}
+	}
+}
+
+type pending struct {
+	update    *meshv1.Update
+	state     map[string]uint64
+	changedAt time.Time
+}
+
+// next computes the update that takes a client from acked (nil: nothing,
+// so a snapshot) to the current model; nil when nothing changed.
+func (s *Server) next(node string, acked map[string]uint64) (*pending, error) {
+	m, version, changedAt := s.current()
+	if m == nil {
+		return nil, nil
+	}
+	res := resources(m.ForNode(node))
+	state := make(map[string]uint64, len(res))
+	u := &meshv1.Update{Version: version, Snapshot: acked == nil}
+	keys := make([]string, 0, len(res))
+	for k := range res {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(res[k])
+		if err != nil {
+			return nil, fmt.Errorf("marshal %s: %w", k, err)
+		}
+		h := maphash.Bytes(s.seed, b)
+		state[k] = h
+		if old, ok := acked[k]; !ok || old != h || u.Snapshot {
+			u.Upserts = append(u.Upserts, res[k])
+		}
+	}
+	for k := range acked {
+		if _, ok := state[k]; !ok {
+			u.Removals = append(u.Removals, k)
+		}
+	}
+	slices.Sort(u.Removals)
+	if !u.Snapshot && len(u.Upserts) == 0 && len(u.Removals) == 0 {
+		return nil, nil
+	}
+	return &pending{update: u, state: state, changedAt: changedAt}, nil
+}
+
+func (m *Metrics) subscribed(d float64) {
+	if m != nil {
+		m.subscribers.Add(d)
+	}
+}
+
+func (m *Metrics) pushed(kind, answer string, latency time.Duration) {
+	if m == nil {
+		return
+	}
+	m.pushes.WithLabelValues(kind, answer).Inc()
+	if answer == "ack" {
+		m.ackLatency.Observe(latency.Seconds())
+	}
+}
