@@ -1,0 +1,100 @@
+package nodeagent
+
+import (
+	"context"
+	"errors"
+	"os"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/warrenmesh/warren/hack/cluster/localcluster"
+)
+
+// startAPIServer runs etcd (Debian's) and the kube-apiserver that hack/cluster
+// builds into its cache, on loopback ports in temporary folders, for the
+// length of the test.
+func startAPIServer(t *testing.T) kubernetes.Interface {
+	t.Helper()
+	switch {
+	case testing.Short():
+		t.Skip("integration test against a real kube-apiserver: skipped under -short")
+	case os.Geteuid() != 0:
+		t.Skip("integration test against a real kube-apiserver: needs root (the binary cache and hack/deps.sh are root's)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	cfg := localcluster.DefaultConfig()
+	if err := cfg.EnsureBinaries(ctx); err != nil {
+		t.Fatalf("kube binaries: %v", err)
+	}
+	const etcd = "/usr/bin/etcd"
+	if _, err := os.Stat(etcd); err != nil {
+		t.Fatalf("etcd (hack/deps.sh installs it): %v", err)
+	}
+	te := &envtest.Environment{ControlPlaneStartTimeout: 60 * time.Second, ControlPlaneStopTimeout: 20 * time.Second}
+	te.ControlPlane.GetAPIServer().Path = cfg.Bin("kube-apiserver")
+	te.ControlPlane.Etcd = &envtest.Etcd{Path: etcd}
+	rc, err := te.Start()
+	if err != nil {
+		t.Fatal(errors.Join(err, te.Stop()))
+	}
+	t.Cleanup(func() {
+		if err := te.Stop(); err != nil {
+			t.Errorf("stop apiserver: %v", err)
+		}
+	})
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client
+}
+
+// The reconciler against a real apiserver: field-selected pod informer,
+// namespace informer, labels changing under it.
+func TestReconcilerAPIServer(t *testing.T) {
+	client := startAPIServer(t)
+	ctx := context.Background()
+	mustCreate := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := client.CoreV1().Namespaces().Create(ctx, testNS("mesh", map[string]string{LabelMesh: MeshEnabled}), metav1.CreateOptions{})
+	mustCreate(err)
+	_, err = client.CoreV1().ServiceAccounts("mesh").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{})
+	mustCreate(err)
+	r := startReconciler(t, client, newRecordingDataplane(), fixedNetns{})
+
+	uids := map[string]string{}
+	for _, p := range []struct{ name, node, ip string }{{"a", "node1", "10.244.1.2"}, {"b", "node2", "10.244.2.2"}} {
+		pod := kubePod("mesh", p.name, "", p.node, p.ip)
+		created, err := client.CoreV1().Pods("mesh").Create(ctx, pod, metav1.CreateOptions{})
+		mustCreate(err)
+		created.Status = pod.Status
+		_, err = client.CoreV1().Pods("mesh").UpdateStatus(ctx, created, metav1.UpdateOptions{})
+		mustCreate(err)
+		uids[p.name] = string(created.UID)
+	}
+	r.eventually("pod enrolled", uids["a"])
+	if _, err := r.rec.pods.Pods("mesh").Get("b"); err == nil {
+		t.Error("the pod informer holds another node's pod")
+	}
+
+	r.setNSLabel("mesh", "")
+	r.eventually("namespace label removed")
+	r.setNSLabel("mesh", MeshEnabled)
+	r.eventually("namespace label back", uids["a"])
+	r.updatePod("mesh", "a", podLabel(MeshDisabled))
+	r.eventually("pod opted out")
+	r.updatePod("mesh", "a", podLabel(MeshEnabled))
+	r.eventually("pod back", uids["a"])
+	mustCreate(client.CoreV1().Pods("mesh").Delete(ctx, "a", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}))
+	r.eventually("pod deleted")
+}

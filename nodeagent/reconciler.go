@@ -1,0 +1,391 @@
+package nodeagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+)
+
+// TunnelPod is what the tunnel is told about an enrolled pod.
+type TunnelPod struct {
+	UID, Namespace, Name string
+	IPs                  []netip.Addr
+	// Netns is the path of the pod's network namespace, opened by the
+	// receiver at once (a /proc/PID path is only good while PID lives).
+	Netns string
+}
+
+// Tunnel is the node's ztunnel as the reconciler sees it: told of every pod
+// enrolled and unenrolled (package zds implements it over a Unix socket).
+// Both are idempotent.
+type Tunnel interface {
+	AddPod(ctx context.Context, pod TunnelPod) error
+	DeletePod(ctx context.Context, uid string) error
+}
+
+// NetnsFinder finds the network namespace of a running pod on this node.
+type NetnsFinder interface {
+	// PodNetns returns a path to the pod's netns, or an error wrapping
+	// ErrNetnsNotFound.
+	PodNetns(uid string) (string, error)
+}
+
+// ErrNetnsNotFound: no process of the pod was found (yet).
+var ErrNetnsNotFound = errors.New("pod network namespace not found")
+
+// ReconcilerConfig configures a Reconciler.
+type ReconcilerConfig struct {
+	Node      string
+	Client    kubernetes.Interface
+	Dataplane Dataplane
+	// Tunnel is told of enrolled pods; none if nil.
+	Tunnel Tunnel
+	// Netns finds running pods' netns (ProcNetnsFinder in production).
+	Netns NetnsFinder
+	// Workers is the number of pods synced at once; 2 if zero.
+	Workers int
+	// Resync is the informers' resync period; none if zero.
+	Resync time.Duration
+	Logger *slog.Logger
+}
+
+// Validate checks the configuration.
+func (c *ReconcilerConfig) Validate() error {
+	switch {
+	case c.Node == "":
+		return errors.New("reconciler: node name missing")
+	case c.Client == nil:
+		return errors.New("reconciler: kubernetes client missing")
+	case c.Dataplane == nil:
+		return errors.New("reconciler: dataplane missing")
+	case c.Netns == nil:
+		return errors.New("reconciler: netns finder missing")
+	}
+	return nil
+}
+
+// Reconciler keeps the dataplane in line with the pods of one node: a
+// level-based sync per pod key (namespace/name), driven by informers on this
+// node's pods and on namespaces. It also serves the CNI plugin's requests,
+// under the same lock, so that both never act on one pod at once.
+type Reconciler struct {
+	cfg   ReconcilerConfig
+	log   *slog.Logger
+	queue workqueue.TypedRateLimitingInterface[string]
+
+	podFactory, nsFactory informers.SharedInformerFactory
+	pods                  corelisters.PodLister
+	namespaces            corelisters.NamespaceLister
+	synced                []cache.InformerSynced
+
+	mu sync.Mutex // serialises syncs and CNI calls
+	// state is what this agent put in the dataplane and told the tunnel, by pod UID.
+	state map[string]*podRecord
+	// cniNetns are netns paths the CNI plugin gave, by pod UID: the only
+	// way to know a pod's netns before its first process runs.
+	cniNetns map[string]string
+}
+
+type podRecord struct {
+	key     string // namespace/name; "" for a pod adopted from the dataplane, not yet seen
+	netns   string // "" until enrolled by this agent (adopted pods are enrolled again once)
+	ips     []netip.Addr
+	nodeIPs []netip.Addr
+}
+
+// NewReconciler builds the informers and the queue; Run starts them.
+func NewReconciler(cfg ReconcilerConfig) (*Reconciler, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Workers == 0 {
+		cfg.Workers = 2
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	r := &Reconciler{
+		cfg: cfg,
+		log: cfg.Logger.With("node", cfg.Node),
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "pods"}),
+		state:    map[string]*podRecord{},
+		cniNetns: map[string]string{},
+	}
+	// Only this node's pods: on a big cluster the agent must not hold them all.
+	r.podFactory = informers.NewSharedInformerFactoryWithOptions(cfg.Client, cfg.Resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", cfg.Node).String()
+		}))
+	r.nsFactory = informers.NewSharedInformerFactory(cfg.Client, cfg.Resync)
+	podInf := r.podFactory.Core().V1().Pods()
+	nsInf := r.nsFactory.Core().V1().Namespaces()
+	r.pods, r.namespaces = podInf.Lister(), nsInf.Lister()
+	r.synced = []cache.InformerSynced{podInf.Informer().HasSynced, nsInf.Informer().HasSynced}
+
+	enqueue := func(obj any) {
+		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+			r.queue.Add(key)
+		}
+	}
+	if _, err := podInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    enqueue,
+		UpdateFunc: func(_, obj any) { enqueue(obj) },
+		DeleteFunc: enqueue,
+	}); err != nil {
+		return nil, fmt.Errorf("pod informer: %w", err)
+	}
+	// A namespace's label decides for all its pods: enqueue each of them.
+	nsChanged := func(obj any) {
+		name, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+		if err != nil {
+			return
+		}
+		pods, err := r.pods.Pods(name).List(labels.Everything())
+		if err != nil {
+			return
+		}
+		for _, p := range pods {
+			r.queue.Add(p.Namespace + "/" + p.Name)
+		}
+	}
+	if _, err := nsInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: nsChanged,
+		UpdateFunc: func(old, obj any) {
+			o, n := old.(*corev1.Namespace), obj.(*corev1.Namespace)
+			if o.Labels[LabelMesh] != n.Labels[LabelMesh] {
+				nsChanged(obj)
+			}
+		},
+		DeleteFunc: nsChanged,
+	}); err != nil {
+		return nil, fmt.Errorf("namespace informer: %w", err)
+	}
+	return r, nil
+}
+
+// Run starts the informers, adopts what the dataplane already has, then
+// syncs pods until ctx ends.
+func (r *Reconciler) Run(ctx context.Context) error {
+	defer r.queue.ShutDown()
+	pods, err := r.cfg.Dataplane.Pods(ctx)
+	if err != nil {
+		return fmt.Errorf("reconciler: %w", err)
+	}
+	r.mu.Lock()
+	for _, p := range pods {
+		r.state[p.UID] = &podRecord{ips: p.IPs, nodeIPs: p.NodeIPs}
+	}
+	r.mu.Unlock()
+
+	r.podFactory.Start(ctx.Done())
+	r.nsFactory.Start(ctx.Done())
+	defer r.podFactory.Shutdown()
+	defer r.nsFactory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), r.synced...) {
+		return fmt.Errorf("reconciler: informers not synced: %w", context.Cause(ctx))
+	}
+	if err := r.collectGone(ctx); err != nil {
+		r.log.Warn("unenrolling pods gone while the agent was away", "err", err)
+	}
+	r.log.Info("reconciler started", "adopted_pods", len(pods))
+
+	var wg sync.WaitGroup
+	for range r.cfg.Workers {
+		wg.Go(func() {
+			for r.processNext(ctx) {
+			}
+		})
+	}
+	<-ctx.Done()
+	r.queue.ShutDown()
+	wg.Wait()
+	return nil
+}
+
+// collectGone unenrolls the adopted pods that no longer exist on this node.
+func (r *Reconciler) collectGone(ctx context.Context) error {
+	pods, err := r.pods.List(labels.Everything())
+	if err != nil {
+		return err
+	}
+	live := map[string]bool{}
+	for _, p := range pods {
+		if p.Spec.NodeName == r.cfg.Node {
+			live[string(p.UID)] = true
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var errs []error
+	for uid, rec := range r.state {
+		if rec.key == "" && !live[uid] {
+			errs = append(errs, r.unenrollLocked(ctx, uid, "pod gone"))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (r *Reconciler) processNext(ctx context.Context) bool {
+	key, quit := r.queue.Get()
+	if quit {
+		return false
+	}
+	defer r.queue.Done(key)
+	if err := r.Sync(ctx, key); err != nil {
+		r.log.Warn("pod sync failed, will retry", "pod", key, "err", err, "retries", r.queue.NumRequeues(key))
+		r.queue.AddRateLimited(key)
+		return true
+	}
+	r.queue.Forget(key)
+	return true
+}
+
+// Sync brings one pod (namespace/name) to where its labels say, whatever
+// happened before: safe to call any number of times.
+func (r *Reconciler) Sync(ctx context.Context, key string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ns, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return nil // not ours to retry
+	}
+	pod, err := r.pods.Pods(ns).Get(name)
+	if apierrors.IsNotFound(err) {
+		return r.unenrollKeyLocked(ctx, key, "", "pod deleted")
+	}
+	if err != nil {
+		return err
+	}
+	// Another pod with the same name (a StatefulSet's next one) replaced it.
+	if err := r.unenrollKeyLocked(ctx, key, string(pod.UID), "pod replaced"); err != nil {
+		return err
+	}
+	d, err := r.decide(pod)
+	if err != nil {
+		r.log.Warn("pod not enrolled", "pod", key, "err", err)
+	}
+	uid := string(pod.UID)
+	switch d.Verdict {
+	case Enroll:
+		return r.enrollLocked(ctx, pod, "")
+	case Direct, Ignore:
+		return r.unenrollLocked(ctx, uid, d.Reason)
+	}
+	if rec := r.state[uid]; rec != nil {
+		rec.key = key
+	}
+	return nil
+}
+
+func (r *Reconciler) decide(pod *corev1.Pod) (Decision, error) {
+	ns, err := r.namespaces.Get(pod.Namespace)
+	if err != nil {
+		ns = nil
+	}
+	return Decide(r.cfg.Node, ns, pod)
+}
+
+// enrollLocked enrolls pod with its netns at netnsPath, or the one the CNI
+// gave or a /proc scan finds when netnsPath is empty.
+func (r *Reconciler) enrollLocked(ctx context.Context, pod *corev1.Pod, netnsPath string) error {
+	uid := string(pod.UID)
+	key := pod.Namespace + "/" + pod.Name
+	ips, err := PodIPs(pod)
+	if err != nil {
+		return err
+	}
+	nodeIPs := hostIPs(pod, ips)
+	rec := r.state[uid]
+	if netnsPath == "" {
+		if rec != nil && rec.netns != "" {
+			netnsPath = rec.netns
+		} else if p := r.cniNetns[uid]; p != "" {
+			netnsPath = p
+		} else if netnsPath, err = r.cfg.Netns.PodNetns(uid); err != nil {
+			return fmt.Errorf("pod %s: %w", key, err)
+		}
+	}
+	if rec != nil && rec.netns == netnsPath && slices.Equal(rec.ips, ips) && slices.Equal(rec.nodeIPs, nodeIPs) {
+		rec.key = key
+		return nil // already so
+	}
+	if err := r.cfg.Dataplane.Enroll(ctx, Pod{UID: uid, Netns: netnsPath, IPs: ips, NodeIPs: nodeIPs}); err != nil {
+		return err
+	}
+	r.state[uid] = &podRecord{key: key, netns: netnsPath, ips: ips, nodeIPs: nodeIPs}
+	if r.cfg.Tunnel != nil {
+		tp := TunnelPod{UID: uid, Namespace: pod.Namespace, Name: pod.Name, IPs: ips, Netns: netnsPath}
+		if err := r.cfg.Tunnel.AddPod(ctx, tp); err != nil {
+			// Redirection is in place (fail closed); the tunnel gets the
+			// pod with its next snapshot, or on this pod's retry.
+			r.state[uid].netns = ""
+			return fmt.Errorf("pod %s: tell the tunnel: %w", key, err)
+		}
+	}
+	r.log.Info("pod enrolled", "pod", key, "uid", uid, "netns", netnsPath, "ips", ips)
+	return nil
+}
+
+// hostIPs are the node's addresses as the pod's status has them, for the
+// probe exemption (the gateways of the pod's routes are added at Enroll).
+func hostIPs(pod *corev1.Pod, podIPs []netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	add := func(s string) {
+		ip, err := netip.ParseAddr(s)
+		if ip = ip.Unmap(); err == nil && !slices.Contains(out, ip) && !slices.Contains(podIPs, ip) {
+			out = append(out, ip)
+		}
+	}
+	for _, h := range pod.Status.HostIPs {
+		add(h.IP)
+	}
+	add(pod.Status.HostIP)
+	return out
+}
+
+// unenrollKeyLocked unenrolls the pods recorded under key, but keepUID.
+func (r *Reconciler) unenrollKeyLocked(ctx context.Context, key, keepUID, reason string) error {
+	var errs []error
+	for uid, rec := range r.state {
+		if rec.key == key && uid != keepUID {
+			errs = append(errs, r.unenrollLocked(ctx, uid, reason))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (r *Reconciler) unenrollLocked(ctx context.Context, uid, reason string) error {
+	rec, ok := r.state[uid]
+	if !ok {
+		return nil
+	}
+	if err := r.cfg.Dataplane.Unenroll(ctx, uid); err != nil {
+		return err
+	}
+	if r.cfg.Tunnel != nil {
+		if err := r.cfg.Tunnel.DeletePod(ctx, uid); err != nil {
+			return fmt.Errorf("pod %s: tell the tunnel: %w", uid, err)
+		}
+	}
+	delete(r.state, uid)
+	delete(r.cniNetns, uid)
+	r.log.Info("pod unenrolled", "pod", rec.key, "uid", uid, "reason", reason)
+	return nil
+}
