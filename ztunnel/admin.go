@@ -1,0 +1,101 @@
+package ztunnel
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"sort"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// serveAdmin starts the node-side HTTP servers: admin (config dump,
+// certificates, pprof), metrics and readiness. An empty address disables one.
+func (t *Tunnel) serveAdmin(ctx context.Context) ([]*http.Server, error) {
+	admin := http.NewServeMux()
+	admin.HandleFunc("GET /config_dump", t.configDump)
+	admin.HandleFunc("GET /certs", t.certsDump)
+	admin.HandleFunc("/debug/pprof/", pprof.Index)
+	admin.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	admin.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	admin.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	admin.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	metrics := http.NewServeMux()
+	metrics.Handle("GET /metrics", promhttp.HandlerFor(t.reg, promhttp.HandlerOpts{}))
+	ready := http.NewServeMux()
+	ready.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if !t.ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	var servers []*http.Server
+	for _, s := range []struct {
+		addr string
+		h    http.Handler
+	}{{t.cfg.AdminAddr, admin}, {t.cfg.MetricsAddr, metrics}, {t.cfg.ReadyAddr, ready}} {
+		if s.addr == "" {
+			continue
+		}
+		var lc net.ListenConfig
+		ln, err := lc.Listen(ctx, "tcp", s.addr)
+		if err != nil {
+			for _, srv := range servers {
+				srv.Close()
+			}
+			return nil, fmt.Errorf("listen %s: %w", s.addr, err)
+		}
+		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				t.log.Warn("admin server stopped", "addr", s.addr, "err", err)
+			}
+		}()
+		servers = append(servers, srv)
+	}
+	return servers, nil
+}
+
+func (t *Tunnel) configDump(w http.ResponseWriter, _ *http.Request) {
+	t.mu.Lock()
+	served := make([]string, 0, len(t.active))
+	for uid := range t.active {
+		served = append(served, uid)
+	}
+	t.mu.Unlock()
+	sort.Strings(served)
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(struct {
+		Config *Config  `json:"config"`
+		Served []string `json:"servedPods"`
+	}{t.cfg, served})
+}
+
+type certInfo struct {
+	Identity  string    `json:"identity"`
+	Serial    string    `json:"serial"`
+	NotBefore time.Time `json:"notBefore"`
+	NotAfter  time.Time `json:"notAfter"`
+}
+
+func (t *Tunnel) certsDump(w http.ResponseWriter, _ *http.Request) {
+	var out []certInfo
+	for id, src := range t.certs {
+		c := src.Load()
+		if c == nil || c.Leaf == nil {
+			continue
+		}
+		out = append(out, certInfo{Identity: id.String(), Serial: c.Leaf.SerialNumber.String(), NotBefore: c.Leaf.NotBefore, NotAfter: c.Leaf.NotAfter})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Identity < out[j].Identity })
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(out)
+}

@@ -1,0 +1,341 @@
+package ztunnel
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/warrenmesh/warren/internal/identity"
+)
+
+// Mode is a PeerAuthentication mTLS mode.
+type Mode string
+
+// mTLS modes: STRICT refuses plaintext inbound on 15006, PERMISSIVE lets it
+// through with no identity (policy still applies).
+const (
+	ModeStrict     Mode = "STRICT"
+	ModePermissive Mode = "PERMISSIVE"
+)
+
+// Action is what a matching AuthorizationPolicy does.
+type Action string
+
+// Policy actions; deny wins.
+const (
+	ActionAllow Action = "ALLOW"
+	ActionDeny  Action = "DENY"
+)
+
+// Outbound policies for destinations outside the mesh.
+const (
+	NonMeshPassthrough = "passthrough"
+	NonMeshRefuse      = "refuse"
+)
+
+// DefaultSystemNamespace holds the mesh-wide policies (no selector).
+const DefaultSystemNamespace = "warren-system"
+
+// Config is what a ztunnel needs. In static mode it comes from a file
+// (LoadStatic); later the controller's stream fills the same shapes.
+type Config struct {
+	// Node names this ztunnel's node.
+	Node string `json:"node"`
+	// TrustDomain of the SPIFFE IDs; "cluster.local" if empty.
+	TrustDomain string `json:"trustDomain,omitempty"`
+	// SystemNamespace holds mesh-wide policies; DefaultSystemNamespace if empty.
+	SystemNamespace string `json:"systemNamespace,omitempty"`
+	// PinDir is the node agent's bpffs pin directory: the ztunnel reads the
+	// original destinations from it and registers its listeners in it.
+	PinDir string `json:"pinDir"`
+	// Mark is the SO_MARK of the ztunnel's own sockets, which the eBPF
+	// programs do not redirect; 0x5741 if zero.
+	Mark uint32 `json:"mark,omitempty"`
+	// NonMesh is what outbound connections to destinations outside the mesh
+	// get: "passthrough" (default) or "refuse".
+	NonMesh string `json:"nonMesh,omitempty"`
+	// Mode is the default PeerAuthentication mode of local pods; PERMISSIVE if empty.
+	Mode Mode `json:"mode,omitempty"`
+
+	// Pods are the enrolled pods of this node (static mode; see PodSource).
+	Pods []LocalPod `json:"pods,omitempty"`
+	// Workloads are the other enrolled and non-enrolled workloads of the mesh.
+	Workloads []Workload `json:"workloads,omitempty"`
+	Services  []Service  `json:"services,omitempty"`
+	Policies  []Policy   `json:"policies,omitempty"`
+
+	// Certificates: CABundle (PEM file) holds the mesh roots. Certs gives a
+	// certificate and key file per local service account ("ns/sa"); or, for
+	// tests and benchmarks only, CAKey (with CACert) lets the ztunnel mint
+	// its own SVIDs at start: a real node must never hold the CA key.
+	CABundle string              `json:"caBundle"`
+	Certs    map[string]CertPair `json:"certs,omitempty"`
+	CACert   string              `json:"caCert,omitempty"`
+	CAKey    string              `json:"caKey,omitempty"`
+
+	// Listen addresses on the node (host:port); empty disables.
+	AdminAddr   string `json:"adminAddr,omitempty"`
+	MetricsAddr string `json:"metricsAddr,omitempty"`
+	ReadyAddr   string `json:"readyAddr,omitempty"`
+}
+
+// CertPair is a PEM certificate chain and key.
+type CertPair struct {
+	Cert string `json:"cert"`
+	Key  string `json:"key"`
+}
+
+// LocalPod is an enrolled pod on this node.
+type LocalPod struct {
+	Workload `json:",inline"`
+	UID      string `json:"uid"`
+	// Netns is /proc/<pid>/ns/net or /run/netns/<name>.
+	Netns string `json:"netns"`
+	// Mode overrides Config.Mode for this pod (its PeerAuthentication).
+	Mode Mode `json:"mode,omitempty"`
+}
+
+// Workload is a pod as the mesh sees it.
+type Workload struct {
+	Name           string            `json:"name"`
+	Namespace      string            `json:"namespace"`
+	ServiceAccount string            `json:"serviceAccount,omitempty"`
+	IPs            []netip.Addr      `json:"ips"`
+	Labels         map[string]string `json:"labels,omitempty"`
+	// Node and NodeAddr say where it runs; informational for routing, since
+	// HBONE goes to <pod IP>:15008 and the pod's node routes it.
+	Node     string     `json:"node,omitempty"`
+	NodeAddr netip.Addr `json:"nodeAddr,omitzero"`
+	// Enrolled workloads are reached over HBONE and must prove Identity.
+	Enrolled bool `json:"enrolled"`
+
+	id identity.ID
+}
+
+// Identity is the workload's SPIFFE ID (valid after Config.Validate).
+func (w *Workload) Identity() identity.ID { return w.id }
+
+// Service is a Kubernetes Service: virtual IPs, ports and endpoints.
+type Service struct {
+	Name      string        `json:"name"`
+	Namespace string        `json:"namespace"`
+	VIPs      []netip.Addr  `json:"vips"`
+	Ports     []ServicePort `json:"ports"`
+	Endpoints []Endpoint    `json:"endpoints"`
+}
+
+// ServicePort maps a service port to the endpoints' port.
+type ServicePort struct {
+	Port       uint16 `json:"port"`
+	TargetPort uint16 `json:"targetPort,omitempty"` // Port if zero
+}
+
+// Endpoint is one address behind a service; its workload (if any) is found
+// by address.
+type Endpoint struct {
+	IP    netip.Addr `json:"ip"`
+	Ready bool       `json:"ready"`
+}
+
+// Policy is an L4 AuthorizationPolicy, with the semantics of the CRD (and of
+// controller/model.Authorize): selector nil means the namespace's workloads,
+// or the mesh's in the system namespace; an ALLOW with no rules allows
+// nothing, a DENY with no rules denies nothing, an empty rule matches all.
+type Policy struct {
+	Name      string            `json:"name"`
+	Namespace string            `json:"namespace"`
+	Selector  map[string]string `json:"selector,omitempty"`
+	Action    Action            `json:"action"`
+	Rules     []Rule            `json:"rules,omitempty"`
+}
+
+// Rule matches when one From and one To match (absent lists match anything).
+type Rule struct {
+	From []Source      `json:"from,omitempty"`
+	To   []Destination `json:"to,omitempty"`
+}
+
+// Source matches the peer's identity and/or namespace. Principals are
+// SPIFFE IDs.
+type Source struct {
+	Principals []string `json:"principals,omitempty"`
+	Namespaces []string `json:"namespaces,omitempty"`
+
+	principals []identity.ID
+}
+
+// Destination matches the destination workload's port.
+type Destination struct {
+	Ports []uint16 `json:"ports"`
+}
+
+// LoadStatic reads a static configuration file (YAML or JSON).
+func LoadStatic(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("static config: %w", err)
+	}
+	var c Config
+	if err := yaml.UnmarshalStrict(b, &c); err != nil {
+		return nil, fmt.Errorf("static config %s: %w", path, err)
+	}
+	return &c, nil
+}
+
+// Validate fills defaults and checks the configuration; every problem is
+// reported, each naming its field.
+func (c *Config) Validate() error {
+	if c.TrustDomain == "" {
+		c.TrustDomain = identity.DefaultTrustDomain
+	}
+	if c.SystemNamespace == "" {
+		c.SystemNamespace = DefaultSystemNamespace
+	}
+	if c.Mark == 0 {
+		c.Mark = DefaultMark
+	}
+	if c.NonMesh == "" {
+		c.NonMesh = NonMeshPassthrough
+	}
+	if c.Mode == "" {
+		c.Mode = ModePermissive
+	}
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if c.Node == "" {
+		bad("node: required")
+	}
+	if c.PinDir == "" {
+		bad("pinDir: required")
+	}
+	if c.NonMesh != NonMeshPassthrough && c.NonMesh != NonMeshRefuse {
+		bad("nonMesh: %q: want passthrough or refuse", c.NonMesh)
+	}
+	if !validMode(c.Mode) {
+		bad("mode: %q: want STRICT or PERMISSIVE", c.Mode)
+	}
+	if c.CABundle == "" && c.CACert == "" {
+		bad("caBundle: required")
+	}
+	if (c.CAKey == "") != (c.CACert == "") {
+		bad("caKey and caCert: both or neither")
+	}
+	ips := map[netip.Addr]string{}
+	checkWorkload := func(field string, w *Workload) {
+		if w.ServiceAccount == "" {
+			w.ServiceAccount = "default"
+		}
+		w.id = identity.ID{TrustDomain: c.TrustDomain, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount}
+		if err := w.id.Validate(); err != nil {
+			bad("%s %s/%s: %v", field, w.Namespace, w.Name, err)
+		}
+		if len(w.IPs) == 0 {
+			bad("%s %s/%s: ips: required", field, w.Namespace, w.Name)
+		}
+		for _, ip := range w.IPs {
+			if !ip.IsValid() || ip.IsUnspecified() || ip.Unmap().IsLoopback() {
+				bad("%s %s/%s: ip %v: not a pod address", field, w.Namespace, w.Name, ip)
+				continue
+			}
+			if prev, dup := ips[ip.Unmap()]; dup {
+				bad("%s %s/%s: ip %v: also %s", field, w.Namespace, w.Name, ip, prev)
+			}
+			ips[ip.Unmap()] = w.Namespace + "/" + w.Name
+		}
+	}
+	uids := map[string]bool{}
+	for i := range c.Pods {
+		p := &c.Pods[i]
+		p.Enrolled = true
+		checkWorkload("pods", &p.Workload)
+		if p.UID == "" || uids[p.UID] {
+			bad("pods %s/%s: uid %q: required and unique", p.Namespace, p.Name, p.UID)
+		}
+		uids[p.UID] = true
+		if p.Netns == "" {
+			bad("pods %s/%s: netns: required", p.Namespace, p.Name)
+		}
+		if p.Mode != "" && !validMode(p.Mode) {
+			bad("pods %s/%s: mode %q: want STRICT or PERMISSIVE", p.Namespace, p.Name, p.Mode)
+		}
+		if p.Enrolled && c.CAKey == "" {
+			if _, ok := c.Certs[p.Identity().Namespace+"/"+p.ServiceAccount]; !ok {
+				bad("certs: no certificate for %s/%s (pod %s)", p.Namespace, p.ServiceAccount, p.Name)
+			}
+		}
+	}
+	for i := range c.Workloads {
+		checkWorkload("workloads", &c.Workloads[i])
+	}
+	vips := map[netip.Addr]bool{}
+	for _, s := range c.Services {
+		name := s.Namespace + "/" + s.Name
+		for _, v := range s.VIPs {
+			if !v.IsValid() || vips[v.Unmap()] {
+				bad("services %s: vip %v: invalid or duplicate", name, v)
+			}
+			vips[v.Unmap()] = true
+		}
+		for _, p := range s.Ports {
+			if p.Port == 0 {
+				bad("services %s: port 0", name)
+			}
+		}
+		for _, e := range s.Endpoints {
+			if !e.IP.IsValid() {
+				bad("services %s: endpoint address missing", name)
+			}
+		}
+	}
+	for i := range c.Policies {
+		p := &c.Policies[i]
+		name := p.Namespace + "/" + p.Name
+		if p.Name == "" || p.Namespace == "" {
+			bad("policies %s: name and namespace required", name)
+		}
+		if p.Action != ActionAllow && p.Action != ActionDeny {
+			bad("policies %s: action %q: want ALLOW or DENY", name, p.Action)
+		}
+		for r := range p.Rules {
+			for s := range p.Rules[r].From {
+				src := &p.Rules[r].From[s]
+				if len(src.Principals) == 0 && len(src.Namespaces) == 0 {
+					bad("policies %s: rules[%d].from[%d]: principals or namespaces required", name, r, s)
+				}
+				src.principals = src.principals[:0]
+				for _, pr := range src.Principals {
+					id, err := identity.Parse(pr)
+					if err != nil {
+						bad("policies %s: principal %q: %v", name, pr, err)
+					}
+					src.principals = append(src.principals, id)
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func validMode(m Mode) bool { return m == ModeStrict || m == ModePermissive }
+
+// modeOf returns the pod's mode in force.
+func (c *Config) modeOf(p *LocalPod) Mode {
+	if p.Mode != "" {
+		return p.Mode
+	}
+	return c.Mode
+}
+
+// certKey names a local service account in Config.Certs.
+func certKey(id identity.ID) string { return id.Namespace + "/" + id.ServiceAccount }
+
+// String is for logs.
+func (w *Workload) String() string {
+	if w == nil {
+		return "unknown"
+	}
+	return w.Namespace + "/" + w.Name
+}

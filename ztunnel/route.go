@@ -1,0 +1,233 @@
+package ztunnel
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync/atomic"
+
+	"github.com/warrenmesh/warren/internal/hbone"
+	"github.com/warrenmesh/warren/internal/identity"
+)
+
+// DefaultMark is the SO_MARK of the ztunnel's own sockets (nodeagent.DefaultTunnelMark).
+const DefaultMark = 0x5741
+
+// State is what the ztunnel knows, indexed for the hot path. It is immutable
+// once built; a new configuration builds a new State.
+type State struct {
+	cfg      *Config
+	byIP     map[netip.Addr]*Workload
+	local    map[netip.Addr]*LocalPod
+	services map[netip.Addr]*serviceState
+}
+
+type serviceState struct {
+	*Service
+	next atomic.Uint64 // round robin over ready endpoints
+}
+
+// NewState indexes a validated Config.
+func NewState(c *Config) *State {
+	st := &State{cfg: c, byIP: map[netip.Addr]*Workload{}, local: map[netip.Addr]*LocalPod{}, services: map[netip.Addr]*serviceState{}}
+	for i := range c.Workloads {
+		for _, ip := range c.Workloads[i].IPs {
+			st.byIP[ip.Unmap()] = &c.Workloads[i]
+		}
+	}
+	for i := range c.Pods {
+		for _, ip := range c.Pods[i].IPs {
+			st.byIP[ip.Unmap()] = &c.Pods[i].Workload
+			st.local[ip.Unmap()] = &c.Pods[i]
+		}
+	}
+	for i := range c.Services {
+		ss := &serviceState{Service: &c.Services[i]}
+		for _, v := range c.Services[i].VIPs {
+			st.services[v.Unmap()] = ss
+		}
+	}
+	return st
+}
+
+// Workload returns the workload with this address, or nil.
+func (st *State) Workload(ip netip.Addr) *Workload { return st.byIP[ip.Unmap()] }
+
+// LocalPod returns the local pod with this address, or nil.
+func (st *State) LocalPod(ip netip.Addr) *LocalPod { return st.local[ip.Unmap()] }
+
+// PlanKind says how an outbound connection travels.
+type PlanKind int
+
+// Plan kinds.
+const (
+	// PlanRefuse: the connection is closed.
+	PlanRefuse PlanKind = iota
+	// PlanHBONE: over mTLS to the destination pod's ztunnel.
+	PlanHBONE
+	// PlanPassthrough: plaintext to a destination outside the mesh.
+	PlanPassthrough
+)
+
+func (k PlanKind) String() string {
+	return [...]string{"refuse", "hbone", "passthrough"}[k]
+}
+
+// Plan is the routing decision for one outbound connection.
+type Plan struct {
+	Kind PlanKind
+	// Dst is where the bytes go: the endpoint (ip:targetPort) for a
+	// service, the original destination otherwise.
+	Dst netip.AddrPort
+	// Tunnel is the HBONE address (<pod IP>:15008) for PlanHBONE.
+	Tunnel netip.AddrPort
+	// Workload is the destination workload, nil outside the mesh.
+	Workload *Workload
+	// Service is the service whose VIP was dialed, if any.
+	Service *Service
+	// Reason explains a refusal.
+	Reason string
+}
+
+// Route decides where an outbound connection from src to orig goes: a
+// service VIP is resolved to a ready endpoint (round robin, seq picks), an
+// enrolled destination is reached over HBONE at <its IP>:15008, anything
+// else passes through in plaintext unless the configuration refuses it.
+func Route(st *State, src *Workload, orig netip.AddrPort, seq uint64) Plan {
+	dst := netip.AddrPortFrom(orig.Addr().Unmap(), orig.Port())
+	var p Plan
+	if ss := st.services[dst.Addr()]; ss != nil {
+		p.Service = ss.Service
+		i := slices.IndexFunc(ss.Ports, func(sp ServicePort) bool { return sp.Port == dst.Port() })
+		if i < 0 {
+			return Plan{Kind: PlanRefuse, Service: ss.Service, Reason: fmt.Sprintf("service %s/%s has no port %d", ss.Namespace, ss.Name, dst.Port())}
+		}
+		port := ss.Ports[i].TargetPort
+		if port == 0 {
+			port = ss.Ports[i].Port
+		}
+		var ready []netip.Addr
+		for _, e := range ss.Endpoints {
+			if e.Ready {
+				ready = append(ready, e.IP.Unmap())
+			}
+		}
+		if len(ready) == 0 {
+			return Plan{Kind: PlanRefuse, Service: ss.Service, Reason: fmt.Sprintf("service %s/%s has no ready endpoint", ss.Namespace, ss.Name)}
+		}
+		dst = netip.AddrPortFrom(ready[seq%uint64(len(ready))], port)
+	}
+	p.Dst = dst
+	w := st.byIP[dst.Addr()]
+	if w != nil && w.Enrolled {
+		p.Kind = PlanHBONE
+		p.Workload = w
+		p.Tunnel = netip.AddrPortFrom(dst.Addr(), hbone.Port)
+		return p
+	}
+	p.Workload = w
+	if st.cfg.NonMesh == NonMeshRefuse {
+		p.Kind = PlanRefuse
+		p.Reason = fmt.Sprintf("%v is outside the mesh and nonMesh is refuse", dst)
+		return p
+	}
+	p.Kind = PlanPassthrough
+	return p
+}
+
+// Decision is the outcome of Authorize.
+type Decision struct {
+	Allowed bool
+	// Policy is namespace/name of the policy that decided, empty when none did.
+	Policy string
+	Reason string
+}
+
+// Inbound is an inbound connection as the destination's ztunnel sees it.
+type Inbound struct {
+	// Peer is the source's verified identity; zero for plaintext.
+	Peer identity.ID
+	// Port is the destination workload's port.
+	Port uint16
+	// Plaintext: arrived on 15006 rather than over HBONE.
+	Plaintext bool
+}
+
+// Authorize decides an inbound connection to the local pod dst: plaintext is
+// refused in STRICT mode; then any matching DENY refuses (deny wins); then, if
+// ALLOW policies apply to dst, one must match; with none, it is allowed. The
+// policy semantics are those of controller/model.Authorize, which the ztunnel
+// does not import (it would pull the Kubernetes API types into every node).
+func Authorize(st *State, dst *LocalPod, c Inbound) Decision {
+	if c.Plaintext && st.cfg.modeOf(dst) == ModeStrict {
+		return Decision{Reason: "plaintext refused: mTLS mode STRICT"}
+	}
+	var allows []*Policy
+	for i := range st.cfg.Policies {
+		p := &st.cfg.Policies[i]
+		if !applies(p, &dst.Workload, st.cfg.SystemNamespace) {
+			continue
+		}
+		if p.Action == ActionDeny {
+			if p.matches(c) {
+				return Decision{Policy: p.Namespace + "/" + p.Name, Reason: "matched a DENY policy"}
+			}
+			continue
+		}
+		allows = append(allows, p)
+	}
+	if len(allows) == 0 {
+		return Decision{Allowed: true, Reason: "no policy applies"}
+	}
+	for _, p := range allows {
+		if p.matches(c) {
+			return Decision{Allowed: true, Policy: p.Namespace + "/" + p.Name, Reason: "matched an ALLOW policy"}
+		}
+	}
+	return Decision{Reason: "ALLOW policies apply and none matched"}
+}
+
+func applies(p *Policy, w *Workload, systemNamespace string) bool {
+	if p.Selector == nil {
+		return p.Namespace == w.Namespace || p.Namespace == systemNamespace
+	}
+	if p.Namespace != w.Namespace {
+		return false
+	}
+	for k, v := range p.Selector {
+		if got, ok := w.Labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+func (p *Policy) matches(c Inbound) bool {
+	return slices.ContainsFunc(p.Rules, func(r Rule) bool {
+		fromOK := len(r.From) == 0 || slices.ContainsFunc(r.From, func(s Source) bool { return s.matches(c.Peer) })
+		toOK := len(r.To) == 0 || slices.ContainsFunc(r.To, func(d Destination) bool { return slices.Contains(d.Ports, c.Port) })
+		return fromOK && toOK
+	})
+}
+
+func (s *Source) matches(peer identity.ID) bool {
+	if peer.IsZero() {
+		return false // plaintext has no identity to match
+	}
+	if len(s.principals) > 0 && !slices.Contains(s.principals, peer) {
+		return false
+	}
+	if len(s.Namespaces) > 0 && !slices.Contains(s.Namespaces, peer.Namespace) {
+		return false
+	}
+	return true
+}
+
+// next returns the round-robin sequence number for a connection to dst: the
+// service's counter when dst is a service VIP.
+func (st *State) next(dst netip.AddrPort) uint64 {
+	if ss := st.services[dst.Addr().Unmap()]; ss != nil {
+		return ss.next.Add(1) - 1
+	}
+	return 0
+}

@@ -1,0 +1,456 @@
+package ztunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/warrenmesh/warren/internal/hbone"
+	"github.com/warrenmesh/warren/internal/identity"
+)
+
+// Pod ports of the tunnel.
+const (
+	OutboundPort = 15001
+	InboundPort  = 15006
+)
+
+// Options are the Tunnel's injected parts.
+type Options struct {
+	Logger *slog.Logger
+	// Registry receives the metrics and serves them on MetricsAddr; a fresh
+	// one if nil.
+	Registry *prometheus.Registry
+	// Pods is where the local pods come from; StaticPods(cfg.Pods) if nil.
+	Pods PodSource
+}
+
+// Tunnel is a running ztunnel.
+type Tunnel struct {
+	cfg     *Config
+	st      *State
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	metrics *metrics
+	pods    PodSource
+
+	roots  *identity.Roots
+	certs  map[identity.ID]*identity.CertSource
+	kernel *kernelMaps
+
+	ready  atomic.Bool
+	mu     sync.Mutex
+	active map[string]*podProxy // by UID
+}
+
+// New checks the configuration and loads certificates; Run starts serving.
+func New(cfg *Config, o Options) (*Tunnel, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+	}
+	if o.Pods == nil {
+		o.Pods = StaticPods(cfg.Pods)
+	}
+	m, err := newMetrics(o.Registry)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	pool, err := loadRoots(cfg)
+	if err != nil {
+		return nil, err
+	}
+	certs, err := loadCerts(cfg, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	return &Tunnel{
+		cfg: cfg, st: NewState(cfg), log: o.Logger.With("node", cfg.Node), reg: o.Registry, metrics: m, pods: o.Pods,
+		roots: identity.NewRoots(pool), certs: certs, active: map[string]*podProxy{},
+	}, nil
+}
+
+// Run serves until ctx ends, then closes every listener and connection.
+func (t *Tunnel) Run(ctx context.Context) error {
+	var err error
+	if t.kernel, err = openKernelMaps(t.cfg.PinDir); err != nil {
+		return fmt.Errorf("node agent pins %s: %w", t.cfg.PinDir, err)
+	}
+	defer t.kernel.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	servers, err := t.serveAdmin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, s := range servers {
+			s.Close()
+		}
+	}()
+	err = t.pods.Run(ctx, t)
+	t.ready.Store(false)
+	t.mu.Lock()
+	pods := t.active
+	t.active = map[string]*podProxy{}
+	t.mu.Unlock()
+	for _, p := range pods {
+		p.close()
+	}
+	t.log.Info("ztunnel stopped")
+	return err
+}
+
+// Synced implements PodHandler: the tunnel is ready once the first set of
+// pods is served.
+func (t *Tunnel) Synced() {
+	t.ready.Store(true)
+	t.log.Info("ztunnel ready", "pods", len(t.active))
+}
+
+// AddPod implements PodHandler: it opens the pod's listeners in its netns and
+// registers the inbound ones with the kernel.
+func (t *Tunnel) AddPod(ctx context.Context, pod LocalPod) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if old := t.active[pod.UID]; old != nil {
+		old.close()
+		delete(t.active, pod.UID)
+	}
+	p, err := t.startPod(ctx, pod)
+	if err != nil {
+		return fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	t.active[pod.UID] = p
+	return nil
+}
+
+// RemovePod implements PodHandler.
+func (t *Tunnel) RemovePod(_ context.Context, uid string) error {
+	t.mu.Lock()
+	p := t.active[uid]
+	delete(t.active, uid)
+	t.mu.Unlock()
+	if p != nil {
+		p.close()
+	}
+	return nil
+}
+
+// podProxy is the tunnel inside one pod's netns.
+type podProxy struct {
+	t    *Tunnel
+	pod  *LocalPod // the State's copy, so metrics and policy see the same pointer
+	log  *slog.Logger
+	ns   *nsThread
+	pool *hbone.Pool
+	srv  *hbone.Server
+
+	ctx       context.Context
+	cancel    context.CancelFunc
+	listeners []net.Listener
+	wg        sync.WaitGroup
+	connsMu   sync.Mutex
+	conns     map[net.Conn]struct{}
+}
+
+func (t *Tunnel) startPod(ctx context.Context, pod LocalPod) (_ *podProxy, err error) {
+	// The State's own copy (with its identity and labels); a pod the
+	// configuration does not know cannot be routed or authorized.
+	var sp *LocalPod
+	for _, ip := range pod.IPs {
+		if sp = t.st.LocalPod(ip); sp != nil {
+			break
+		}
+	}
+	if sp == nil || sp.UID != pod.UID {
+		return nil, errors.New("not in the configuration")
+	}
+	cert := t.certs[sp.Identity()]
+	if cert == nil {
+		return nil, fmt.Errorf("no certificate for %s", sp.Identity())
+	}
+	nsf, err := os.Open(pod.Netns)
+	if err != nil {
+		return nil, fmt.Errorf("netns: %w", err)
+	}
+	defer nsf.Close() // the thread holds the netns from here on
+	th, err := startNSThread(nsf)
+	if err != nil {
+		return nil, err
+	}
+	pctx, cancel := context.WithCancel(context.Background())
+	p := &podProxy{t: t, pod: sp, log: t.log.With("pod", sp.Namespace+"/"+sp.Name), ns: th, ctx: pctx, cancel: cancel, conns: map[net.Conn]struct{}{}}
+	defer func() {
+		if err != nil {
+			p.close()
+		}
+	}()
+	p.pool, err = hbone.NewPool(hbone.PoolOptions{
+		TLSConfig: func(k hbone.Key) (*tls.Config, error) {
+			return identity.ClientConfig(identity.TLSOptions{Certs: cert, Roots: t.roots, Authorize: identity.ExpectID(k.Dst)})
+		},
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			ap, err := netip.ParseAddrPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			return th.dial(ctx, ap, t.cfg.Mark)
+		},
+		Logger: p.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	srvTLS, err := identity.ServerConfig(identity.TLSOptions{Certs: cert, Roots: t.roots, Authorize: identity.ExpectTrustDomain(t.cfg.TrustDomain)})
+	if err != nil {
+		return nil, err
+	}
+	p.srv = &hbone.Server{TLSConfig: srvTLS, Handler: p.inboundHBONE, Logger: p.log, IdleTimeout: hbone.DefaultIdleTimeout, OnStreamDone: p.inboundDone}
+
+	out4, err := th.listen("tcp4", fmt.Sprintf("127.0.0.1:%d", OutboundPort))
+	if err != nil {
+		return nil, fmt.Errorf("outbound listener: %w", err)
+	}
+	p.listeners = append(p.listeners, out4)
+	if slices.ContainsFunc(sp.IPs, func(a netip.Addr) bool { return a.Is6() && !a.Is4In6() }) {
+		out6, err := th.listen("tcp6", fmt.Sprintf("[::1]:%d", OutboundPort))
+		if err != nil {
+			return nil, fmt.Errorf("outbound listener: %w", err)
+		}
+		p.listeners = append(p.listeners, out6)
+	}
+	in, err := th.listen("tcp", fmt.Sprintf(":%d", InboundPort))
+	if err != nil {
+		return nil, fmt.Errorf("inbound listener: %w", err)
+	}
+	p.listeners = append(p.listeners, in)
+	hb, err := th.listen("tcp", fmt.Sprintf(":%d", hbone.Port))
+	if err != nil {
+		return nil, fmt.Errorf("hbone listener: %w", err)
+	}
+	p.listeners = append(p.listeners, hb)
+	if err := t.kernel.setListeners(hb, in); err != nil {
+		return nil, fmt.Errorf("register listeners: %w", err)
+	}
+	for _, ln := range p.listeners[:len(p.listeners)-2] {
+		p.serve(ln, p.outbound)
+	}
+	p.serve(in, p.inboundPlain)
+	p.wg.Go(func() { p.srv.Serve(hb) })
+	p.log.Info("pod served", "uid", sp.UID, "identity", sp.Identity(), "mode", t.cfg.modeOf(sp))
+	return p, nil
+}
+
+func (p *podProxy) serve(ln net.Listener, handle func(*net.TCPConn)) {
+	p.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				if !errors.Is(err, net.ErrClosed) {
+					p.log.Warn("accept failed", "addr", ln.Addr(), "err", err)
+				}
+				return
+			}
+			p.track(c, true)
+			go func() {
+				defer p.track(c, false)
+				handle(c.(*net.TCPConn))
+			}()
+		}
+	})
+}
+
+// track keeps the pod's live connections, so close can end them.
+func (p *podProxy) track(c net.Conn, add bool) {
+	p.connsMu.Lock()
+	defer p.connsMu.Unlock()
+	if add {
+		if p.conns == nil { // closing
+			c.Close()
+			return
+		}
+		p.conns[c] = struct{}{}
+	} else if p.conns != nil {
+		delete(p.conns, c)
+	}
+}
+
+func (p *podProxy) close() {
+	p.cancel()
+	for _, ln := range p.listeners {
+		ln.Close()
+	}
+	if p.srv != nil {
+		p.srv.Close()
+	}
+	if p.pool != nil {
+		p.pool.Close()
+	}
+	p.connsMu.Lock()
+	for c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+	p.connsMu.Unlock()
+	p.wg.Wait()
+	p.ns.stop()
+}
+
+// outbound carries one redirected connection of the pod.
+func (p *podProxy) outbound(c *net.TCPConn) {
+	defer c.Close()
+	t := p.t
+	orig, err := t.kernel.origDst(c)
+	if err != nil {
+		t.metrics.refused.WithLabelValues("outbound", "no_original_destination").Inc()
+		p.log.Warn("outbound: no original destination", "client", c.RemoteAddr(), "err", err)
+		return
+	}
+	plan := Route(t.st, &p.pod.Workload, orig, t.st.next(orig))
+	switch plan.Kind {
+	case PlanRefuse:
+		t.metrics.refused.WithLabelValues("outbound", "route").Inc()
+		p.log.Info("outbound refused", "dst", orig, "reason", plan.Reason)
+	case PlanPassthrough:
+		up, err := p.ns.dial(p.ctx, plan.Dst, t.cfg.Mark)
+		if err != nil {
+			t.metrics.refused.WithLabelValues("outbound", "dial").Inc()
+			p.log.Info("passthrough dial failed", "dst", plan.Dst, "err", err)
+			return
+		}
+		cm := t.metrics.open("outbound", &p.pod.Workload, plan.Workload, plan.Service, false)
+		forth, back := relayTCP(c, up)
+		cm.done(forth, back)
+	case PlanHBONE:
+		key := hbone.Key{Src: p.pod.Identity(), Dst: plan.Workload.Identity(), Addr: plan.Tunnel}
+		nc, err := p.pool.Dial(p.ctx, key, plan.Dst.String(), nil)
+		if err != nil {
+			t.metrics.refused.WithLabelValues("outbound", "hbone").Inc()
+			p.log.Info("hbone dial failed", "dst", plan.Dst, "peer", key.Dst, "err", err)
+			return
+		}
+		cm := t.metrics.open("outbound", &p.pod.Workload, plan.Workload, plan.Service, true)
+		// Relay's "upstream" is the client here: to it is what came back.
+		back, forth, _ := hbone.Relay(nc.(*hbone.Stream), c)
+		cm.done(forth, back)
+	}
+}
+
+// inboundHBONE decides a tunnel to this pod: the authority must be the pod,
+// the policy must allow the peer, then it dials the app from inside the pod.
+func (p *podProxy) inboundHBONE(ctx context.Context, req *hbone.Request) (net.Conn, error) {
+	t := p.t
+	if !slices.Contains(p.pod.IPs, req.Authority.Addr()) {
+		t.metrics.refused.WithLabelValues("inbound", "authority").Inc()
+		return nil, hbone.Forbidden(fmt.Errorf("%v is not this pod", req.Authority))
+	}
+	d := Authorize(t.st, p.pod, Inbound{Peer: req.Peer, Port: req.Authority.Port()})
+	if !d.Allowed {
+		t.metrics.refused.WithLabelValues("inbound", "policy").Inc()
+		p.log.Info("inbound denied", "peer", req.Peer, "port", req.Authority.Port(), "policy", d.Policy, "reason", d.Reason)
+		return nil, hbone.Forbidden(errors.New(d.Reason))
+	}
+	up, err := p.ns.dial(ctx, req.Authority, t.cfg.Mark)
+	if err != nil {
+		t.metrics.refused.WithLabelValues("inbound", "dial").Inc()
+		return nil, err
+	}
+	return up, nil
+}
+
+// inboundDone counts a finished HBONE stream.
+func (p *podProxy) inboundDone(req *hbone.Request, st hbone.StreamStats) {
+	if st.Status != 200 {
+		return
+	}
+	src := p.sourceWorkload(req.RemoteAddr)
+	if src != nil && src.Identity() != req.Peer {
+		src = nil // the address is not the identity's: trust the identity only
+	}
+	cm := p.t.metrics.open("inbound", src, &p.pod.Workload, nil, true)
+	cm.done(st.ToUpstream, st.FromUpstream)
+}
+
+// inboundPlain handles plaintext from outside the mesh on 15006.
+func (p *podProxy) inboundPlain(c *net.TCPConn) {
+	defer c.Close()
+	t := p.t
+	dst, err := netip.ParseAddrPort(c.LocalAddr().String())
+	if err != nil {
+		return
+	}
+	d := Authorize(t.st, p.pod, Inbound{Port: dst.Port(), Plaintext: true})
+	if !d.Allowed {
+		t.metrics.refused.WithLabelValues("inbound", "policy").Inc()
+		p.log.Info("plaintext inbound refused", "client", c.RemoteAddr(), "port", dst.Port(), "reason", d.Reason)
+		return
+	}
+	up, err := p.ns.dial(p.ctx, dst, t.cfg.Mark)
+	if err != nil {
+		t.metrics.refused.WithLabelValues("inbound", "dial").Inc()
+		return
+	}
+	// Plaintext carries no identity: the source is named only when it is a
+	// known workload outside the mesh, never as a principal.
+	src := p.sourceWorkload(c.RemoteAddr())
+	if src != nil && src.Enrolled {
+		src = nil
+	}
+	cm := t.metrics.open("inbound", src, &p.pod.Workload, nil, false)
+	recv, sent := relayTCP(c, up)
+	cm.done(recv, sent)
+}
+
+func (p *podProxy) sourceWorkload(a net.Addr) *Workload {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return nil
+	}
+	return p.t.st.Workload(ap.Addr())
+}
+
+// relayTCP copies both ways between two TCP connections until both end,
+// passing half-closes on. TCP to TCP, io.Copy splices in the kernel.
+func relayTCP(a, b *net.TCPConn) (aToB, bToA int64) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var err error
+		aToB, err = io.Copy(b, a)
+		if err != nil {
+			a.Close()
+			b.Close()
+			return
+		}
+		b.CloseWrite()
+	}()
+	bToA, err := io.Copy(a, b)
+	if err != nil {
+		a.Close()
+		b.Close()
+	} else {
+		a.CloseWrite()
+	}
+	<-done
+	a.Close()
+	b.Close()
+	return aToB, bToA
+}
