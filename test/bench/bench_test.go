@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -18,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/warrenmesh/warren/internal/netns"
 	"github.com/warrenmesh/warren/test/bench/iperfjson"
 )
 
@@ -170,4 +173,76 @@ func dialIn(ns, addr string) (net.Conn, error) {
 		return nil, errors.Join(err, fmt.Errorf("setns back: %w", rerr))
 	}
 	return conn, err
+}
+
+// TestWarrenL4 sets the warren-l4 scenario up and sends bytes from the client pod to the server
+// pod through it: the kernel redirects the client's plain connect() into the ztunnels.
+func TestWarrenL4(t *testing.T) {
+	if testing.Short() {
+		t.Skip("creates network namespaces, attaches eBPF programs and builds the ztunnel: not under -short")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("creates network namespaces and attaches eBPF programs: needs root")
+	}
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		t.Skip("kernel without BTF")
+	}
+	// Processes die with the thread that started them (Pdeathsig), and the helpers that enter
+	// namespaces end the threads they use: keep this goroutine, which starts the ztunnels, on
+	// a thread of its own, as bench's main goroutine is.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	dir := t.TempDir()
+	topo, err := NewTopology(ctx, log, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer topo.Close()
+	w := &warrenL4{}
+	defer func() {
+		if err := w.Teardown(); err != nil {
+			t.Error(err)
+		}
+	}()
+	target, err := w.Setup(ctx, &Env{Topo: topo, Dir: dir, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(w.Proxies()) != 2 {
+		t.Fatalf("proxies %v", w.Proxies())
+	}
+	server, err := os.Open("/run/netns/" + topo.Server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	var ln net.Listener
+	if err := netns.Do(server, func() (err error) {
+		ln, err = net.Listen("tcp", fmt.Sprintf("%s:%d", serverIP, target.HTTPPort))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(c, c)
+	}()
+	c, err := dialIn(topo.Client, fmt.Sprintf("%s:%d", target.Host, target.HTTPPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintln(c, "through two ztunnels")
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || line != "through two ztunnels\n" {
+		t.Fatalf("echo %q, %v", line, err)
+	}
 }

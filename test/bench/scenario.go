@@ -51,14 +51,9 @@ func (d *direct) Teardown() error  { return nil }
 // reported as not run, with the reason, and never with numbers.
 var planned = []struct{ name, desc, reason string }{
 	{
-		"warren-l4",
-		"client → eBPF redirect → ztunnel (node1) → HBONE, TLS 1.3 mTLS → ztunnel (node2) → server",
-		"no ztunnel exists yet (ztunnel/ and cmd/ztunnel are empty); the eBPF redirection (bpf/redirect, nodeagent) and HBONE (internal/hbone) are libraries that nothing runs as a data path yet",
-	},
-	{
 		"warren-waypoint",
 		"as warren-l4, through a waypoint proxy (L7) on node2",
-		"no waypoint exists yet (waypoint/ is empty), and it needs warren-l4",
+		"no waypoint exists yet (waypoint/ is empty)",
 	},
 }
 
@@ -68,5 +63,6 @@ func scenarios() []Scenario {
 		&direct{"direct", "client (node1) → server (node2), routed through both nodes, no proxy", serverIP},
 		&direct{"direct-same-node", "client → server, both on node1, no proxy", localIP},
 		&haproxyPair{},
+		&warrenL4{},
 	}
 }
