@@ -103,10 +103,12 @@ type Reconciler struct {
 }
 
 type podRecord struct {
-	key     string // namespace/name; "" for a pod adopted from the dataplane, not yet seen
-	netns   string // "" until enrolled by this agent (adopted pods are enrolled again once)
-	ips     []netip.Addr
-	nodeIPs []netip.Addr
+	key string // namespace/name; "" for a pod adopted from the dataplane, not yet seen
+	// containerID is the sandbox the CNI plugin enrolled, if it did.
+	containerID string
+	netns       string // "" until enrolled by this agent (adopted pods are enrolled again once)
+	ips         []netip.Addr
+	nodeIPs     []netip.Addr
 }
 
 // NewReconciler builds the informers and the queue; Run starts them.
@@ -199,6 +201,9 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	defer r.podFactory.Shutdown()
 	defer r.nsFactory.Shutdown()
 	if !cache.WaitForCacheSync(ctx.Done(), r.synced...) {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
 		return fmt.Errorf("reconciler: informers not synced: %w", context.Cause(ctx))
 	}
 	if err := r.collectGone(ctx); err != nil {
@@ -284,7 +289,7 @@ func (r *Reconciler) Sync(ctx context.Context, key string) error {
 	uid := string(pod.UID)
 	switch d.Verdict {
 	case Enroll:
-		return r.enrollLocked(ctx, pod, "")
+		return r.enrollLocked(ctx, pod, "", "")
 	case Direct, Ignore:
 		return r.unenrollLocked(ctx, uid, d.Reason)
 	}
@@ -304,7 +309,7 @@ func (r *Reconciler) decide(pod *corev1.Pod) (Decision, error) {
 
 // enrollLocked enrolls pod with its netns at netnsPath, or the one the CNI
 // gave or a /proc scan finds when netnsPath is empty.
-func (r *Reconciler) enrollLocked(ctx context.Context, pod *corev1.Pod, netnsPath string) error {
+func (r *Reconciler) enrollLocked(ctx context.Context, pod *corev1.Pod, netnsPath, containerID string) error {
 	uid := string(pod.UID)
 	key := pod.Namespace + "/" + pod.Name
 	ips, err := PodIPs(pod)
@@ -322,14 +327,17 @@ func (r *Reconciler) enrollLocked(ctx context.Context, pod *corev1.Pod, netnsPat
 			return fmt.Errorf("pod %s: %w", key, err)
 		}
 	}
+	if containerID == "" && rec != nil {
+		containerID = rec.containerID
+	}
 	if rec != nil && rec.netns == netnsPath && slices.Equal(rec.ips, ips) && slices.Equal(rec.nodeIPs, nodeIPs) {
-		rec.key = key
+		rec.key, rec.containerID = key, containerID
 		return nil // already so
 	}
 	if err := r.cfg.Dataplane.Enroll(ctx, Pod{UID: uid, Netns: netnsPath, IPs: ips, NodeIPs: nodeIPs}); err != nil {
 		return err
 	}
-	r.state[uid] = &podRecord{key: key, netns: netnsPath, ips: ips, nodeIPs: nodeIPs}
+	r.state[uid] = &podRecord{key: key, netns: netnsPath, ips: ips, nodeIPs: nodeIPs, containerID: containerID}
 	if r.cfg.Tunnel != nil {
 		tp := TunnelPod{UID: uid, Namespace: pod.Namespace, Name: pod.Name, IPs: ips, Netns: netnsPath}
 		if err := r.cfg.Tunnel.AddPod(ctx, tp); err != nil {

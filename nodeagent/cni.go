@@ -1,0 +1,216 @@
+package nodeagent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/warrenmesh/warren/nodeagent/cniapi"
+)
+
+// ErrUnknownPod: a CNI call for a pod the API does not have (on this node).
+var ErrUnknownPod = errors.New("unknown pod")
+
+// CNIAdd serves the plugin's ADD: it enrolls the pod (netns from the
+// runtime, addresses from the previous plugin) when its labels say so, and
+// returns once redirection is in place. An error fails the pod's creation.
+func (r *Reconciler) CNIAdd(ctx context.Context, req cniapi.AddRequest) (cniapi.AddResponse, error) {
+	key := req.Namespace + "/" + req.Name
+	if req.Namespace == "" || req.Name == "" || req.Netns == "" {
+		return cniapi.AddResponse{}, fmt.Errorf("cni add: pod %q, netns %q: %w", key, req.Netns, ErrInvalidPod)
+	}
+	pod, err := r.getPod(ctx, req.Namespace, req.Name)
+	if err != nil {
+		return cniapi.AddResponse{}, fmt.Errorf("cni add: %w", err)
+	}
+	if req.UID != "" && string(pod.UID) != req.UID {
+		return cniapi.AddResponse{}, fmt.Errorf("cni add: pod %s has uid %s, the runtime says %s: %w", key, pod.UID, req.UID, ErrUnknownPod)
+	}
+	if pod.Spec.NodeName != r.cfg.Node {
+		return cniapi.AddResponse{}, fmt.Errorf("cni add: pod %s is on node %q, this agent is %q's: %w", key, pod.Spec.NodeName, r.cfg.Node, ErrUnknownPod)
+	}
+	ns, err := r.getNamespace(ctx, req.Namespace)
+	if err != nil {
+		return cniapi.AddResponse{}, fmt.Errorf("cni add: %w", err)
+	}
+	// The kubelet writes the pod's addresses to its status only after this
+	// call: decide with the runtime's.
+	pod = pod.DeepCopy()
+	pod.Status.PodIP, pod.Status.PodIPs = "", nil
+	for _, ip := range req.IPs {
+		pod.Status.PodIPs = append(pod.Status.PodIPs, corev1.PodIP{IP: ip.String()})
+	}
+	if pod.Status.Phase == "" {
+		pod.Status.Phase = corev1.PodPending
+	}
+	d, err := Decide(r.cfg.Node, ns, pod)
+	if err != nil {
+		r.log.Warn("pod created outside the mesh", "pod", key, "err", err)
+		return cniapi.AddResponse{Reason: err.Error()}, nil
+	}
+	switch d.Verdict {
+	case Enroll:
+	case Wait:
+		return cniapi.AddResponse{}, fmt.Errorf("cni add: pod %s: cannot decide: %s", key, d.Reason)
+	default:
+		return cniapi.AddResponse{Reason: d.Reason}, nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	uid := string(pod.UID)
+	r.cniNetns[uid] = req.Netns
+	if err := r.enrollLocked(ctx, pod, req.Netns, req.ContainerID); err != nil {
+		// The runtime calls DEL for the failed sandbox, which undoes
+		// whatever part of this was done.
+		return cniapi.AddResponse{}, fmt.Errorf("cni add: pod %s: %w", key, err)
+	}
+	return cniapi.AddResponse{Enrolled: true, Reason: d.Reason}, nil
+}
+
+// CNIDel serves the plugin's DEL: the pod's sandbox is going. It comes again
+// later for the same sandbox, with no netns: idempotent.
+func (r *Reconciler) CNIDel(ctx context.Context, req cniapi.DelRequest) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	key := req.Namespace + "/" + req.Name
+	uid := req.UID
+	if uid == "" {
+		for u, rec := range r.state {
+			if rec.key == key {
+				uid = u
+			}
+		}
+	}
+	if uid == "" {
+		return nil
+	}
+	// A DEL for an older sandbox must not unenroll the pod's current one.
+	if rec := r.state[uid]; rec != nil && rec.containerID != "" && req.ContainerID != "" && rec.containerID != req.ContainerID {
+		return nil
+	}
+	delete(r.cniNetns, uid)
+	return r.unenrollLocked(ctx, uid, "sandbox deleted")
+}
+
+// getPod reads the pod from the informer, or from the API when the informer
+// has not seen it yet (the runtime can be faster than the watch).
+func (r *Reconciler) getPod(ctx context.Context, ns, name string) (*corev1.Pod, error) {
+	if p, err := r.pods.Pods(ns).Get(name); err == nil {
+		return p, nil
+	}
+	p, err := r.cfg.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("pod %s/%s: %w", ns, name, ErrUnknownPod)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pod %s/%s: %w", ns, name, err)
+	}
+	return p, nil
+}
+
+func (r *Reconciler) getNamespace(ctx context.Context, name string) (*corev1.Namespace, error) {
+	if ns, err := r.namespaces.Get(name); err == nil {
+		return ns, nil
+	}
+	ns, err := r.cfg.Client.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("namespace %s: %w", name, err)
+	}
+	return ns, nil
+}
+
+// CNIServer serves the warren-cni plugin on a Unix socket.
+type CNIServer struct {
+	ln  net.Listener
+	srv *http.Server
+}
+
+// ListenCNI listens on socket (cniapi.DefaultSocket if empty), replacing a
+// stale socket file, and serves rec's CNIAdd and CNIDel.
+func ListenCNI(socket string, rec *Reconciler, log *slog.Logger) (*CNIServer, error) {
+	if socket == "" {
+		socket = cniapi.DefaultSocket
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(filepath.Dir(socket), 0o755); err != nil {
+		return nil, fmt.Errorf("cni socket: %w", err)
+	}
+	if fi, err := os.Lstat(socket); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		_ = os.Remove(socket)
+	}
+	ln, err := net.Listen("unix", socket)
+	if err != nil {
+		return nil, fmt.Errorf("cni socket: %w", err)
+	}
+	if err := os.Chmod(socket, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("cni socket: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+cniapi.PathAdd, func(w http.ResponseWriter, req *http.Request) {
+		var in cniapi.AddRequest
+		if !decode(w, req, &in) {
+			return
+		}
+		start := time.Now()
+		out, err := rec.CNIAdd(req.Context(), in)
+		if err != nil {
+			log.Warn("cni add refused", "pod", in.Namespace+"/"+in.Name, "err", err)
+			writeJSON(w, http.StatusInternalServerError, cniapi.ErrorResponse{Error: err.Error()})
+			return
+		}
+		log.Info("cni add", "pod", in.Namespace+"/"+in.Name, "enrolled", out.Enrolled, "reason", out.Reason, "took", time.Since(start))
+		writeJSON(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("POST "+cniapi.PathDel, func(w http.ResponseWriter, req *http.Request) {
+		var in cniapi.DelRequest
+		if !decode(w, req, &in) {
+			return
+		}
+		if err := rec.CNIDel(req.Context(), in); err != nil {
+			log.Warn("cni del failed", "pod", in.Namespace+"/"+in.Name, "err", err)
+			writeJSON(w, http.StatusInternalServerError, cniapi.ErrorResponse{Error: err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, struct{}{})
+	})
+	s := &CNIServer{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}
+	return s, nil
+}
+
+// Serve serves until ctx ends.
+func (s *CNIServer) Serve(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { s.srv.Close() })
+	defer stop()
+	if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("cni server: %w", err)
+	}
+	return nil
+}
+
+func decode(w http.ResponseWriter, req *http.Request, v any) bool {
+	if err := json.NewDecoder(http.MaxBytesReader(w, req.Body, 1<<20)).Decode(v); err != nil {
+		writeJSON(w, http.StatusBadRequest, cniapi.ErrorResponse{Error: "bad request: " + err.Error()})
+		return false
+	}
+	return true
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
