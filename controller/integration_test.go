@@ -10,16 +10,19 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr"
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -84,8 +87,37 @@ func scheme(t *testing.T) *runtime.Scheme {
 	return s
 }
 
+// testLog logs into the test's output until the test ends, and then drops
+// what stray goroutines (controller-runtime's stop procedure) still say:
+// writing to a finished test's output panics.
 func testLog(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+	w := &testWriter{out: t.Output()}
+	t.Cleanup(w.close)
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type testWriter struct {
+	mu     sync.Mutex
+	out    io.Writer
+	closed bool
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		if os.Getenv("WARREN_TEST_LATE_LOGS") != "" {
+			return os.Stderr.Write(p)
+		}
+		return len(p), nil
+	}
+	return w.out.Write(p)
+}
+
+func (w *testWriter) close() {
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
 }
 
 // startController runs a manager with the controller until the test ends.
@@ -147,10 +179,12 @@ func eventually(t *testing.T, what string, f func() error) {
 	}
 }
 
+// createNamespace creates a namespace, or leaves the one an earlier test
+// created.
 func createNamespace(t *testing.T, cs kubernetes.Interface, name string, labels map[string]string) {
 	t.Helper()
 	_, err := cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}, metav1.CreateOptions{})
-	if err != nil {
+	if err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
 }
@@ -308,7 +342,7 @@ func TestStatusConditions(t *testing.T) {
 func createSA(t *testing.T, cs kubernetes.Interface, ns, name string) {
 	t.Helper()
 	_, err := cs.CoreV1().ServiceAccounts(ns).Create(context.Background(), &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
-	if err != nil {
+	if err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
 }
@@ -360,11 +394,7 @@ func TestCANodeAuthorization(t *testing.T) {
 	ctx := context.Background()
 	c, _ := startController(t)
 	cs := kubernetes.NewForConfigOrDie(env.Config)
-	for _, n := range []string{"n1", "n2"} {
-		if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createNodes(t, cs, "n1", "n2")
 	createNamespace(t, cs, model.DefaultSystemNamespace, nil)
 	createNamespace(t, cs, "shop", map[string]string{model.MeshLabel: model.MeshEnabled})
 	createSA(t, cs, model.DefaultSystemNamespace, "ztunnel")
@@ -453,4 +483,14 @@ func TestCANodeAuthorization(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+func createNodes(t *testing.T, cs kubernetes.Interface, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		_, err := cs.CoreV1().Nodes().Create(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
 }

@@ -307,3 +307,24 @@ func TestSigner(t *testing.T) {
 		t.Errorf("before the first sync: %v, want a denial", err)
 	}
 }
+
+func TestServingCertificate(t *testing.T) {
+	now := t0
+	root, _ := NewRoot(Options{Now: func() time.Time { return now }})
+	get := root.ServingCertificate([]string{"warren-controller.warren-system.svc"})
+	c1, err := get(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c1.Leaf.Verify(x509.VerifyOptions{DNSName: "warren-controller.warren-system.svc", Roots: root.Roots(), CurrentTime: now}); err != nil {
+		t.Fatal(err)
+	}
+	now = t0.Add(11 * time.Hour)
+	if c2, _ := get(nil); c2 != c1 {
+		t.Error("reissued before half-life")
+	}
+	now = t0.Add(13 * time.Hour)
+	if c3, _ := get(nil); c3 == c1 {
+		t.Error("not reissued after half-life")
+	}
+}

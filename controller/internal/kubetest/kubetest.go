@@ -9,6 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -37,8 +40,9 @@ func SkipReason() string {
 
 // Env is a running apiserver and etcd.
 type Env struct {
-	Config *rest.Config
-	env    *envtest.Environment
+	Config   *rest.Config
+	env      *envtest.Environment
+	wrappers string
 }
 
 // Start builds or finds the binaries, starts etcd and kube-apiserver on
@@ -62,18 +66,68 @@ func Start(ctx context.Context, crdDir string) (*Env, error) {
 		ControlPlaneStopTimeout:  20 * time.Second,
 		CRDInstallOptions:        envtest.CRDInstallOptions{MaxTime: 30 * time.Second},
 	}
-	te.ControlPlane.GetAPIServer().Path = apiserver
-	te.ControlPlane.Etcd = &envtest.Etcd{Path: Etcd}
+	// envtest stops its processes in Stop, which a test binary killed by a
+	// timeout or a panic never reaches; a parent-death signal makes them
+	// go with it.
+	// Everything lives in one folder, marked with our pid, so that the
+	// folders of a killed test binary can be swept by the next run.
+	sweep()
+	wrappers, err := os.MkdirTemp("", dirPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("temp dir: %w", err)
+	}
+	apiserverW, err1 := wrapper(wrappers, "kube-apiserver", apiserver)
+	etcdW, err2 := wrapper(wrappers, "etcd", Etcd)
+	err3 := os.WriteFile(filepath.Join(wrappers, "pid"), []byte(strconv.Itoa(os.Getpid())), 0o644)
+	err4 := os.Mkdir(filepath.Join(wrappers, "apiserver-certs"), 0o700)
+	err5 := os.Mkdir(filepath.Join(wrappers, "etcd-data"), 0o700)
+	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
+		return nil, errors.Join(err, os.RemoveAll(wrappers))
+	}
+	te.ControlPlane.GetAPIServer().Path = apiserverW
+	te.ControlPlane.GetAPIServer().CertDir = filepath.Join(wrappers, "apiserver-certs")
+	te.ControlPlane.Etcd = &envtest.Etcd{Path: etcdW, DataDir: filepath.Join(wrappers, "etcd-data")}
 	rc, err := te.Start()
 	if err != nil {
 		// Start may have started etcd before the apiserver failed.
-		return nil, errors.Join(fmt.Errorf("start envtest: %w", err), te.Stop())
+		return nil, errors.Join(fmt.Errorf("start envtest: %w", err), te.Stop(), os.RemoveAll(wrappers))
 	}
-	return &Env{Config: rc, env: te}, nil
+	return &Env{Config: rc, env: te, wrappers: wrappers}, nil
+}
+
+const dirPrefix = "warren-kubetest-"
+
+// sweep removes the folders of earlier runs whose test binary is gone.
+func sweep() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*"))
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, "pid"))
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(string(b))
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			_ = os.RemoveAll(d)
+		}
+	}
+}
+
+// wrapper writes a script that runs bin with SIGKILL as its parent-death
+// signal (setpriv keeps it across exec).
+func wrapper(dir, name, bin string) (string, error) {
+	p := filepath.Join(dir, name)
+	script := "#!/bin/sh\nexec setpriv --pdeathsig KILL -- " + bin + " \"$@\"\n"
+	if err := os.WriteFile(p, []byte(script), 0o755); err != nil {
+		return "", fmt.Errorf("wrapper %s: %w", name, err)
+	}
+	return p, nil
 }
 
 // Stop stops the processes and removes their temporary folders.
-func (e *Env) Stop() error { return e.env.Stop() }
+func (e *Env) Stop() error { return errors.Join(e.env.Stop(), os.RemoveAll(e.wrappers)) }
 
 // GVR returns the resource of a warren.dev kind.
 func GVR(resource string) schema.GroupVersionResource {
