@@ -5,7 +5,7 @@ BIN := bin
 CMDS := $(notdir $(wildcard cmd/*))
 export CGO_ENABLED ?= 0
 
-.PHONY: help deps build generate generate-check test test-unit test-root e2e demo demo-down bench lint clean
+.PHONY: help deps build generate generate-check test test-unit test-root fuzz e2e demo demo-down bench lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -37,10 +37,13 @@ test-unit: ## unit tests; no root needed (kernel tests skip)
 test-root: deps ## every package's tests, the kernel ones included (root)
 	$(GO) test -count=1 -timeout 20m ./...
 
+fuzz: ## run every fuzz target briefly (FUZZTIME, default 8s each)
+	@hack/fuzz.sh
+
 e2e: deps ## end-to-end tests on the local cluster (brings it up, or reuses a running one)
 	$(GO) test -tags e2e -count=1 -timeout 50m -v ./test/e2e/...
 
-test: deps lint generate-check test-root e2e ## everything CI runs
+test: deps lint generate-check test-root fuzz e2e ## everything CI runs
 
 demo: deps ## bring up the local cluster, deploy the demo workload, drive traffic, show the result
 	hack/demo/run.sh
