@@ -86,6 +86,7 @@ func Build(in Inputs) *Model {
 	slices.SortFunc(m.PeerAuths, func(a, b PeerAuth) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
+	m.ordered = m.sortedWorkloads()
 	m.judgePolicies()
 	m.judgePeerAuths()
 	return m

@@ -140,7 +140,9 @@ type Verdict struct {
 	Message  string
 }
 
-// Model is the whole mesh at one moment.
+// Model is the whole mesh at one moment. It is read-only once built: the
+// controller publishes it to concurrent readers and builds a new one for
+// every change.
 type Model struct {
 	TrustDomain     string
 	SystemNamespace string
@@ -153,6 +155,8 @@ type Model struct {
 	// Build, including the invalid ones.
 	AuthzVerdicts    map[Key]Verdict
 	PeerAuthVerdicts map[Key]Verdict
+
+	ordered []*Workload // Workloads by UID
 }
 
 // Running reports whether a running pod on node has the service account of

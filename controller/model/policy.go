@@ -3,6 +3,7 @@ package model
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -152,8 +153,40 @@ func paOlder(a, b *PeerAuth) bool {
 
 // judgePolicies fills the verdicts of valid AuthorizationPolicies: ALLOW
 // policies that share a workload with a DENY policy are in force but told
-// that deny wins where both match.
+// that deny wins where both match. One pass over the workloads, so the cost
+// is workloads × policies, not policies².
 func (m *Model) judgePolicies() {
+	overlaps := map[int]map[string]bool{} // ALLOW policy index -> DENY policy names
+	byNS := map[string][]int{}
+	for i := range m.Policies {
+		byNS[m.Policies[i].Namespace] = append(byNS[m.Policies[i].Namespace], i)
+	}
+	for _, w := range m.sortedWorkloads() {
+		var allows, denies []int
+		candidates := byNS[w.Namespace]
+		if w.Namespace != m.SystemNamespace {
+			candidates = append(slices.Clip(candidates), byNS[m.SystemNamespace]...)
+		}
+		for _, i := range candidates {
+			p := &m.Policies[i]
+			if !p.AppliesTo(w, m.SystemNamespace) {
+				continue
+			}
+			if p.Action == v1alpha1.ActionDeny {
+				denies = append(denies, i)
+			} else {
+				allows = append(allows, i)
+			}
+		}
+		for _, a := range allows {
+			for _, d := range denies {
+				if overlaps[a] == nil {
+					overlaps[a] = map[string]bool{}
+				}
+				overlaps[a][m.Policies[d].Namespace+"/"+m.Policies[d].Name] = true
+			}
+		}
+	}
 	for i := range m.Policies {
 		p := &m.Policies[i]
 		k := Key{Namespace: p.Namespace, Name: p.Name}
@@ -161,54 +194,74 @@ func (m *Model) judgePolicies() {
 			continue // invalid, already said why
 		}
 		v := Verdict{Accepted: true, Reason: v1alpha1.ReasonAccepted, Message: "in force"}
-		if p.Action == v1alpha1.ActionAllow {
-			var denies []string
-			for j := range m.Policies {
-				d := &m.Policies[j]
-				if d.Action == v1alpha1.ActionDeny && m.shareWorkload(p, d) {
-					denies = append(denies, d.Namespace+"/"+d.Name)
-				}
-			}
-			if len(denies) > 0 {
-				v.Reason = v1alpha1.ReasonOverlapsDeny
-				v.Message = fmt.Sprintf("in force, but DENY policies %s apply to some of the same workloads, and deny wins where both match", list(denies))
-			}
+		if denies := overlaps[i]; len(denies) > 0 {
+			v.Reason = v1alpha1.ReasonOverlapsDeny
+			v.Message = fmt.Sprintf("in force, but DENY policies %s apply to some of the same workloads, and deny wins where both match", list(slices.Collect(maps.Keys(denies))))
 		}
 		m.AuthzVerdicts[k] = v
 	}
-}
-
-func (m *Model) shareWorkload(a, b *Policy) bool {
-	for _, w := range m.sortedWorkloads() {
-		if a.AppliesTo(w, m.SystemNamespace) && b.AppliesTo(w, m.SystemNamespace) {
-			return true
-		}
-	}
-	return false
 }
 
 // judgePeerAuths marks PeerAuthentications that lose to an older object of
 // the same scope: two without a selector in one namespace, or two with
 // selectors that pick a common workload.
 func (m *Model) judgePeerAuths() {
+	conflicted := map[int]int{} // loser index -> winner index
+	lose := func(loser, winner int) {
+		if w, ok := conflicted[loser]; !ok || paOlder(&m.PeerAuths[winner], &m.PeerAuths[w]) {
+			conflicted[loser] = winner
+		}
+	}
+	// Namespace-wide objects: the oldest of each namespace wins.
+	oldest := map[string]int{}
+	for i := range m.PeerAuths {
+		pa := &m.PeerAuths[i]
+		if pa.Selector != nil {
+			continue
+		}
+		if o, ok := oldest[pa.Namespace]; !ok || paOlder(pa, &m.PeerAuths[o]) {
+			oldest[pa.Namespace] = i
+		}
+	}
+	for i := range m.PeerAuths {
+		if o, ok := oldest[m.PeerAuths[i].Namespace]; ok && m.PeerAuths[i].Selector == nil && o != i {
+			lose(i, o)
+		}
+	}
+	// Selector objects: per workload, the oldest that selects it wins.
+	selByNS := map[string][]int{}
+	for i := range m.PeerAuths {
+		if m.PeerAuths[i].Selector != nil {
+			selByNS[m.PeerAuths[i].Namespace] = append(selByNS[m.PeerAuths[i].Namespace], i)
+		}
+	}
+	for _, w := range m.sortedWorkloads() {
+		best := -1
+		var all []int
+		for _, i := range selByNS[w.Namespace] {
+			pa := &m.PeerAuths[i]
+			if pa.Selector == nil || !applies(pa.Namespace, pa.Selector, w, m.SystemNamespace) {
+				continue
+			}
+			all = append(all, i)
+			if best < 0 || paOlder(pa, &m.PeerAuths[best]) {
+				best = i
+			}
+		}
+		for _, i := range all {
+			if i != best {
+				lose(i, best)
+			}
+		}
+	}
 	for i := range m.PeerAuths {
 		pa := &m.PeerAuths[i]
 		k := Key{Namespace: pa.Namespace, Name: pa.Name}
 		if _, judged := m.PeerAuthVerdicts[k]; judged {
 			continue
 		}
-		var winner *PeerAuth
-		for j := range m.PeerAuths {
-			o := &m.PeerAuths[j]
-			if o == pa || o.Namespace != pa.Namespace || !paOlder(o, pa) || (o.Selector == nil) != (pa.Selector == nil) {
-				continue
-			}
-			if pa.Selector == nil || m.shareWorkloadPA(o, pa) {
-				winner = o
-				break
-			}
-		}
-		if winner != nil {
+		if w, ok := conflicted[i]; ok {
+			winner := &m.PeerAuths[w]
 			m.PeerAuthVerdicts[k] = Verdict{Reason: v1alpha1.ReasonConflicted,
 				Message: fmt.Sprintf("%s/%s, older, has the same scope and is in force instead", winner.Namespace, winner.Name)}
 			continue
@@ -217,16 +270,12 @@ func (m *Model) judgePeerAuths() {
 	}
 }
 
-func (m *Model) shareWorkloadPA(a, b *PeerAuth) bool {
-	for _, w := range m.sortedWorkloads() {
-		if applies(a.Namespace, a.Selector, w, m.SystemNamespace) && applies(b.Namespace, b.Selector, w, m.SystemNamespace) {
-			return true
-		}
-	}
-	return false
-}
-
+// sortedWorkloads returns the workloads by UID; Build computes it once, a
+// Model assembled by hand sorts on each call.
 func (m *Model) sortedWorkloads() []*Workload {
+	if m.ordered != nil {
+		return m.ordered
+	}
 	ws := make([]*Workload, 0, len(m.Workloads))
 	for _, w := range m.Workloads {
 		ws = append(ws, w)
