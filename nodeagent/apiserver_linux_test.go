@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -19,6 +20,12 @@ import (
 // builds into its cache, on loopback ports in temporary folders, for the
 // length of the test.
 func startAPIServer(t *testing.T) kubernetes.Interface {
+	c, _ := startAPIServerKubeconfig(t)
+	return c
+}
+
+// startAPIServerKubeconfig is startAPIServer, with the path of a kubeconfig for it.
+func startAPIServerKubeconfig(t *testing.T) (kubernetes.Interface, string) {
 	t.Helper()
 	switch {
 	case testing.Short():
@@ -52,7 +59,11 @@ func startAPIServer(t *testing.T) kubernetes.Interface {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return client
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfig, te.KubeConfig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return client, kubeconfig
 }
 
 // The reconciler against a real apiserver: field-selected pod informer,

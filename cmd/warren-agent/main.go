@@ -1,0 +1,103 @@
+// Command warren-agent is Warren's node agent (a DaemonSet): it enrolls its
+// node's mesh pods in the eBPF redirection, hands their network namespaces to
+// the node's ztunnel, serves and installs the warren-cni plugin, and exports
+// metrics. --uninstall removes its links, pins and CNI entry instead. Every
+// flag can also be set as an environment variable WARREN_<FLAG> with dashes
+// as underscores (WARREN_NODE_NAME, ...).
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+	"k8s.io/klog/v2"
+
+	"github.com/warrenmesh/warren/internal/zds"
+	"github.com/warrenmesh/warren/nodeagent"
+	"github.com/warrenmesh/warren/nodeagent/cniapi"
+)
+
+// The agent switches network namespaces on other threads: the main thread
+// must stay in the node's netns.
+func init() { runtime.LockOSThread() }
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "warren-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	self, _ := os.Executable()
+	v := viper.New()
+	fs := pflag.NewFlagSet("warren-agent", pflag.ContinueOnError)
+	fs.String("node-name", "", "this node's name (spec.nodeName, from the downward API)")
+	fs.String("kubeconfig", "", "kubeconfig path; in-cluster configuration if empty")
+	fs.String("bpffs", nodeagent.DefaultBPFFS, "bpffs mount point (mounted if it is not one)")
+	fs.String("pin-dir", "", "pin directory; <bpffs>/warren/<node-name> if empty")
+	fs.String("cgroup", "", "cgroup2 directory to attach to; the cgroup2 root if empty")
+	fs.Uint32("tunnel-mark", nodeagent.DefaultTunnelMark, "SO_MARK of the ztunnel's own sockets")
+	fs.String("ztunnel-socket", zds.DefaultPath, "Unix socket the ztunnel connects to")
+	fs.String("cni-socket", cniapi.DefaultSocket, "Unix socket the warren-cni plugin calls")
+	fs.Bool("install-cni", true, "chain warren-cni into the node's CNI configuration")
+	fs.String("cni-binary", filepath.Join(filepath.Dir(self), "warren-cni"), "warren-cni binary to install")
+	fs.String("cni-bin-dir", "/opt/cni/bin", "the node's CNI binary folder")
+	fs.String("cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration folder")
+	fs.Duration("cni-timeout", 0, "how long the plugin waits for the agent at ADD; 30s if zero")
+	fs.String("metrics-addr", nodeagent.DefaultMetricsAddr, `metrics and health address; "-" for none`)
+	fs.String("log-level", "info", "debug, info, warn or error")
+	fs.Bool("uninstall", false, "remove every link, pin and the CNI plugin of this node's agent, and exit")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return err
+	}
+	if err := v.BindPFlags(fs); err != nil {
+		return err
+	}
+	v.SetEnvPrefix("WARREN")
+	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
+	v.AutomaticEnv()
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(v.GetString("log-level"))); err != nil {
+		return fmt.Errorf("log-level: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	klog.SetSlogLogger(log.With("component", "client-go"))
+
+	cfg := nodeagent.AgentConfig{
+		Node:       v.GetString("node-name"),
+		Kubeconfig: v.GetString("kubeconfig"),
+		Kernel: nodeagent.Options{
+			BPFFS:      v.GetString("bpffs"),
+			PinDir:     v.GetString("pin-dir"),
+			Cgroup:     v.GetString("cgroup"),
+			TunnelMark: v.GetUint32("tunnel-mark"),
+		},
+		ZtunnelSocket: v.GetString("ztunnel-socket"),
+		CNISocket:     v.GetString("cni-socket"),
+		InstallCNI:    v.GetBool("install-cni"),
+		CNI: nodeagent.CNIConfig{
+			Binary:  v.GetString("cni-binary"),
+			BinDir:  v.GetString("cni-bin-dir"),
+			ConfDir: v.GetString("cni-conf-dir"),
+			Timeout: v.GetDuration("cni-timeout"),
+		},
+		MetricsAddr: v.GetString("metrics-addr"),
+	}
+	if v.GetBool("uninstall") {
+		return nodeagent.UninstallAgent(cfg, log)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return nodeagent.RunAgent(ctx, cfg, log)
+}
