@@ -9,67 +9,65 @@ import (
 	"github.com/warrenmesh/warren/controller/model"
 )
 
-// resources turns a node's view into keyed resources.
-func resources(v model.NodeView) map[string]*meshv1.Resource {
-	out := make(map[string]*meshv1.Resource, len(v.Workloads)+len(v.Peers)+len(v.Services)+len(v.Policies))
-	for _, w := range v.Workloads {
-		k := "workload/" + string(w.UID)
-		out[k] = &meshv1.Resource{Key: k, Kind: &meshv1.Resource_Workload{Workload: &meshv1.Workload{
-			Uid: string(w.UID), Namespace: w.Namespace, Name: w.Name, ServiceAccount: w.ServiceAccount,
-			Identity: w.Identity.String(), Ips: ips(w.IPs), Labels: maps.Clone(w.Labels), MtlsMode: mode(w.Mode),
-		}}}
+func workloadResource(w model.NodeWorkload) *meshv1.Resource {
+	k := "workload/" + string(w.UID)
+	return &meshv1.Resource{Key: k, Kind: &meshv1.Resource_Workload{Workload: &meshv1.Workload{
+		Uid: string(w.UID), Namespace: w.Namespace, Name: w.Name, ServiceAccount: w.ServiceAccount,
+		Identity: w.Identity.String(), Ips: ips(w.IPs), Labels: maps.Clone(w.Labels), MtlsMode: mode(w.Mode),
+	}}}
+}
+
+func peerResource(p model.Peer) *meshv1.Resource {
+	k := "peer/" + string(p.UID)
+	return &meshv1.Resource{Key: k, Kind: &meshv1.Resource_Peer{Peer: &meshv1.Peer{
+		Uid: string(p.UID), Node: p.Node, Ips: ips(p.IPs), Identity: p.Identity.String(),
+	}}}
+}
+
+func serviceResource(s model.Service) *meshv1.Resource {
+	k := "service/" + s.Namespace + "/" + s.Name
+	ps := &meshv1.Service{Namespace: s.Namespace, Name: s.Name, Vips: ips(s.VIPs)}
+	for _, p := range s.Ports {
+		ps.Ports = append(ps.Ports, &meshv1.ServicePort{Name: p.Name, Port: uint32(p.Port), TargetPort: uint32(p.TargetPort), TargetPortName: p.TargetPortName})
 	}
-	for _, p := range v.Peers {
-		k := "peer/" + string(p.UID)
-		out[k] = &meshv1.Resource{Key: k, Kind: &meshv1.Resource_Peer{Peer: &meshv1.Peer{
-			Uid: string(p.UID), Node: p.Node, Ips: ips(p.IPs), Identity: p.Identity.String(),
-		}}}
-	}
-	for _, s := range v.Services {
-		k := "service/" + s.Namespace + "/" + s.Name
-		ps := &meshv1.Service{Namespace: s.Namespace, Name: s.Name, Vips: ips(s.VIPs)}
-		for _, p := range s.Ports {
-			ps.Ports = append(ps.Ports, &meshv1.ServicePort{Name: p.Name, Port: uint32(p.Port), TargetPort: uint32(p.TargetPort), TargetPortName: p.TargetPortName})
+	for _, e := range s.Endpoints {
+		pe := &meshv1.Endpoint{Ip: e.Addr.String(), Node: e.Node, WorkloadUid: string(e.WorkloadUID), Ready: e.Ready, Enrolled: e.Enrolled}
+		if !e.Identity.IsZero() {
+			pe.Identity = e.Identity.String()
 		}
-		for _, e := range s.Endpoints {
-			pe := &meshv1.Endpoint{Ip: e.Addr.String(), Node: e.Node, WorkloadUid: string(e.WorkloadUID), Ready: e.Ready, Enrolled: e.Enrolled}
-			if !e.Identity.IsZero() {
-				pe.Identity = e.Identity.String()
+		if len(e.Ports) > 0 {
+			pe.Ports = make(map[string]uint32, len(e.Ports))
+			for n, p := range e.Ports {
+				pe.Ports[n] = uint32(p)
 			}
-			if len(e.Ports) > 0 {
-				pe.Ports = make(map[string]uint32, len(e.Ports))
-				for n, p := range e.Ports {
-					pe.Ports[n] = uint32(p)
-				}
-			}
-			ps.Endpoints = append(ps.Endpoints, pe)
 		}
-		out[k] = &meshv1.Resource{Key: k, Kind: &meshv1.Resource_Service{Service: ps}}
+		ps.Endpoints = append(ps.Endpoints, pe)
 	}
-	for _, p := range v.Policies {
-		k := "policy/" + p.Namespace + "/" + p.Name
-		pp := &meshv1.Policy{Namespace: p.Namespace, Name: p.Name, Selector: maps.Clone(p.Selector), HasSelector: p.Selector != nil, Action: action(p.Action)}
-		for _, r := range p.Rules {
-			pr := &meshv1.Rule{}
-			for _, f := range r.From {
-				src := &meshv1.Source{Namespaces: f.Namespaces}
-				for _, id := range f.Principals {
-					src.Principals = append(src.Principals, id.String())
-				}
-				pr.From = append(pr.From, src)
+	return &meshv1.Resource{Key: k, Kind: &meshv1.Resource_Service{Service: ps}}
+}
+
+func policyResource(p model.Policy) *meshv1.Resource {
+	k := "policy/" + p.Namespace + "/" + p.Name
+	pp := &meshv1.Policy{Namespace: p.Namespace, Name: p.Name, Selector: maps.Clone(p.Selector), HasSelector: p.Selector != nil, Action: action(p.Action)}
+	for _, r := range p.Rules {
+		pr := &meshv1.Rule{}
+		for _, f := range r.From {
+			src := &meshv1.Source{Namespaces: f.Namespaces}
+			for _, id := range f.Principals {
+				src.Principals = append(src.Principals, id.String())
 			}
-			for _, t := range r.To {
-				d := &meshv1.Destination{}
-				for _, port := range t.Ports {
-					d.Ports = append(d.Ports, uint32(port))
-				}
-				pr.To = append(pr.To, d)
-			}
-			pp.Rules = append(pp.Rules, pr)
+			pr.From = append(pr.From, src)
 		}
-		out[k] = &meshv1.Resource{Key: k, Kind: &meshv1.Resource_Policy{Policy: pp}}
+		for _, t := range r.To {
+			d := &meshv1.Destination{}
+			for _, port := range t.Ports {
+				d.Ports = append(d.Ports, uint32(port))
+			}
+			pr.To = append(pr.To, d)
+		}
+		pp.Rules = append(pp.Rules, pr)
 	}
-	return out
+	return &meshv1.Resource{Key: k, Kind: &meshv1.Resource_Policy{Policy: pp}}
 }
 
 func ips(as []netip.Addr) []string {

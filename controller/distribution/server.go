@@ -64,6 +64,12 @@ type Server struct {
 	version   uint64
 	changedAt time.Time
 	subs      map[*subscriber]struct{}
+
+	// The shared resources of one model version. Subscribers send the same
+	// *meshv1.Resource values concurrently: gRPC only reads them.
+	sharedMu      sync.Mutex
+	sharedVersion uint64
+	sharedEntries []entry
 }
 
 type subscriber struct {
@@ -269,6 +275,48 @@ type pending struct {
 	changedAt time.Time
 }
 
+// entry is a converted resource and the hash of its encoding.
+type entry struct {
+	res  *meshv1.Resource
+	hash uint64
+	node string // of a peer: its own node does not get it
+}
+
+func (s *Server) entry(r *meshv1.Resource, node string) (entry, error) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+	if err != nil {
+		return entry{}, fmt.Errorf("marshal %s: %w", r.Key, err)
+	}
+	return entry{res: r, hash: maphash.Bytes(s.seed, b), node: node}, nil
+}
+
+// shared returns the resources every node gets (peers, services) for the
+// model of version, converted once for all subscribers.
+func (s *Server) shared(m *model.Model, version uint64) ([]entry, error) {
+	s.sharedMu.Lock()
+	defer s.sharedMu.Unlock()
+	if s.sharedVersion == version && s.sharedEntries != nil {
+		return s.sharedEntries, nil
+	}
+	var out []entry
+	for _, p := range m.Peers() {
+		e, err := s.entry(peerResource(p), p.Node)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	for _, svc := range m.SortedServices() {
+		e, err := s.entry(serviceResource(svc), "")
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	s.sharedVersion, s.sharedEntries = version, out
+	return out, nil
+}
+
 // next computes the update that takes a client from acked (nil: nothing,
 // so a snapshot) to the current model; nil when nothing changed.
 func (s *Server) next(node string, acked map[string]uint64) (*pending, error) {
@@ -276,23 +324,37 @@ func (s *Server) next(node string, acked map[string]uint64) (*pending, error) {
 	if m == nil {
 		return nil, nil
 	}
-	res := resources(m.ForNode(node))
-	state := make(map[string]uint64, len(res))
-	u := &meshv1.Update{Version: version, Snapshot: acked == nil}
-	keys := make([]string, 0, len(res))
-	for k := range res {
-		keys = append(keys, k)
+	entries, err := s.shared(m, version)
+	if err != nil {
+		return nil, err
 	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(res[k])
+	entries = slices.Clone(entries)
+	ws, ps := m.Local(node)
+	for _, w := range ws {
+		e, err := s.entry(workloadResource(w), "")
 		if err != nil {
-			return nil, fmt.Errorf("marshal %s: %w", k, err)
+			return nil, err
 		}
-		h := maphash.Bytes(s.seed, b)
-		state[k] = h
-		if old, ok := acked[k]; !ok || old != h || u.Snapshot {
-			u.Upserts = append(u.Upserts, res[k])
+		entries = append(entries, e)
+	}
+	for _, p := range ps {
+		e, err := s.entry(policyResource(p), "")
+		if err != nil {
+			return nil, err
+		}
+		entries = append(entries, e)
+	}
+	slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(a.res.Key, b.res.Key) })
+
+	state := make(map[string]uint64, len(entries))
+	u := &meshv1.Update{Version: version, Snapshot: acked == nil}
+	for _, e := range entries {
+		if e.node == node {
+			continue // a peer on the subscriber's own node is one of its workloads
+		}
+		state[e.res.Key] = e.hash
+		if old, ok := acked[e.res.Key]; !ok || old != e.hash || u.Snapshot {
+			u.Upserts = append(u.Upserts, e.res)
 		}
 	}
 	for k := range acked {

@@ -87,6 +87,10 @@ func Build(in Inputs) *Model {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
 	m.ordered = m.sortedWorkloads()
+	m.byNode = map[string][]*Workload{}
+	for _, w := range m.ordered {
+		m.byNode[w.Node] = append(m.byNode[w.Node], w)
+	}
 	m.judgePolicies()
 	m.judgePeerAuths()
 	return m

@@ -156,13 +156,14 @@ type Model struct {
 	AuthzVerdicts    map[Key]Verdict
 	PeerAuthVerdicts map[Key]Verdict
 
-	ordered []*Workload // Workloads by UID
+	ordered []*Workload            // Workloads by UID
+	byNode  map[string][]*Workload // the same, per node
 }
 
 // Running reports whether a running pod on node has the service account of
 // id. The CA asks this before it signs id for a caller on node.
 func (m *Model) Running(node string, id identity.ID) bool {
-	for _, w := range m.Workloads {
+	for _, w := range m.onNode(node) {
 		if w.Node == node && w.Running && w.Identity == id {
 			return true
 		}

@@ -46,31 +46,72 @@ type Peer struct {
 // ForNode cuts the model down to what node's ztunnel needs.
 func (m *Model) ForNode(node string) NodeView {
 	v := NodeView{Node: node}
-	ws := m.sortedWorkloads()
-	for _, w := range ws {
-		if !w.Enrolled {
-			continue
+	v.Workloads, v.Policies = m.Local(node)
+	for _, p := range m.Peers() {
+		if p.Node != node {
+			v.Peers = append(v.Peers, p)
 		}
-		if w.Node != node {
-			v.Peers = append(v.Peers, Peer{UID: w.UID, Node: w.Node, IPs: w.IPs, Identity: w.Identity})
-			continue
+	}
+	v.Services = m.SortedServices()
+	return v
+}
+
+// Local is the part of ForNode that differs between nodes: the node's
+// enrolled workloads, sorted by UID, and the policies that apply to them.
+func (m *Model) Local(node string) ([]NodeWorkload, []Policy) {
+	var ws []NodeWorkload
+	for _, w := range m.onNode(node) {
+		if w.Enrolled {
+			mode, _ := m.MTLSMode(w)
+			ws = append(ws, NodeWorkload{Workload: *w, Mode: mode})
 		}
-		mode, _ := m.MTLSMode(w)
-		v.Workloads = append(v.Workloads, NodeWorkload{Workload: *w, Mode: mode})
 	}
-	for _, s := range m.Services {
-		v.Services = append(v.Services, *s)
-	}
-	slices.SortFunc(v.Services, func(a, b Service) int {
-		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
-	})
+	var ps []Policy
 	for _, p := range m.Policies {
-		for i := range v.Workloads {
-			if p.AppliesTo(&v.Workloads[i].Workload, m.SystemNamespace) {
-				v.Policies = append(v.Policies, p)
+		for i := range ws {
+			if p.AppliesTo(&ws[i].Workload, m.SystemNamespace) {
+				ps = append(ps, p)
 				break
 			}
 		}
 	}
-	return v
+	return ws, ps
+}
+
+// Peers returns every enrolled workload, sorted by UID, as other nodes see
+// it; the same for all nodes, so a server can convert it once per model.
+func (m *Model) Peers() []Peer {
+	var ps []Peer
+	for _, w := range m.sortedWorkloads() {
+		if w.Enrolled {
+			ps = append(ps, Peer{UID: w.UID, Node: w.Node, IPs: w.IPs, Identity: w.Identity})
+		}
+	}
+	return ps
+}
+
+// SortedServices returns the services by namespace and name.
+func (m *Model) SortedServices() []Service {
+	ss := make([]Service, 0, len(m.Services))
+	for _, s := range m.Services {
+		ss = append(ss, *s)
+	}
+	slices.SortFunc(ss, func(a, b Service) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	return ss
+}
+
+// onNode returns the node's workloads by UID.
+func (m *Model) onNode(node string) []*Workload {
+	if m.byNode != nil {
+		return m.byNode[node]
+	}
+	var ws []*Workload
+	for _, w := range m.sortedWorkloads() {
+		if w.Node == node {
+			ws = append(ws, w)
+		}
+	}
+	return ws
 }
