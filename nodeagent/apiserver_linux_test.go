@@ -5,13 +5,17 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
 
 	"github.com/warrenmesh/warren/hack/cluster/localcluster"
 )
@@ -108,4 +112,28 @@ func TestReconcilerAPIServer(t *testing.T) {
 	r.eventually("pod back", uids["a"])
 	mustCreate(client.CoreV1().Pods("mesh").Delete(ctx, "a", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}))
 	r.eventually("pod deleted")
+
+	// And while an apiserver is up: it takes the agent's manifests as they are.
+	dir := filepath.Join("..", "manifests", "agent")
+	_, err = client.CoreV1().Namespaces().Create(ctx, testNS("warren-system", nil), metav1.CreateOptions{})
+	mustCreate(err)
+	var sa corev1.ServiceAccount
+	readYAML(t, filepath.Join(dir, "serviceaccount.yaml"), &sa, true)
+	_, err = client.CoreV1().ServiceAccounts("warren-system").Create(ctx, &sa, metav1.CreateOptions{})
+	mustCreate(err)
+	var ds appsv1.DaemonSet
+	readYAML(t, filepath.Join(dir, "daemonset.yaml"), &ds, true)
+	_, err = client.AppsV1().DaemonSets("warren-system").Create(ctx, &ds, metav1.CreateOptions{})
+	mustCreate(err)
+	rbac, err := os.ReadFile(filepath.Join(dir, "rbac.yaml"))
+	mustCreate(err)
+	docs := strings.Split(string(rbac), "\n---\n")
+	var role rbacv1.ClusterRole
+	var binding rbacv1.ClusterRoleBinding
+	mustCreate(yaml.UnmarshalStrict([]byte(docs[0]), &role))
+	mustCreate(yaml.UnmarshalStrict([]byte(docs[1]), &binding))
+	_, err = client.RbacV1().ClusterRoles().Create(ctx, &role, metav1.CreateOptions{})
+	mustCreate(err)
+	_, err = client.RbacV1().ClusterRoleBindings().Create(ctx, &binding, metav1.CreateOptions{})
+	mustCreate(err)
 }
