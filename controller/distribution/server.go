@@ -65,11 +65,12 @@ type Server struct {
 	changedAt time.Time
 	subs      map[*subscriber]struct{}
 
-	// The shared resources of one model version. Subscribers send the same
+	// The shared resources of the current model version, and the diffs to
+	// it from the versions subscribers hold. Subscribers send the same
 	// *meshv1.Resource values concurrently: gRPC only reads them.
-	sharedMu      sync.Mutex
-	sharedVersion uint64
-	sharedEntries []entry
+	sharedMu  sync.Mutex
+	sharedCur *sharedSet
+	diffs     map[*sharedSet]*sharedDiff
 }
 
 type subscriber struct {
@@ -221,7 +222,7 @@ func (s *Server) Subscribe(stream meshv1.Distribution_SubscribeServer) error {
 	}()
 
 	var (
-		acked    map[string]uint64 // key -> hash of what the client holds
+		acked    *clientState // what the client holds; nil: nothing yet
 		inflight *pending
 		dirty    bool
 	)
@@ -271,8 +272,16 @@ func (s *Server) Subscribe(stream meshv1.Distribution_SubscribeServer) error {
 
 type pending struct {
 	update    *meshv1.Update
-	state     map[string]uint64
+	state     *clientState
 	changedAt time.Time
+}
+
+// clientState is what a client holds: a version of the shared resources
+// (the same for every node, so one diff between two versions serves every
+// subscriber) and its node's own resources by key.
+type clientState struct {
+	shared *sharedSet
+	local  map[string]uint64
 }
 
 // entry is a converted resource and the hash of its encoding.
@@ -290,82 +299,145 @@ func (s *Server) entry(r *meshv1.Resource, node string) (entry, error) {
 	return entry{res: r, hash: maphash.Bytes(s.seed, b), node: node}, nil
 }
 
-// shared returns the resources every node gets (peers, services) for the
-// model of version, converted once for all subscribers.
-func (s *Server) shared(m *model.Model, version uint64) ([]entry, error) {
+// sharedSet is the peers and services of one model version.
+type sharedSet struct {
+	version uint64
+	entries map[string]entry
+}
+
+// sharedDiff takes a client from one sharedSet to another.
+type sharedDiff struct {
+	upserts  []entry
+	removals []entry
+}
+
+// shared returns the shared resources of the model of version, converted
+// once for all subscribers.
+func (s *Server) shared(m *model.Model, version uint64) (*sharedSet, error) {
 	s.sharedMu.Lock()
 	defer s.sharedMu.Unlock()
-	if s.sharedVersion == version && s.sharedEntries != nil {
-		return s.sharedEntries, nil
+	if s.sharedCur != nil && s.sharedCur.version == version {
+		return s.sharedCur, nil
 	}
-	var out []entry
+	set := &sharedSet{version: version, entries: map[string]entry{}}
 	for _, p := range m.Peers() {
 		e, err := s.entry(peerResource(p), p.Node)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, e)
+		set.entries[e.res.Key] = e
 	}
 	for _, svc := range m.SortedServices() {
 		e, err := s.entry(serviceResource(svc), "")
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, e)
+		set.entries[e.res.Key] = e
 	}
-	s.sharedVersion, s.sharedEntries = version, out
-	return out, nil
+	s.sharedCur, s.diffs = set, map[*sharedSet]*sharedDiff{}
+	return set, nil
+}
+
+// diff returns the changes from one shared set to the current one, computed
+// once for all the subscribers that hold from.
+func (s *Server) diff(from, to *sharedSet) *sharedDiff {
+	s.sharedMu.Lock()
+	defer s.sharedMu.Unlock()
+	if d, ok := s.diffs[from]; ok && s.sharedCur == to {
+		return d
+	}
+	d := &sharedDiff{}
+	for k, e := range to.entries {
+		if old, ok := from.entries[k]; !ok || old.hash != e.hash {
+			d.upserts = append(d.upserts, e)
+		}
+	}
+	for k, e := range from.entries {
+		if _, ok := to.entries[k]; !ok {
+			d.removals = append(d.removals, e)
+		}
+	}
+	if s.sharedCur == to {
+		s.diffs[from] = d
+	}
+	return d
 }
 
 // next computes the update that takes a client from acked (nil: nothing,
 // so a snapshot) to the current model; nil when nothing changed.
-func (s *Server) next(node string, acked map[string]uint64) (*pending, error) {
+func (s *Server) next(node string, acked *clientState) (*pending, error) {
 	m, version, changedAt := s.current()
 	if m == nil {
 		return nil, nil
 	}
-	entries, err := s.shared(m, version)
+	shared, err := s.shared(m, version)
 	if err != nil {
 		return nil, err
 	}
-	entries = slices.Clone(entries)
+	state := &clientState{shared: shared, local: map[string]uint64{}}
+	u := &meshv1.Update{Version: version, Snapshot: acked == nil}
+
+	var local []entry
 	ws, ps := m.Local(node)
 	for _, w := range ws {
 		e, err := s.entry(workloadResource(w), "")
 		if err != nil {
 			return nil, err
 		}
-		entries = append(entries, e)
+		local = append(local, e)
 	}
 	for _, p := range ps {
 		e, err := s.entry(policyResource(p), "")
 		if err != nil {
 			return nil, err
 		}
-		entries = append(entries, e)
+		local = append(local, e)
 	}
-	slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(a.res.Key, b.res.Key) })
-
-	state := make(map[string]uint64, len(entries))
-	u := &meshv1.Update{Version: version, Snapshot: acked == nil}
-	for _, e := range entries {
-		if e.node == node {
-			continue // a peer on the subscriber's own node is one of its workloads
-		}
-		state[e.res.Key] = e.hash
-		if old, ok := acked[e.res.Key]; !ok || old != e.hash || u.Snapshot {
+	for _, e := range local {
+		state.local[e.res.Key] = e.hash
+		if u.Snapshot {
+			u.Upserts = append(u.Upserts, e.res)
+		} else if old, ok := acked.local[e.res.Key]; !ok || old != e.hash {
 			u.Upserts = append(u.Upserts, e.res)
 		}
 	}
-	for k := range acked {
-		if _, ok := state[k]; !ok {
-			u.Removals = append(u.Removals, k)
+	if !u.Snapshot {
+		for k := range acked.local {
+			if _, ok := state.local[k]; !ok {
+				u.Removals = append(u.Removals, k)
+			}
 		}
 	}
-	slices.Sort(u.Removals)
+
+	// A peer on the subscriber's own node is one of its workloads: it never
+	// gets it as a peer.
+	switch {
+	case u.Snapshot:
+		for _, e := range shared.entries {
+			if e.node != node {
+				u.Upserts = append(u.Upserts, e.res)
+			}
+		}
+	case acked.shared != shared:
+		d := s.diff(acked.shared, shared)
+		for _, e := range d.upserts {
+			if e.node != node {
+				u.Upserts = append(u.Upserts, e.res)
+			}
+		}
+		for _, e := range d.removals {
+			if e.node != node {
+				u.Removals = append(u.Removals, e.res.Key)
+			}
+		}
+	}
 	if !u.Snapshot && len(u.Upserts) == 0 && len(u.Removals) == 0 {
+		// Nothing for this node; it now holds the current shared set too.
+		acked.shared = shared
 		return nil, nil
 	}
+	slices.SortFunc(u.Upserts, func(a, b *meshv1.Resource) int { return strings.Compare(a.Key, b.Key) })
+	slices.Sort(u.Removals)
 	return &pending{update: u, state: state, changedAt: changedAt}, nil
 }
 

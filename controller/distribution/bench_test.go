@@ -1,0 +1,123 @@
+package distribution
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/test/bufconn"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	meshv1 "github.com/warrenmesh/warren/api/proto/mesh/v1"
+	"github.com/warrenmesh/warren/controller/ca"
+	"github.com/warrenmesh/warren/controller/model"
+)
+
+// BenchmarkPush is the benchmark in miniature, in memory: 100
+// subscribers (one per node), 10k enrolled pods, 1k services. It reports the
+// time until every subscriber has acked its snapshot, and then, per
+// iteration, a pod change until every subscriber acked it (p99 over
+// iterations as p99-ms).
+func BenchmarkPush(b *testing.B) {
+	const nodes, pods, services = 100, 10000, 1000
+	bigAuthn := staticAuthn{}
+	for n := range nodes {
+		bigAuthn[fmt.Sprintf("n%d", n)] = ca.Caller{Namespace: "warren-system", ServiceAccount: "ztunnel", Pod: "zt", Node: fmt.Sprintf("n%d", n)}
+	}
+	in := model.Inputs{Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{model.MeshLabel: model.MeshEnabled}}}}}
+	for i := range pods {
+		in.Pods = append(in.Pods, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: fmt.Sprintf("p%d", i), UID: types.UID(fmt.Sprintf("u%d", i))},
+			Spec:   corev1.PodSpec{NodeName: fmt.Sprintf("n%d", i%nodes), ServiceAccountName: fmt.Sprintf("sa%d", i%50)},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIPs: []corev1.PodIP{{IP: fmt.Sprintf("10.%d.%d.%d", 1+i/65536, i/256%256, i%256)}}}})
+	}
+	for s := range services {
+		in.Services = append(in.Services, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: fmt.Sprintf("s%d", s)},
+			Spec: corev1.ServiceSpec{ClusterIPs: []string{fmt.Sprintf("10.96.%d.%d", s/256, s%256)}, Ports: []corev1.ServicePort{{Port: 80}}}})
+	}
+
+	srv, err := New(Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Authn: bigAuthn, Callers: []string{"warren-system/ztunnel"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	lis := bufconn.Listen(16 << 20)
+	gs := grpc.NewServer()
+	meshv1.RegisterDistributionServer(gs, srv)
+	go gs.Serve(lis)
+	defer gs.Stop()
+	srv.Publish(model.Build(in))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	acked := make(chan uint64, nodes*4)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for n := range nodes {
+		cc, err := grpc.NewClient("passthrough:///bufnet",
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+			grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer cc.Close()
+		node := fmt.Sprintf("n%d", n)
+		st, err := meshv1.NewDistributionClient(cc).Subscribe(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+node))
+		if err != nil {
+			b.Fatal(err)
+		}
+		_ = st.Send(&meshv1.SubscribeRequest{Kind: &meshv1.SubscribeRequest_Hello{Hello: &meshv1.Hello{Node: node}}})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				u, err := st.Recv()
+				if err != nil {
+					return
+				}
+				if st.Send(&meshv1.SubscribeRequest{Kind: &meshv1.SubscribeRequest_Ack{Ack: &meshv1.Ack{Version: u.Version}}}) != nil {
+					return
+				}
+				acked <- u.Version
+			}
+		}()
+	}
+	waitAll := func(version uint64) {
+		for got := 0; got < nodes; {
+			if v := <-acked; v >= version {
+				got++
+			}
+		}
+	}
+	waitAll(1)
+	snapshots := time.Since(start)
+
+	var lat []time.Duration
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		p := in.Pods[i%pods].DeepCopy()
+		p.Status.PodIPs = []corev1.PodIP{{IP: fmt.Sprintf("10.200.%d.%d", i/256%256, i%256)}}
+		in.Pods[i%pods] = p
+		t0 := time.Now()
+		srv.Publish(model.Build(in))
+		_, version, _ := srv.current()
+		waitAll(version)
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+	b.ReportMetric(float64(snapshots.Milliseconds()), "all-snapshots-ms")
+	cancel()
+	gs.Stop()
+	wg.Wait()
+}
