@@ -273,6 +273,41 @@ func TestProbesFromNode(t *testing.T) {
 	waitEntries(t, k, map[string]int{"node_ips": 0, "pod_ips": 0})
 }
 
+// A restarted agent adopts each pod's node addresses with it, so probes keep
+// passing, and drops node addresses of netns no longer enrolled.
+func TestNodeIPsAdopted(t *testing.T) {
+	e := newEnv(t)
+	opts := e.options("n1")
+	k1 := e.open(opts)
+	tp := newTopo(t)
+	node := netip.MustParseAddr("10.250.0.11")
+	enroll(t, k1, Pod{UID: "pod-a", Netns: tp.Pod("").Netns, IPs: []netip.Addr{tp.pod4, tp.pod6}, NodeIPs: []netip.Addr{node, tp.peer6}})
+	// A leftover of some older agent: a node address for a netns nobody enrolled.
+	stale := nodeIPKey(12345, node)
+	one := uint8(1)
+	if err := k1.objs.NodeIps.Update(&stale, &one, ebpf.UpdateAny); err != nil {
+		t.Fatal(err)
+	}
+	if err := k1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	opts.Registerer = prometheus.NewRegistry()
+	k2 := e.open(opts)
+	pods, err := k2.Pods(ctx)
+	if err != nil || len(pods) != 1 {
+		t.Fatalf("Pods() = %v, %v", pods, err)
+	}
+	got := slices.Clone(pods[0].NodeIPs)
+	slices.SortFunc(got, netip.Addr.Compare)
+	if want := []netip.Addr{node, tp.peer6}; !slices.Equal(got, want) {
+		t.Errorf("adopted node IPs %v, want %v", got, want)
+	}
+	waitEntries(t, k2, map[string]int{"node_ips": 2})
+	// Enrolling again without them removes them.
+	enroll(t, k2, tp.Pod("pod-a"))
+	waitEntries(t, k2, map[string]int{"node_ips": 0})
+}
+
 func TestUnenroll(t *testing.T) {
 	e := newEnv(t)
 	k := e.open(e.options("n1"))
