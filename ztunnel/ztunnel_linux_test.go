@@ -369,6 +369,15 @@ func TestTwoNodes(t *testing.T) {
 			t.Fatalf("denied port answered %q", got)
 		}
 	})
+	t.Run("closed port on a mesh pod fails fast", func(t *testing.T) {
+		start := time.Now()
+		if got, err := n.exchange("client", netip.AddrPortFrom(serverIP, 7)); err == nil {
+			t.Fatalf("closed port answered %q", got)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("took %v: the refusal should travel back at once", d)
+		}
+	})
 	t.Run("passthrough keeps the pod's source address", func(t *testing.T) {
 		got, err := n.exchange("client", netip.AddrPortFrom(outsiderIP, appPort))
 		if err != nil {
