@@ -8,6 +8,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/warrenmesh/warren/internal/hbone"
 	"github.com/warrenmesh/warren/internal/identity"
 )
 
@@ -75,6 +76,11 @@ type Config struct {
 	Certs    map[string]CertPair `json:"certs,omitempty"`
 	CACert   string              `json:"caCert,omitempty"`
 	CAKey    string              `json:"caKey,omitempty"`
+
+	// HBONE bounds the HTTP/2 connections (windows, frames, streams); zero
+	// fields take internal/hbone's defaults. The receive windows bound what a
+	// slow reader makes the ztunnel buffer, so they set its peak memory.
+	HBONE hbone.Limits `json:"hbone,omitzero"`
 
 	// Listen addresses on the node (host:port); empty disables.
 	AdminAddr   string `json:"adminAddr,omitempty"`
@@ -207,6 +213,9 @@ func (c *Config) Validate() error {
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 	if c.Node == "" {
 		bad("node: required")
+	}
+	if err := c.HBONE.Validate(); err != nil {
+		bad("hbone: %v", err)
 	}
 	if c.PinDir == "" {
 		bad("pinDir: required")

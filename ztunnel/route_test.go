@@ -166,6 +166,7 @@ func TestValidate(t *testing.T) {
 		{"no certificate", func(c *Config) { c.CAKey, c.CACert = "", "" }, "certs: no certificate for demo/client"},
 		{"no netns", func(c *Config) { c.Pods[0].Netns = "" }, "netns: required"},
 		{"non-mesh knob", func(c *Config) { c.NonMesh = "drop" }, "nonMesh"},
+		{"hbone limits", func(c *Config) { c.HBONE.StreamWindow = 1000 }, "hbone: "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := testConfig(t, nil).cfg

@@ -214,6 +214,7 @@ func (t *Tunnel) startPod(ctx context.Context, pod LocalPod) (_ *podProxy, err e
 			}
 			return th.dial(ctx, ap, t.cfg.Mark)
 		},
+		Limits: t.cfg.HBONE,
 		Logger: p.log,
 	})
 	if err != nil {
@@ -223,7 +224,7 @@ func (t *Tunnel) startPod(ctx context.Context, pod LocalPod) (_ *podProxy, err e
 	if err != nil {
 		return nil, err
 	}
-	p.srv = &hbone.Server{TLSConfig: srvTLS, Handler: p.inboundHBONE, Logger: p.log, IdleTimeout: hbone.DefaultIdleTimeout, OnStreamDone: p.inboundDone}
+	p.srv = &hbone.Server{TLSConfig: srvTLS, Handler: p.inboundHBONE, Logger: p.log, Limits: t.cfg.HBONE, IdleTimeout: hbone.DefaultIdleTimeout, OnStreamDone: p.inboundDone}
 
 	out4, err := th.listen("tcp4", fmt.Sprintf("127.0.0.1:%d", OutboundPort))
 	if err != nil {
