@@ -430,9 +430,9 @@ func TestCANodeAuthorization(t *testing.T) {
 	if err := signer.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "model has the running pods", func() error {
+	eventually(t, "model has the scheduled pods", func() error {
 		m := c.Model()
-		if !m.Running("n1", identity.New("shop", "web")) || !m.Running("n2", identity.New("shop", "db")) {
+		if !m.Scheduled("n1", identity.New("shop", "web")) || !m.Scheduled("n2", identity.New("shop", "db")) {
 			return errors.New("not yet")
 		}
 		return nil

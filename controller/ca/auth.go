@@ -94,8 +94,8 @@ func (a ModelAuthorizer) Authorize(_ context.Context, node string, id identity.I
 	if m == nil {
 		return deny(ReasonNotOnNode, "the controller has not synced its caches yet")
 	}
-	if !m.Running(node, id) {
-		return deny(ReasonNotOnNode, "no running pod of service account %s/%s on node %q", id.Namespace, id.ServiceAccount, node)
+	if !m.Scheduled(node, id) {
+		return deny(ReasonNotOnNode, "no pod of service account %s/%s is scheduled on node %q (or all have finished)", id.Namespace, id.ServiceAccount, node)
 	}
 	return nil
 }

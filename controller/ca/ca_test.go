@@ -245,6 +245,7 @@ func TestSigner(t *testing.T) {
 		running("web", "n1", "web", corev1.PodRunning),
 		running("db", "n2", "db", corev1.PodRunning),
 		running("batch", "n1", "batch", corev1.PodPending),
+		running("done", "n1", "done", corev1.PodSucceeded),
 	}})
 	reg := prometheus.NewRegistry()
 	metrics, err := NewMetrics(reg)
@@ -272,7 +273,8 @@ func TestSigner(t *testing.T) {
 	}{
 		{"own node", "zt1", "spiffe://cluster.local/ns/a/sa/web", ""},
 		{"another node's identity", "zt1", "spiffe://cluster.local/ns/a/sa/db", ReasonNotOnNode},
-		{"pod not running", "zt1", "spiffe://cluster.local/ns/a/sa/batch", ReasonNotOnNode},
+		{"pending pod bound to the node (enrolled before it runs)", "zt1", "spiffe://cluster.local/ns/a/sa/batch", ""},
+		{"finished pod", "zt1", "spiffe://cluster.local/ns/a/sa/done", ReasonNotOnNode},
 		{"no such service account", "zt1", "spiffe://cluster.local/ns/a/sa/ghost", ReasonNotOnNode},
 		{"workload token", "user", "spiffe://cluster.local/ns/a/sa/web", ReasonCallerNotAllowed},
 		{"bad token", "nope", "spiffe://cluster.local/ns/a/sa/web", ReasonUnauthenticated},
@@ -298,8 +300,8 @@ func TestSigner(t *testing.T) {
 	if got := testutil.ToFloat64(metrics.requests.WithLabelValues("denied", string(ReasonNotOnNode))); got != 3 {
 		t.Errorf("denied NotOnNode = %v, want 3", got)
 	}
-	if got := testutil.ToFloat64(metrics.requests.WithLabelValues("signed", "")); got != 1 {
-		t.Errorf("signed = %v, want 1", got)
+	if got := testutil.ToFloat64(metrics.requests.WithLabelValues("signed", "")); got != 2 {
+		t.Errorf("signed = %v, want 2 (web, and the pending batch)", got)
 	}
 
 	s.Authz = ModelAuthorizer{Model: func() *model.Model { return nil }}

@@ -23,7 +23,7 @@ const (
 	ReasonWrongKeyType     Reason = "WrongKeyType"     // not ECDSA P-256
 	ReasonWrongSANCount    Reason = "WrongSANCount"    // not exactly one URI SAN, or other SANs too
 	ReasonWrongSAN         Reason = "WrongSAN"         // the URI SAN is no SPIFFE ID of this trust domain
-	ReasonNotOnNode        Reason = "NotOnNode"        // no running pod of that service account on the caller's node
+	ReasonNotOnNode        Reason = "NotOnNode"        // no unfinished pod of that service account is bound to the caller's node
 )
 
 // Denied is the error of every refused request.

@@ -42,8 +42,7 @@ type Workload struct {
 	// IPs are the pod's addresses, sorted; empty until the pod has one.
 	IPs    []netip.Addr
 	Labels map[string]string
-	// Running: the pod's phase is Running. Only running pods entitle their
-	// node to certificates.
+	// Running: the pod's phase is Running.
 	Running bool
 	// Enrolled: the namespace carries warren.dev/mesh=enabled, the pod does
 	// not carry warren.dev/mesh=disabled, and it is not host-network (its
@@ -160,11 +159,14 @@ type Model struct {
 	byNode  map[string][]*Workload // the same, per node
 }
 
-// Running reports whether a running pod on node has the service account of
-// id. The CA asks this before it signs id for a caller on node.
-func (m *Model) Running(node string, id identity.ID) bool {
+// Scheduled reports whether a pod bound to node, and not finished, has the
+// service account of id. The CA asks this before it signs id for a caller on
+// node. Pending pods count: the CNI plugin enrolls a pod before its
+// containers run, and its ztunnel needs the certificate by then, or the pod's
+// first connections fail closed. Finished pods are not in the model.
+func (m *Model) Scheduled(node string, id identity.ID) bool {
 	for _, w := range m.onNode(node) {
-		if w.Node == node && w.Running && w.Identity == id {
+		if w.Node == node && w.Identity == id {
 			return true
 		}
 	}

@@ -354,8 +354,8 @@ func TestForNode(t *testing.T) {
 		v.Services[0].Endpoints[0].Identity != identity.New("a", "web") {
 		t.Errorf("services = %+v, want a/web with one enrolled endpoint of identity a/web", v.Services)
 	}
-	if !m.Running("n2", identity.New("a", "db")) || m.Running("n1", identity.New("a", "db")) {
-		t.Error("Running: a/db runs on n2 and not on n1")
+	if !m.Scheduled("n2", identity.New("a", "db")) || m.Scheduled("n1", identity.New("a", "db")) {
+		t.Error("Scheduled: a/db runs on n2 and not on n1")
 	}
 	if v2 := m.ForNode("n2"); len(v2.Policies) != 2 {
 		t.Errorf("n2 policies = %+v, want both", v2.Policies)
