@@ -10,6 +10,7 @@ import (
 
 	"github.com/warrenmesh/warren/internal/hbone"
 	"github.com/warrenmesh/warren/internal/identity"
+	"github.com/warrenmesh/warren/internal/policy"
 )
 
 // Mode is a PeerAuthentication mTLS mode.
@@ -23,12 +24,12 @@ const (
 )
 
 // Action is what a matching AuthorizationPolicy does.
-type Action string
+type Action = policy.Action
 
 // Policy actions; deny wins.
 const (
-	ActionAllow Action = "ALLOW"
-	ActionDeny  Action = "DENY"
+	ActionAllow = policy.ActionAllow
+	ActionDeny  = policy.ActionDeny
 )
 
 // Outbound policies for destinations outside the mesh.
@@ -147,7 +148,7 @@ type Endpoint struct {
 }
 
 // Policy is an L4 AuthorizationPolicy, with the semantics of the CRD (and of
-// controller/model.Authorize): selector nil means the namespace's workloads,
+// controller/model.Authorize, both internal/policy): selector nil means the namespace's workloads,
 // or the mesh's in the system namespace; an ALLOW with no rules allows
 // nothing, a DENY with no rules denies nothing, an empty rule matches all.
 type Policy struct {

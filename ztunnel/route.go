@@ -8,6 +8,7 @@ import (
 
 	"github.com/warrenmesh/warren/internal/hbone"
 	"github.com/warrenmesh/warren/internal/identity"
+	"github.com/warrenmesh/warren/internal/policy"
 )
 
 // DefaultMark is the SO_MARK of the ztunnel's own sockets (nodeagent.DefaultTunnelMark).
@@ -20,6 +21,7 @@ type State struct {
 	byIP     map[netip.Addr]*Workload
 	local    map[netip.Addr]*LocalPod
 	services map[netip.Addr]*serviceState
+	policies []policy.Policy // cfg.Policies, for internal/policy
 }
 
 type serviceState struct {
@@ -29,7 +31,8 @@ type serviceState struct {
 
 // NewState indexes a validated Config.
 func NewState(c *Config) *State {
-	st := &State{cfg: c, byIP: map[netip.Addr]*Workload{}, local: map[netip.Addr]*LocalPod{}, services: map[netip.Addr]*serviceState{}}
+	st := &State{cfg: c, byIP: map[netip.Addr]*Workload{}, local: map[netip.Addr]*LocalPod{}, services: map[netip.Addr]*serviceState{},
+		policies: evalPolicies(c.Policies)}
 	for i := range c.Workloads {
 		for _, ip := range c.Workloads[i].IPs {
 			st.byIP[ip.Unmap()] = &c.Workloads[i]
@@ -136,12 +139,7 @@ func Route(st *State, src *Workload, orig netip.AddrPort, seq uint64) Plan {
 }
 
 // Decision is the outcome of Authorize.
-type Decision struct {
-	Allowed bool
-	// Policy is namespace/name of the policy that decided, empty when none did.
-	Policy string
-	Reason string
-}
+type Decision = policy.Decision
 
 // Inbound is an inbound connection as the destination's ztunnel sees it.
 type Inbound struct {
@@ -154,73 +152,37 @@ type Inbound struct {
 }
 
 // Authorize decides an inbound connection to the local pod dst: plaintext is
-// refused in STRICT mode; then any matching DENY refuses (deny wins); then, if
-// ALLOW policies apply to dst, one must match; with none, it is allowed. The
-// policy semantics are those of controller/model.Authorize, which the ztunnel
-// does not import (it would pull the Kubernetes API types into every node).
+// refused in STRICT mode; then the policies decide with internal/policy's
+// semantics, those of controller/model.Authorize too: any matching DENY
+// refuses (deny wins); then, if ALLOW policies apply to dst, one must match;
+// with none, it is allowed.
 func Authorize(st *State, dst *LocalPod, c Inbound) Decision {
 	if c.Plaintext && st.cfg.modeOf(dst) == ModeStrict {
 		return Decision{Reason: "plaintext refused: mTLS mode STRICT"}
 	}
-	var allows []*Policy
-	for i := range st.cfg.Policies {
-		p := &st.cfg.Policies[i]
-		if !applies(p, &dst.Workload, st.cfg.SystemNamespace) {
-			continue
-		}
-		if p.Action == ActionDeny {
-			if p.matches(c) {
-				return Decision{Policy: p.Namespace + "/" + p.Name, Reason: "matched a DENY policy"}
+	return policy.Authorize(st.policies, st.cfg.SystemNamespace,
+		policy.Target{Namespace: dst.Namespace, Labels: dst.Labels},
+		policy.Conn{Peer: c.Peer, Port: c.Port})
+}
+
+// evalPolicies converts validated configuration policies for internal/policy.
+func evalPolicies(ps []Policy) []policy.Policy {
+	out := make([]policy.Policy, len(ps))
+	for i, p := range ps {
+		ep := policy.Policy{Namespace: p.Namespace, Name: p.Name, Selector: p.Selector, Action: p.Action}
+		for _, r := range p.Rules {
+			var er policy.Rule
+			for _, s := range r.From {
+				er.From = append(er.From, policy.Source{Principals: s.principals, Namespaces: s.Namespaces})
 			}
-			continue
+			for _, d := range r.To {
+				er.To = append(er.To, policy.Destination{Ports: d.Ports})
+			}
+			ep.Rules = append(ep.Rules, er)
 		}
-		allows = append(allows, p)
+		out[i] = ep
 	}
-	if len(allows) == 0 {
-		return Decision{Allowed: true, Reason: "no policy applies"}
-	}
-	for _, p := range allows {
-		if p.matches(c) {
-			return Decision{Allowed: true, Policy: p.Namespace + "/" + p.Name, Reason: "matched an ALLOW policy"}
-		}
-	}
-	return Decision{Reason: "ALLOW policies apply and none matched"}
-}
-
-func applies(p *Policy, w *Workload, systemNamespace string) bool {
-	if p.Selector == nil {
-		return p.Namespace == w.Namespace || p.Namespace == systemNamespace
-	}
-	if p.Namespace != w.Namespace {
-		return false
-	}
-	for k, v := range p.Selector {
-		if got, ok := w.Labels[k]; !ok || got != v {
-			return false
-		}
-	}
-	return true
-}
-
-func (p *Policy) matches(c Inbound) bool {
-	return slices.ContainsFunc(p.Rules, func(r Rule) bool {
-		fromOK := len(r.From) == 0 || slices.ContainsFunc(r.From, func(s Source) bool { return s.matches(c.Peer) })
-		toOK := len(r.To) == 0 || slices.ContainsFunc(r.To, func(d Destination) bool { return slices.Contains(d.Ports, c.Port) })
-		return fromOK && toOK
-	})
-}
-
-func (s *Source) matches(peer identity.ID) bool {
-	if peer.IsZero() {
-		return false // plaintext has no identity to match
-	}
-	if len(s.principals) > 0 && !slices.Contains(s.principals, peer) {
-		return false
-	}
-	if len(s.Namespaces) > 0 && !slices.Contains(s.Namespaces, peer.Namespace) {
-		return false
-	}
-	return true
+	return out
 }
 
 // next returns the round-robin sequence number for a connection to dst: the

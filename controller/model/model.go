@@ -15,6 +15,7 @@ import (
 
 	"github.com/warrenmesh/warren/api/v1alpha1"
 	"github.com/warrenmesh/warren/internal/identity"
+	"github.com/warrenmesh/warren/internal/policy"
 )
 
 // Labels that enroll workloads, from the design brief.
@@ -101,23 +102,17 @@ type Policy struct {
 	Rules    []Rule
 }
 
-// Rule matches when a source and a destination match (absent lists match
-// anything).
-type Rule struct {
-	From []Source
-	To   []Destination
-}
-
-// Source matches a peer by identity and/or namespace.
-type Source struct {
-	Principals []identity.ID
-	Namespaces []string
-}
-
-// Destination matches the destination port.
-type Destination struct {
-	Ports []uint16
-}
+// Rule, Source and Destination are internal/policy's: the ztunnel evaluates
+// the same types.
+type (
+	// Rule matches when a source and a destination match (absent lists
+	// match anything).
+	Rule = policy.Rule
+	// Source matches a peer by identity and/or namespace.
+	Source = policy.Source
+	// Destination matches the destination port.
+	Destination = policy.Destination
+)
 
 // PeerAuth is a PeerAuthentication.
 type PeerAuth struct {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/warrenmesh/warren/api/v1alpha1"
 	"github.com/warrenmesh/warren/internal/identity"
+	"github.com/warrenmesh/warren/internal/policy"
 )
 
 func ns(name string, labels map[string]string) *corev1.Namespace {
@@ -359,5 +360,12 @@ func TestForNode(t *testing.T) {
 	}
 	if v2 := m.ForNode("n2"); len(v2.Policies) != 2 {
 		t.Errorf("n2 policies = %+v, want both", v2.Policies)
+	}
+}
+
+// The model converts the CRD's action to internal/policy's by value.
+func TestActionsMatchPolicy(t *testing.T) {
+	if policy.Action(v1alpha1.ActionAllow) != policy.ActionAllow || policy.Action(v1alpha1.ActionDeny) != policy.ActionDeny {
+		t.Fatal("v1alpha1 and internal/policy spell the actions differently")
 	}
 }

@@ -8,7 +8,7 @@ import (
 	"strings"
 
 	"github.com/warrenmesh/warren/api/v1alpha1"
-	"github.com/warrenmesh/warren/internal/identity"
+	"github.com/warrenmesh/warren/internal/policy"
 )
 
 // AppliesTo reports whether the policy applies to w.
@@ -17,92 +17,39 @@ func (p *Policy) AppliesTo(w *Workload, systemNamespace string) bool {
 }
 
 func applies(ns string, sel map[string]string, w *Workload, systemNamespace string) bool {
-	if sel == nil {
-		return ns == w.Namespace || ns == systemNamespace
-	}
-	if ns != w.Namespace {
-		return false
-	}
-	for k, v := range sel {
-		if got, ok := w.Labels[k]; !ok || got != v {
-			return false
-		}
-	}
-	return true
+	return policy.Applies(ns, sel, target(w), systemNamespace)
+}
+
+func target(w *Workload) policy.Target {
+	return policy.Target{Namespace: w.Namespace, Labels: w.Labels}
 }
 
 // Conn is an inbound connection as the destination's ztunnel sees it.
-type Conn struct {
-	// Peer is the source's verified identity; zero for plaintext.
-	Peer identity.ID
-	// Port is the destination workload's port.
-	Port uint16
-}
+type Conn = policy.Conn
 
 // Matches reports whether the policy matches c.
 func (p *Policy) Matches(c Conn) bool {
-	for i := range p.Rules {
-		if p.Rules[i].matches(c) {
-			return true
-		}
-	}
-	return false
-}
-
-func (r *Rule) matches(c Conn) bool {
-	fromOK := len(r.From) == 0 || slices.ContainsFunc(r.From, func(s Source) bool { return s.matches(c.Peer) })
-	toOK := len(r.To) == 0 || slices.ContainsFunc(r.To, func(d Destination) bool { return slices.Contains(d.Ports, c.Port) })
-	return fromOK && toOK
-}
-
-func (s *Source) matches(peer identity.ID) bool {
-	if peer.IsZero() {
-		return false // plaintext has no identity to match
-	}
-	if len(s.Principals) > 0 && !slices.Contains(s.Principals, peer) {
-		return false
-	}
-	if len(s.Namespaces) > 0 && !slices.Contains(s.Namespaces, peer.Namespace) {
-		return false
-	}
-	return true
+	return policy.MatchRules(p.Rules, c)
 }
 
 // Decision is the outcome of Authorize.
-type Decision struct {
-	Allowed bool
-	// Policy is namespace/name of the policy that decided, empty when none did.
-	Policy string
-	Reason string
-}
+type Decision = policy.Decision
 
 // Authorize decides c to dst under policies: any matching DENY policy
 // refuses it (deny wins, whatever else matches); otherwise, if ALLOW policies
-// apply to dst, one of them must match; with no policy, it is allowed.
+// apply to dst, one of them must match; with no policy, it is allowed. It is
+// internal/policy.Authorize, which the ztunnel uses too.
 func Authorize(policies []Policy, systemNamespace string, dst *Workload, c Conn) Decision {
-	var allows []*Policy
+	ps := make([]policy.Policy, len(policies))
 	for i := range policies {
-		p := &policies[i]
-		if !p.AppliesTo(dst, systemNamespace) {
-			continue
-		}
-		if p.Action == v1alpha1.ActionDeny {
-			if p.Matches(c) {
-				return Decision{Policy: p.Namespace + "/" + p.Name, Reason: "matched a DENY policy"}
-			}
-			continue
-		}
-		allows = append(allows, p)
+		ps[i] = policies[i].eval()
 	}
-	if len(allows) == 0 {
-		return Decision{Allowed: true, Reason: "no policy applies"}
-	}
-	for _, p := range allows {
-		if p.Matches(c) {
-			return Decision{Allowed: true, Policy: p.Namespace + "/" + p.Name, Reason: "matched an ALLOW policy"}
-		}
-	}
-	return Decision{Reason: "ALLOW policies apply and none matched"}
+	return policy.Authorize(ps, systemNamespace, target(dst), c)
+}
+
+// eval is p as internal/policy evaluates it (Rules shared, not copied).
+func (p *Policy) eval() policy.Policy {
+	return policy.Policy{Namespace: p.Namespace, Name: p.Name, Selector: p.Selector, Action: policy.Action(p.Action), Rules: p.Rules}
 }
 
 // MTLSMode returns the mode in force for w and the PeerAuthentication that
