@@ -123,10 +123,11 @@ func (c *Config) Up(ctx context.Context) error {
 	}
 	var pause, coredns Image
 	err := c.progress(ctx, "building the pause and CoreDNS images", func(ctx context.Context) error {
-		var err error
-		if pause, err = c.buildGoImage(ctx, "pause", "./hack/cluster/pause"); err != nil {
+		imgs, err := c.buildGoImages(ctx, map[string]string{"pause": "./hack/cluster/pause"})
+		if err != nil {
 			return err
 		}
+		pause = imgs["pause"]
 		coredns, err = c.imageFromBinary("coredns", c.bin("coredns"))
 		return err
 	})

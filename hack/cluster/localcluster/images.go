@@ -3,6 +3,7 @@ package localcluster
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -72,7 +73,9 @@ func (c *Config) imageFromBinary(imgName, binPath string) (Image, error) {
 		return Image{}, err
 	}
 	data := buf.Bytes()
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+	// Fast compression: the tarball is imported locally, and the binaries are tens of MB.
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil },
+		tarball.WithCompressionLevel(gzip.BestSpeed))
 	if err != nil {
 		return Image{}, err
 	}
@@ -116,21 +119,39 @@ func (c *Config) imageFromBinary(imgName, binPath string) (Image, error) {
 	return Image{Name: imgName, Ref: ref, Tar: out}, nil
 }
 
-// buildGoImage builds a Go main package of the repository as a static binary and wraps it.
-func (c *Config) buildGoImage(ctx context.Context, imgName, pkg string) (Image, error) {
+// buildGoImages builds Go main packages of the repository (image name → package) as static
+// binaries in one go build, which compiles and links them in parallel, and wraps each.
+func (c *Config) buildGoImages(ctx context.Context, pkgs map[string]string) (map[string]Image, error) {
 	if c.RepoDir == "" {
-		return Image{}, fmt.Errorf("image %s: no repository directory configured", imgName)
+		return nil, fmt.Errorf("images: no repository directory configured")
 	}
 	outDir := filepath.Join(c.imageDir(), "bin")
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
-		return Image{}, err
+		return nil, err
 	}
-	bin := filepath.Join(outDir, imgName)
+	names := make([]string, 0, len(pkgs))
+	args := []string{"build", "-trimpath", "-ldflags", "-s -w", "-o", outDir + "/"}
+	for n, pkg := range pkgs {
+		if filepath.Base(pkg) != n {
+			return nil, fmt.Errorf("image %s: its package %s must end in %s", n, pkg, n)
+		}
+		names = append(names, n)
+		args = append(args, pkg)
+	}
+	sort.Strings(names)
 	var log bytes.Buffer
-	if err := goCmd(ctx, c.RepoDir, &log, []string{"CGO_ENABLED=0", "GOFLAGS="}, "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, pkg); err != nil {
-		return Image{}, fmt.Errorf("image %s: go build %s: %w: %s", imgName, pkg, err, log.String())
+	if err := goCmd(ctx, c.RepoDir, &log, []string{"CGO_ENABLED=0", "GOFLAGS="}, args...); err != nil {
+		return nil, fmt.Errorf("images %v: go build: %w: %s", names, err, log.String())
 	}
-	return c.imageFromBinary(imgName, bin)
+	out := map[string]Image{}
+	for _, n := range names {
+		img, err := c.imageFromBinary(n, filepath.Join(outDir, n))
+		if err != nil {
+			return nil, fmt.Errorf("image %s: %w", n, err)
+		}
+		out[n] = img
+	}
+	return out, nil
 }
 
 // importImage imports an image tarball into a node's containerd (namespace k8s.io, which the
@@ -195,17 +216,17 @@ func (c *Config) LoadImages(ctx context.Context) (map[string]string, error) {
 	}
 	sort.Strings(names)
 	err = c.progress(ctx, fmt.Sprintf("building and loading images %v into %d node(s)", names, c.Nodes), func(ctx context.Context) error {
+		imgs, err := c.buildGoImages(ctx, srcs)
+		if err != nil {
+			return err
+		}
 		for _, n := range names {
-			img, err := c.buildGoImage(ctx, n, srcs[n])
-			if err != nil {
-				return err
-			}
 			for _, nd := range c.nodes() {
-				if err := c.importImage(ctx, nd, img); err != nil {
+				if err := c.importImage(ctx, nd, imgs[n]); err != nil {
 					return err
 				}
 			}
-			refs[n] = img.Ref
+			refs[n] = imgs[n].Ref
 		}
 		return nil
 	})
