@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"regexp"
 	"slices"
+
+	"github.com/warrenmesh/warren/nodeagent/pins"
 )
 
 // Dataplane is what the enrollment logic needs from the kernel. Every method
@@ -55,7 +57,7 @@ type EnrolledPod struct {
 var (
 	ErrInvalidPod  = errors.New("invalid pod")
 	ErrNotEnrolled = errors.New("pod not enrolled")
-	ErrNoOrigDst   = errors.New("no original destination for this connection")
+	ErrNoOrigDst   = pins.ErrNoOrigDst // an accepted connection that was not redirected
 	ErrClosed      = errors.New("dataplane closed")
 )
 

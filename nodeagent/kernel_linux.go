@@ -21,6 +21,7 @@ import (
 
 	"github.com/warrenmesh/warren/bpf/redirect"
 	"github.com/warrenmesh/warren/internal/netns"
+	"github.com/warrenmesh/warren/nodeagent/pins"
 )
 
 // Kernel is the Linux Dataplane: the redirect eBPF programs, attached and
@@ -100,7 +101,7 @@ func Open(ctx context.Context, opts Options) (*Kernel, error) {
 		k.closeHandles()
 		return nil, err
 	}
-	k.table = &OrigDstTable{m: k.objs.OrigByTuple}
+	k.table = pins.NewOrigDstTable(k.objs.OrigByTuple)
 	k.metrics = newMetrics(k.stats)
 	if opts.Registerer != nil {
 		if err := opts.Registerer.Register(k.metrics); err != nil {
@@ -220,7 +221,7 @@ func (k *Kernel) adoptPods() error {
 	niter := k.objs.NodeIps.Iterate()
 	for niter.Next(&nip, &one) {
 		if p := byCookie[nip.Netns]; p != nil {
-			p.nodeIPs = append(p.nodeIPs, netip.AddrFrom16(unwords(nip.Ip.Ip6)).Unmap())
+			p.nodeIPs = append(p.nodeIPs, netip.AddrFrom16(pins.Unwords(nip.Ip.Ip6)).Unmap())
 		} else {
 			stale = append(stale, nip)
 		}
@@ -487,16 +488,11 @@ func (k *Kernel) SetTunnelSockets(ctx context.Context, uid string, s TunnelSocke
 		if e.conn == nil {
 			return fmt.Errorf("pod %s: %s socket missing", uid, e.name)
 		}
-		err := withFD(e.conn, func(fd int) error {
-			c, err := netns.SocketCookie(fd)
-			if err != nil {
-				return err
-			}
+		err := pins.SetListener(k.objs.Sockets, e.kind, e.conn, func(c uint64) error {
 			if c != p.cookie {
 				return fmt.Errorf("socket is not in the pod's netns")
 			}
-			key := redirect.RedirectSockKey{Netns: p.cookie, Kind: e.kind}
-			return k.objs.Sockets.Update(&key, uint64(fd), ebpf.UpdateAny)
+			return nil
 		})
 		if err != nil {
 			k.metrics.fail("set_tunnel_sockets")
@@ -702,20 +698,8 @@ func openNetns(path string) (*os.File, error) {
 	return f, nil
 }
 
-func withFD(c syscall.Conn, f func(fd int) error) error {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var ferr error
-	if err := rc.Control(func(fd uintptr) { ferr = f(int(fd)) }); err != nil {
-		return err
-	}
-	return ferr
-}
-
 func ipKey(ip netip.Addr) redirect.RedirectIp {
-	return redirect.RedirectIp{Ip6: words(ip.As16())}
+	return redirect.RedirectIp{Ip6: pins.Words(ip.As16())}
 }
 
 func nodeIPKey(cookie uint64, ip netip.Addr) redirect.RedirectNodeIp {
@@ -748,33 +732,15 @@ func gateways(ns *os.File) ([]netip.Addr, error) {
 	return gws, err
 }
 
-// words reinterprets 16 address bytes as the four network-order u32 the
-// programs compare, on this (little-endian) host.
-func words(b [16]byte) [4]uint32 {
-	var w [4]uint32
-	for i := range w {
-		w[i] = uint32(b[4*i]) | uint32(b[4*i+1])<<8 | uint32(b[4*i+2])<<16 | uint32(b[4*i+3])<<24
-	}
-	return w
-}
-
-func unwords(w [4]uint32) [16]byte {
-	var b [16]byte
-	for i, v := range w {
-		b[4*i], b[4*i+1], b[4*i+2], b[4*i+3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
-	}
-	return b
-}
-
 func podInfo(uid string, ips []netip.Addr) redirect.RedirectPodInfo {
 	var info redirect.RedirectPodInfo
 	for _, ip := range ips {
 		ip = ip.Unmap()
 		if ip.Is4() {
-			w := words(ip.As16())
+			w := pins.Words(ip.As16())
 			info.Ip4 = w[3]
 		} else {
-			info.Ip6 = words(ip.As16())
+			info.Ip6 = pins.Words(ip.As16())
 		}
 	}
 	for i := 0; i < len(uid) && i < len(info.Uid)-1; i++ {
@@ -797,11 +763,11 @@ func podUID(info *redirect.RedirectPodInfo) string {
 func podIPs(info *redirect.RedirectPodInfo) []netip.Addr {
 	var ips []netip.Addr
 	if info.Ip4 != 0 {
-		b := unwords([4]uint32{0, 0, 0, info.Ip4})
+		b := pins.Unwords([4]uint32{0, 0, 0, info.Ip4})
 		ips = append(ips, netip.AddrFrom4([4]byte(b[12:])))
 	}
 	if info.Ip6 != [4]uint32{} {
-		ips = append(ips, netip.AddrFrom16(unwords(info.Ip6)))
+		ips = append(ips, netip.AddrFrom16(pins.Unwords(info.Ip6)))
 	}
 	return ips
 }
