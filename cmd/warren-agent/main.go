@@ -9,18 +9,16 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"syscall"
 
 	"github.com/spf13/pflag"
-	"github.com/spf13/viper"
 	"k8s.io/klog/v2"
 
+	"github.com/warrenmesh/warren/internal/flagenv"
 	"github.com/warrenmesh/warren/internal/zds"
 	"github.com/warrenmesh/warren/nodeagent"
 	"github.com/warrenmesh/warren/nodeagent/cniapi"
@@ -39,7 +37,6 @@ func main() {
 
 func run() error {
 	self, _ := os.Executable()
-	v := viper.New()
 	fs := pflag.NewFlagSet("warren-agent", pflag.ContinueOnError)
 	fs.String("node-name", "", "this node's name (spec.nodeName, from the downward API)")
 	fs.String("kubeconfig", "", "kubeconfig path; in-cluster configuration if empty")
@@ -55,23 +52,11 @@ func run() error {
 	fs.String("cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration folder")
 	fs.Duration("cni-timeout", 0, "how long the plugin waits for the agent at ADD; 30s if zero")
 	fs.String("metrics-addr", nodeagent.DefaultMetricsAddr, `metrics and health address; "-" for none`)
-	fs.String("log-level", "info", "debug, info, warn or error")
 	fs.Bool("uninstall", false, "remove every link, pin and the CNI plugin of this node's agent, and exit")
-	if err := fs.Parse(os.Args[1:]); err != nil {
+	v, log, err := flagenv.Parse(fs, os.Args[1:], "WARREN")
+	if err != nil {
 		return err
 	}
-	if err := v.BindPFlags(fs); err != nil {
-		return err
-	}
-	v.SetEnvPrefix("WARREN")
-	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
-	v.AutomaticEnv()
-
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(v.GetString("log-level"))); err != nil {
-		return fmt.Errorf("log-level: %w", err)
-	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	klog.SetSlogLogger(log.With("component", "client-go"))
 
 	cfg := nodeagent.AgentConfig{

@@ -8,21 +8,19 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/go-logr/logr"
 	"github.com/spf13/pflag"
-	"github.com/spf13/viper"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/warrenmesh/warren/controller"
+	"github.com/warrenmesh/warren/internal/flagenv"
 )
 
 func main() {
@@ -33,7 +31,6 @@ func main() {
 }
 
 func run() error {
-	v := viper.New()
 	fs := pflag.NewFlagSet("warren-controller", pflag.ContinueOnError)
 	fs.String("kubeconfig", "", "kubeconfig file; default: in-cluster")
 	fs.String("trust-domain", "cluster.local", "SPIFFE trust domain")
@@ -44,27 +41,14 @@ func run() error {
 	fs.Bool("leader-elect", true, "elect a leader to write status (every replica serves)")
 	fs.StringSlice("callers", nil, "namespace/serviceaccount allowed to subscribe and request certificates; default <system-namespace>/ztunnel")
 	fs.String("ca-secret", "warren-ca", "CA Secret in the system namespace (created with a new root if missing)")
-	fs.String("log-level", "info", "debug, info, warn or error")
-	if err := fs.Parse(os.Args[1:]); err != nil {
+	v, log, err := flagenv.Parse(fs, os.Args[1:], "WARREN_CONTROLLER")
+	if err != nil {
 		return err
 	}
-	if err := v.BindPFlags(fs); err != nil {
-		return err
-	}
-	v.SetEnvPrefix("WARREN_CONTROLLER")
-	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
-	v.AutomaticEnv()
-
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(v.GetString("log-level"))); err != nil {
-		return fmt.Errorf("log-level: %w", err)
-	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	klog.SetLogger(logr.FromSlogHandler(log.Handler()))
 	ctrllog.SetLogger(logr.FromSlogHandler(log.Handler()))
 
 	var rc *rest.Config
-	var err error
 	if kc := v.GetString("kubeconfig"); kc != "" {
 		rc, err = clientcmd.BuildConfigFromFlags("", kc)
 	} else {

@@ -6,18 +6,16 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"runtime"
-	"strings"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/pflag"
-	"github.com/spf13/viper"
 
+	"github.com/warrenmesh/warren/internal/flagenv"
 	"github.com/warrenmesh/warren/ztunnel"
 )
 
@@ -33,30 +31,17 @@ func main() {
 }
 
 func run() error {
-	v := viper.New()
 	fs := pflag.NewFlagSet("ztunnel", pflag.ContinueOnError)
 	fs.String("config", "", "static configuration file (YAML or JSON)")
 	fs.String("admin-addr", "", "admin listen address (config dump, certificates, pprof); overrides the file, default 127.0.0.1:15000")
 	fs.String("metrics-addr", "", "Prometheus listen address; overrides the file, default :15020")
 	fs.String("ready-addr", "", "readiness listen address; overrides the file, default :15021")
 	fs.String("pin-dir", "", "the node agent's bpffs pin directory; overrides the file")
-	fs.String("log-level", "info", "debug, info, warn or error")
 	fs.Int("max-procs", 0, "Go scheduler threads (GOMAXPROCS); 0 keeps Go's default, one per CPU")
-	if err := fs.Parse(os.Args[1:]); err != nil {
+	v, log, err := flagenv.Parse(fs, os.Args[1:], "ZTUNNEL")
+	if err != nil {
 		return err
 	}
-	if err := v.BindPFlags(fs); err != nil {
-		return err
-	}
-	v.SetEnvPrefix("ZTUNNEL")
-	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
-	v.AutomaticEnv()
-
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(v.GetString("log-level"))); err != nil {
-		return fmt.Errorf("log-level: %w", err)
-	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
 	// On a small node one scheduler thread spends less on wake-ups and
 	// hand-offs between threads than it loses in parallelism (make bench).
