@@ -871,10 +871,27 @@ const directWriteTimeout = 2 * time.Millisecond
 // write.
 func (c *conn) directWriteLocked(s *Stream, data []byte) {
 	s.sinkIdle = false
-	w := s.sink
+	w, raw := s.sink, s.sinkRaw
 	c.mu.Unlock()
-	w.SetWriteDeadline(time.Now().Add(directWriteTimeout))
-	n, err := w.Write(data)
+	// First what the socket takes without blocking, with no deadline to arm;
+	// only a destination that would block (or an error, which the ordinary
+	// write reports again) costs a deadline.
+	var n int
+	var err error
+	done := false
+	if raw != nil {
+		n, done = raw.try(data)
+	}
+	if !done {
+		w.SetWriteDeadline(time.Now().Add(directWriteTimeout))
+		var m int
+		m, err = w.Write(data[n:])
+		n += m
+		if raw != nil {
+			// The next try must not meet this deadline expired.
+			w.SetWriteDeadline(time.Time{})
+		}
+	}
 	c.mu.Lock()
 	if n > 0 {
 		c.creditLocked(s, int64(n))

@@ -35,6 +35,7 @@ type Stream struct {
 
 	// WriteTo's destination, written to by the reader goroutine while sinkIdle.
 	sink     deadlineWriter
+	sinkRaw  *rawWriter // sink's descriptor, for writes that must not block
 	sinkIdle bool
 	sinkN    int64
 	sinkErr  error
@@ -141,11 +142,15 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 	case *net.UnixConn:
 		dw = w
 	}
+	var raw *rawWriter
+	if dw != nil {
+		raw = newRawWriter(dw)
+	}
 	var total int64
 	var bufs net.Buffers
 	c.mu.Lock()
 	defer func() {
-		s.sink, s.sinkIdle = nil, false
+		s.sink, s.sinkRaw, s.sinkIdle = nil, nil, false
 		total += s.sinkN
 		s.sinkN = 0
 		c.mu.Unlock()
@@ -207,7 +212,7 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 			return total, err
 		}
 		if dw != nil {
-			s.sink, s.sinkIdle = dw, true
+			s.sink, s.sinkRaw, s.sinkIdle = dw, raw, true
 		}
 		s.cond.Wait()
 	}
