@@ -177,6 +177,26 @@ func (c *Cluster) poll(t testing.TB, timeout time.Duration, what string, f func(
 	}
 }
 
+// WaitEndpoints waits until a Service's EndpointSlices list n ready endpoints.
+func (c *Cluster) WaitEndpoints(t testing.TB, ns, svc string, n int, timeout time.Duration) {
+	t.Helper()
+	c.poll(t, timeout, fmt.Sprintf("%d ready endpoints of Service %s/%s", n, ns, svc), func(ctx context.Context) (bool, error) {
+		slices, err := c.Client.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=" + svc})
+		if err != nil {
+			return false, err
+		}
+		ready := 0
+		for _, sl := range slices.Items {
+			for _, ep := range sl.Endpoints {
+				if ep.Conditions.Ready != nil && *ep.Conditions.Ready {
+					ready++
+				}
+			}
+		}
+		return ready == n, nil
+	})
+}
+
 // PodsOn returns the running pods matching a label selector, by node name.
 func (c *Cluster) PodsOn(t testing.TB, ns, selector string) map[string]corev1.Pod {
 	t.Helper()
