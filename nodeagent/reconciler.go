@@ -26,6 +26,9 @@ import (
 type TunnelPod struct {
 	UID, Namespace, Name string
 	IPs                  []netip.Addr
+	// ServiceAccount and Labels make the pod's identity and select its policies.
+	ServiceAccount string
+	Labels         map[string]string
 	// Netns is the path of the pod's network namespace, opened by the
 	// receiver at once (a /proc/PID path is only good while PID lives).
 	Netns string
@@ -339,7 +342,8 @@ func (r *Reconciler) enrollLocked(ctx context.Context, pod *corev1.Pod, netnsPat
 	}
 	r.state[uid] = &podRecord{key: key, netns: netnsPath, ips: ips, nodeIPs: nodeIPs, containerID: containerID}
 	if r.cfg.Tunnel != nil {
-		tp := TunnelPod{UID: uid, Namespace: pod.Namespace, Name: pod.Name, IPs: ips, Netns: netnsPath}
+		tp := TunnelPod{UID: uid, Namespace: pod.Namespace, Name: pod.Name, IPs: ips, Netns: netnsPath,
+			ServiceAccount: pod.Spec.ServiceAccountName, Labels: pod.Labels}
 		if err := r.cfg.Tunnel.AddPod(ctx, tp); err != nil {
 			// Redirection is in place (fail closed); the tunnel gets the
 			// pod with its next snapshot, or on this pod's retry.

@@ -11,7 +11,10 @@ type ZDSTunnel struct{ Server *zds.Server }
 
 // AddPod implements Tunnel.
 func (t ZDSTunnel) AddPod(ctx context.Context, p TunnelPod) error {
-	return t.Server.AddPod(ctx, zds.Pod{UID: p.UID, Namespace: p.Namespace, Name: p.Name, IPs: p.IPs}, p.Netns)
+	return t.Server.AddPod(ctx, zds.Pod{
+		UID: p.UID, Namespace: p.Namespace, Name: p.Name, IPs: p.IPs,
+		ServiceAccount: p.ServiceAccount, Labels: p.Labels,
+	}, p.Netns)
 }
 
 // DeletePod implements Tunnel.

@@ -30,6 +30,10 @@ type Client struct {
 	// Backoff is the wait between reconnects, doubling up to 5 s; 100 ms if zero.
 	Backoff time.Duration
 	Logger  *slog.Logger
+	// OnConnect, if set, is called once per connection after the hello is
+	// sent, before the first message of its snapshot: a handler that must
+	// tell a snapshot's pods from those it had can start counting there.
+	OnConnect func()
 }
 
 // Run connects to the agent and applies its messages until ctx ends,
@@ -78,6 +82,9 @@ func (c *Client) session(ctx context.Context) (served bool, err error) {
 	defer stop()
 	if err := send(conn, Message{Type: TypeHello, Version: Version}, nil); err != nil {
 		return false, err
+	}
+	if c.OnConnect != nil {
+		c.OnConnect()
 	}
 	for {
 		m, files, err := recv(conn)

@@ -56,6 +56,12 @@ type Pod struct {
 	Namespace string       `json:"namespace"`
 	Name      string       `json:"name"`
 	IPs       []netip.Addr `json:"ips"`
+	// ServiceAccount is the pod's (its identity is namespace + service
+	// account); "default" when empty, as in Kubernetes. Added after v1:
+	// an older agent leaves it empty.
+	ServiceAccount string `json:"serviceAccount,omitempty"`
+	// Labels select the policies that apply to the pod. Added after v1.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Message is every message of the protocol; Type says which fields are set.

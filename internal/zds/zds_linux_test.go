@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -64,7 +65,11 @@ func (t *tunnel) AddPod(ctx context.Context, pod Pod, ns *os.File) error {
 	}
 	t.lns[pod.UID] = ln
 	t.mu.Unlock()
-	t.events <- fmt.Sprintf("add %s %s/%s %v", pod.UID, pod.Namespace, pod.Name, pod.IPs)
+	ev := fmt.Sprintf("add %s %s/%s %v", pod.UID, pod.Namespace, pod.Name, pod.IPs)
+	if pod.ServiceAccount != "" || pod.Labels != nil {
+		ev += fmt.Sprintf(" sa=%s labels=%v", pod.ServiceAccount, pod.Labels)
+	}
+	t.events <- ev
 	return nil
 }
 
@@ -178,7 +183,8 @@ func TestSnapshotDeltasReplay(t *testing.T) {
 	srv, stopServer := startServer(filepath.Join(t.TempDir(), "ztunnel.sock"))
 
 	podA := Pod{UID: "uid-a", Namespace: "demo", Name: "a", IPs: []netip.Addr{netip.MustParseAddr("10.244.1.2")}}
-	podB := Pod{UID: "uid-b", Namespace: "demo", Name: "b", IPs: []netip.Addr{netip.MustParseAddr("10.244.1.3"), netip.MustParseAddr("fd00::3")}}
+	podB := Pod{UID: "uid-b", Namespace: "demo", Name: "b", IPs: []netip.Addr{netip.MustParseAddr("10.244.1.3"), netip.MustParseAddr("fd00::3")},
+		ServiceAccount: "b-sa", Labels: map[string]string{"app": "b"}}
 	// Before any ztunnel: kept for its snapshot.
 	if err := srv.AddPod(ctx, podA, nsA); err != nil {
 		t.Fatal(err)
@@ -187,10 +193,11 @@ func TestSnapshotDeltasReplay(t *testing.T) {
 		t.Error("AddPod took a path that is not a netns")
 	}
 
+	var connects atomic.Int32
 	startClient := func(tun *tunnel) context.CancelFunc {
 		cctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
-		c := &Client{Path: srv.Addr(), Handler: tun, Logger: log, Backoff: 20 * time.Millisecond}
+		c := &Client{Path: srv.Addr(), Handler: tun, Logger: log, Backoff: 20 * time.Millisecond, OnConnect: func() { connects.Add(1) }}
 		go func() { done <- c.Run(cctx) }()
 		return func() {
 			cancel()
@@ -212,7 +219,7 @@ func TestSnapshotDeltasReplay(t *testing.T) {
 	if err := srv.AddPod(ctx, podB, nsB); err != nil {
 		t.Fatal(err)
 	}
-	tun.expect(t, "add uid-b demo/b [10.244.1.3 fd00::3]")
+	tun.expect(t, "add uid-b demo/b [10.244.1.3 fd00::3] sa=b-sa labels=map[app:b]")
 	if got, err := dialIn(nsB, tun.port("uid-b")); err != nil || got != "tunnel for uid-b" {
 		t.Errorf("dial the tunnel in pod b's netns: %q, %v", got, err)
 	}
@@ -234,7 +241,7 @@ func TestSnapshotDeltasReplay(t *testing.T) {
 	tun2 := newTunnel()
 	stop = startClient(tun2)
 	defer stop()
-	tun2.expect(t, "add refused", "add uid-b demo/b [10.244.1.3 fd00::3]", "snapshot-sent")
+	tun2.expect(t, "add refused", "add uid-b demo/b [10.244.1.3 fd00::3] sa=b-sa labels=map[app:b]", "snapshot-sent")
 	if got, err := dialIn(nsB, tun2.port("uid-b")); err != nil || got != "tunnel for uid-b" {
 		t.Errorf("after reconnect: %q, %v", got, err)
 	}
@@ -252,6 +259,10 @@ func TestSnapshotDeltasReplay(t *testing.T) {
 	}
 	tun2.expect(t, "add uid-a demo/a [10.244.1.2]", "snapshot-sent")
 	waitConnected(t, srv)
+	// OnConnect came before each snapshot: first client, second, its reconnect.
+	if n := connects.Load(); n != 3 {
+		t.Errorf("OnConnect called %d times, want 3", n)
+	}
 }
 
 func waitConnected(tb testing.TB, s *Server) {
