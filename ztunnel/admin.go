@@ -88,6 +88,8 @@ type certInfo struct {
 
 func (t *Tunnel) certsDump(w http.ResponseWriter, _ *http.Request) {
 	var out []certInfo
+	t.certsMu.Lock()
+	defer t.certsMu.Unlock()
 	for id, src := range t.certs {
 		c := src.Load()
 		if c == nil || c.Leaf == nil {

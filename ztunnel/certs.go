@@ -41,30 +41,27 @@ func loadRoots(c *Config) (*x509.CertPool, error) {
 
 // loadCerts returns a certificate per local service account: from the
 // configured files, or minted with the configured CA key (tests and
-// benchmarks only: a node must never hold the mesh CA's key).
-func loadCerts(c *Config, now time.Time) (map[identity.ID]*identity.CertSource, error) {
+// benchmarks only: a node must never hold the mesh CA's key). The function
+// it returns loads the certificate of a service account the configuration's
+// pods did not name (pods that come from the node agent).
+func loadCerts(c *Config, now time.Time) (map[identity.ID]*identity.CertSource, func(identity.ID) (*identity.CertSource, error), error) {
 	var mint func(identity.ID) (*tls.Certificate, error)
 	if c.CAKey != "" {
 		ca, err := tls.LoadX509KeyPair(c.CACert, c.CAKey)
 		if err != nil {
-			return nil, fmt.Errorf("minting CA: %w", err)
+			return nil, nil, fmt.Errorf("minting CA: %w", err)
 		}
 		caCert, err := x509.ParseCertificate(ca.Certificate[0])
 		if err != nil {
-			return nil, fmt.Errorf("minting CA: %w", err)
+			return nil, nil, fmt.Errorf("minting CA: %w", err)
 		}
 		signer, ok := ca.PrivateKey.(crypto.Signer)
 		if !ok {
-			return nil, errors.New("minting CA: key cannot sign")
+			return nil, nil, errors.New("minting CA: key cannot sign")
 		}
 		mint = func(id identity.ID) (*tls.Certificate, error) { return mintSVID(caCert, signer, id, now) }
 	}
-	out := map[identity.ID]*identity.CertSource{}
-	for i := range c.Pods {
-		id := c.Pods[i].Identity()
-		if out[id] != nil {
-			continue
-		}
+	load := func(id identity.ID) (*identity.CertSource, error) {
 		var cert *tls.Certificate
 		if pair, ok := c.Certs[certKey(id)]; ok {
 			kp, err := tls.LoadX509KeyPair(pair.Cert, pair.Key)
@@ -89,9 +86,21 @@ func loadCerts(c *Config, now time.Time) (map[identity.ID]*identity.CertSource, 
 		} else {
 			return nil, fmt.Errorf("no certificate for %s", id)
 		}
-		out[id] = identity.NewCertSource(cert)
+		return identity.NewCertSource(cert), nil
 	}
-	return out, nil
+	out := map[identity.ID]*identity.CertSource{}
+	for i := range c.Pods {
+		id := c.Pods[i].Identity()
+		if out[id] != nil {
+			continue
+		}
+		src, err := load(id)
+		if err != nil {
+			return nil, nil, err
+		}
+		out[id] = src
+	}
+	return out, load, nil
 }
 
 func mintSVID(ca *x509.Certificate, caKey crypto.Signer, id identity.ID, now time.Time) (*tls.Certificate, error) {

@@ -101,6 +101,10 @@ type LocalPod struct {
 	UID      string `json:"uid"`
 	// Netns is /proc/<pid>/ns/net or /run/netns/<name>.
 	Netns string `json:"netns"`
+	// NetnsFile, when set, is the pod's netns already open (the node agent
+	// hands it over zds) and Netns is ignored. Only borrowed by AddPod: the
+	// caller still owns it and may close it once AddPod returns.
+	NetnsFile *os.File `json:"-"`
 	// Mode overrides Config.Mode for this pod (its PeerAuthentication).
 	Mode Mode `json:"mode,omitempty"`
 }

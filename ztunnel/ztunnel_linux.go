@@ -46,9 +46,11 @@ type Tunnel struct {
 	metrics *metrics
 	pods    PodSource
 
-	roots  *identity.Roots
-	certs  map[identity.ID]*identity.CertSource
-	kernel *kernelMaps
+	roots    *identity.Roots
+	certsMu  sync.Mutex
+	certs    map[identity.ID]*identity.CertSource
+	loadCert func(identity.ID) (*identity.CertSource, error)
+	kernel   *kernelMaps
 
 	ready  atomic.Bool
 	mu     sync.Mutex
@@ -77,13 +79,13 @@ func New(cfg *Config, o Options) (*Tunnel, error) {
 	if err != nil {
 		return nil, err
 	}
-	certs, err := loadCerts(cfg, time.Now())
+	certs, loadCert, err := loadCerts(cfg, time.Now())
 	if err != nil {
 		return nil, err
 	}
 	return &Tunnel{
 		cfg: cfg, st: NewState(cfg), log: o.Logger.With("node", cfg.Node), reg: o.Registry, metrics: m, pods: o.Pods,
-		roots: identity.NewRoots(pool), certs: certs, active: map[string]*podProxy{},
+		roots: identity.NewRoots(pool), certs: certs, loadCert: loadCert, active: map[string]*podProxy{},
 	}, nil
 }
 
@@ -171,27 +173,76 @@ type podProxy struct {
 	conns     map[net.Conn]struct{}
 }
 
-func (t *Tunnel) startPod(ctx context.Context, pod LocalPod) (_ *podProxy, err error) {
-	// The State's own copy (with its identity and labels); a pod the
-	// configuration does not know cannot be routed or authorized.
-	var sp *LocalPod
+// localPod is the pod as the tunnel serves it: the State's own copy when the
+// configuration has the pod (static mode: metrics and policy then see the
+// same pointer), else the source's, checked, with its identity (pods from
+// the node agent).
+func (t *Tunnel) localPod(pod LocalPod) (*LocalPod, error) {
 	for _, ip := range pod.IPs {
-		if sp = t.st.LocalPod(ip); sp != nil {
-			break
+		if sp := t.st.LocalPod(ip); sp != nil {
+			if sp.UID != pod.UID {
+				return nil, fmt.Errorf("ip %v is pod %s/%s (uid %s) in the configuration", ip, sp.Namespace, sp.Name, sp.UID)
+			}
+			return sp, nil
 		}
 	}
-	if sp == nil || sp.UID != pod.UID {
-		return nil, errors.New("not in the configuration")
+	if pod.UID == "" || len(pod.IPs) == 0 {
+		return nil, errors.New("uid and ips required")
 	}
-	cert := t.certs[sp.Identity()]
-	if cert == nil {
-		return nil, fmt.Errorf("no certificate for %s", sp.Identity())
+	for _, ip := range pod.IPs {
+		if !ip.IsValid() || ip.IsUnspecified() || ip.Unmap().IsLoopback() {
+			return nil, fmt.Errorf("ip %v: not a pod address", ip)
+		}
 	}
-	nsf, err := os.Open(pod.Netns)
+	if pod.Mode != "" && !validMode(pod.Mode) {
+		return nil, fmt.Errorf("mode %q: want STRICT or PERMISSIVE", pod.Mode)
+	}
+	p := pod
+	p.NetnsFile = nil
+	p.IPs = slices.Clone(pod.IPs)
+	p.Enrolled = true
+	if p.ServiceAccount == "" {
+		p.ServiceAccount = "default"
+	}
+	p.id = identity.ID{TrustDomain: t.cfg.TrustDomain, Namespace: p.Namespace, ServiceAccount: p.ServiceAccount}
+	if err := p.id.Validate(); err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	return &p, nil
+}
+
+// cert returns the certificate of a local identity, loading it the first time.
+func (t *Tunnel) cert(id identity.ID) (*identity.CertSource, error) {
+	t.certsMu.Lock()
+	defer t.certsMu.Unlock()
+	if c := t.certs[id]; c != nil {
+		return c, nil
+	}
+	c, err := t.loadCert(id)
 	if err != nil {
-		return nil, fmt.Errorf("netns: %w", err)
+		return nil, err
 	}
-	defer nsf.Close() // the thread holds the netns from here on
+	t.certs[id] = c
+	return c, nil
+}
+
+func (t *Tunnel) startPod(ctx context.Context, pod LocalPod) (_ *podProxy, err error) {
+	// A pod that cannot be given an identity cannot be routed or authorized.
+	sp, err := t.localPod(pod)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := t.cert(sp.Identity())
+	if err != nil {
+		return nil, err
+	}
+	nsf := pod.NetnsFile
+	if nsf == nil {
+		if nsf, err = os.Open(pod.Netns); err != nil {
+			return nil, fmt.Errorf("netns: %w", err)
+		}
+		defer nsf.Close() // the thread holds the netns from here on
+	}
 	th, err := startNSThread(nsf)
 	if err != nil {
 		return nil, err
