@@ -1,6 +1,10 @@
-// Command ztunnel is Warren's per-node tunnel. Today it runs from a static
-// configuration file (--config; see ztunnel.Config); every flag can also be
-// set as an environment variable ZTUNNEL_<FLAG> with dashes as underscores.
+// Command ztunnel is Warren's per-node tunnel. Its local pods come from the
+// node agent over zds (--zds-socket; see package zds), or, when the
+// configuration file lists pods (tests and benchmarks), from the file alone.
+// Workloads, services, policies and certificates come from the static
+// configuration file for now (--config; see ztunnel.Config). Every flag can
+// also be set as an environment variable ZTUNNEL_<FLAG> with dashes as
+// underscores.
 package main
 
 import (
@@ -16,6 +20,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/warrenmesh/warren/internal/flagenv"
+	"github.com/warrenmesh/warren/internal/zds"
 	"github.com/warrenmesh/warren/ztunnel"
 )
 
@@ -37,6 +42,7 @@ func run() error {
 	fs.String("metrics-addr", "", "Prometheus listen address; overrides the file, default :15020")
 	fs.String("ready-addr", "", "readiness listen address; overrides the file, default :15021")
 	fs.String("pin-dir", "", "the node agent's bpffs pin directory; overrides the file")
+	fs.String("zds-socket", zds.DefaultPath, "the node agent's zds socket, where local pods and their netns come from unless the configuration lists pods")
 	fs.Int("max-procs", 0, "Go scheduler threads (GOMAXPROCS); 0 keeps Go's default, one per CPU")
 	v, log, err := flagenv.Parse(fs, os.Args[1:], "ZTUNNEL")
 	if err != nil {
@@ -49,7 +55,7 @@ func run() error {
 		runtime.GOMAXPROCS(n)
 	}
 	if v.GetString("config") == "" {
-		return fmt.Errorf("--config is required (static mode is the only mode so far)")
+		return fmt.Errorf("--config is required (workloads, services, policies and certificates come from it for now)")
 	}
 	cfg, err := ztunnel.LoadStatic(v.GetString("config"))
 	if err != nil {
@@ -73,7 +79,14 @@ func run() error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	t, err := ztunnel.New(cfg, ztunnel.Options{Logger: log, Registry: reg})
+	opts := ztunnel.Options{Logger: log, Registry: reg}
+	if len(cfg.Pods) == 0 {
+		opts.Pods = ztunnel.ZDSPods{Path: v.GetString("zds-socket"), Logger: log.With("component", "zds")}
+		log.Info("local pods from the node agent", "socket", v.GetString("zds-socket"))
+	} else {
+		log.Info("local pods from the configuration (static mode)", "pods", len(cfg.Pods))
+	}
+	t, err := ztunnel.New(cfg, opts)
 	if err != nil {
 		return err
 	}
