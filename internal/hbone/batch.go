@@ -18,7 +18,7 @@ type batchConn struct {
 }
 
 var batchPool = sync.Pool{New: func() any {
-	b := make([]byte, 0, DefaultMaxFrameSize+DefaultMaxFrameSize/16+4096)
+	b := make([]byte, 0, largeBatchCap)
 	return &b
 }}
 
@@ -32,10 +32,11 @@ func (b *batchConn) Write(p []byte) (int, error) {
 	return b.Conn.Write(p)
 }
 
-func (b *batchConn) begin() {
+// begin opens a batch for about n bytes of plaintext.
+func (b *batchConn) begin(n int) {
 	b.mu.Lock()
 	b.batching = true
-	b.buf = batchPool.Get().(*[]byte)
+	b.buf = getBatch(n + n/16 + 512)
 	b.mu.Unlock()
 }
 
@@ -49,9 +50,6 @@ func (b *batchConn) end() error {
 	if len(*buf) > 0 {
 		_, err = b.Conn.Write(*buf)
 	}
-	*buf = (*buf)[:0]
-	if cap(*buf) <= 4<<20 {
-		batchPool.Put(buf)
-	}
+	putBatch(buf)
 	return err
 }

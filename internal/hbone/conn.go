@@ -158,7 +158,7 @@ func (c *conn) writeLocked(frame []byte) error {
 	c.ctlMu.Lock()
 	var ctl *[]byte
 	if c.ctlBuf.Len() > 0 {
-		ctl = batchPool.Get().(*[]byte)
+		ctl = getBatch(c.ctlBuf.Len())
 		*ctl = append((*ctl)[:0], c.ctlBuf.Bytes()...)
 		c.ctlBuf.Reset()
 	}
@@ -166,12 +166,15 @@ func (c *conn) writeLocked(frame []byte) error {
 	if ctl == nil && frame == nil {
 		return nil
 	}
-	c.raw.begin()
+	n := len(frame)
+	if ctl != nil {
+		n += len(*ctl)
+	}
+	c.raw.begin(n)
 	var err error
 	if ctl != nil {
 		_, err = c.tc.Write(*ctl)
-		*ctl = (*ctl)[:0]
-		batchPool.Put(ctl)
+		putBatch(ctl)
 	}
 	if err == nil && frame != nil {
 		_, err = c.tc.Write(frame)
@@ -787,8 +790,8 @@ func (c *conn) readData(fh http2.FrameHeader) error {
 	if fh.StreamID == 0 {
 		return protoErr("DATA on stream 0")
 	}
-	bp := framePool.Get().(*[]byte)
-	defer framePool.Put(bp)
+	bp := getFrame(int(fh.Length))
+	defer putFrame(bp)
 	buf := *bp
 	if int(fh.Length) > len(buf) {
 		buf = make([]byte, fh.Length)
@@ -973,7 +976,7 @@ func (s *Stream) sendData(frame, payload []byte) (int, error) {
 		} else {
 			// Copied into a pooled buffer rather than one per connection, so
 			// idle connections hold none.
-			bp = framePool.Get().(*[]byte)
+			bp = getFrame(int(9 + n))
 			if cap(*bp) < int(9+n) {
 				b := make([]byte, 9+n)
 				bp = &b
@@ -985,8 +988,8 @@ func (s *Stream) sendData(frame, payload []byte) (int, error) {
 		c.wmu.Lock()
 		err := c.writeLocked(buf)
 		c.wmu.Unlock()
-		if bp != nil && cap(*bp) == 9+DefaultMaxFrameSize {
-			framePool.Put(bp)
+		if bp != nil {
+			putFrame(bp)
 		}
 		if err != nil {
 			return sent, fmt.Errorf("hbone: write: %w", err)

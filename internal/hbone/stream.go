@@ -230,23 +230,29 @@ var framePool = sync.Pool{New: func() any {
 // the payload is never copied on our side of the TLS layer.
 func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
 	size := int(s.c.lim.MaxFrameSize)
-	var bp *[]byte
-	if size <= DefaultMaxFrameSize {
-		bp = framePool.Get().(*[]byte)
-		defer framePool.Put(bp)
-	} else {
-		b := make([]byte, 9+size)
-		bp = &b
-	}
-	buf := *bp
+	// Small reads stay in a small buffer; the first read that fills it moves
+	// to a whole frame's buffer for the rest of the transfer.
+	bp := getFrame(9 + min(size, smallFrameSize))
+	defer func() { putFrame(bp) }()
 	var total int64
 	for {
-		n, err := r.Read(buf[9 : 9+size])
+		buf := *bp
+		room := min(size, len(buf)-9)
+		n, err := r.Read(buf[9 : 9+room])
 		if n > 0 {
 			m, werr := s.sendData(buf, buf[9:9+n])
 			total += int64(m)
 			if werr != nil {
 				return total, werr
+			}
+		}
+		if n == room && room < size {
+			putFrame(bp)
+			if size <= DefaultMaxFrameSize {
+				bp = framePool.Get().(*[]byte)
+			} else {
+				b := make([]byte, 9+size)
+				bp = &b
 			}
 		}
 		if err == io.EOF {
