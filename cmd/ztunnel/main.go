@@ -36,6 +36,13 @@ func main() {
 }
 
 func run() error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return runArgs(ctx, os.Args[1:])
+}
+
+// runArgs runs the ztunnel with these arguments until ctx ends.
+func runArgs(ctx context.Context, args []string) error {
 	fs := pflag.NewFlagSet("ztunnel", pflag.ContinueOnError)
 	fs.String("config", "", "static configuration file (YAML or JSON)")
 	fs.String("admin-addr", "", "admin listen address (config dump, certificates, pprof); overrides the file, default 127.0.0.1:15000")
@@ -44,7 +51,7 @@ func run() error {
 	fs.String("pin-dir", "", "the node agent's bpffs pin directory; overrides the file")
 	fs.String("zds-socket", zds.DefaultPath, "the node agent's zds socket, where local pods and their netns come from unless the configuration lists pods")
 	fs.Int("max-procs", 0, "Go scheduler threads (GOMAXPROCS); 0 keeps Go's default, one per CPU")
-	v, log, err := flagenv.Parse(fs, os.Args[1:], "ZTUNNEL")
+	v, log, err := flagenv.Parse(fs, args, "ZTUNNEL")
 	if err != nil {
 		return err
 	}
@@ -90,7 +97,5 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	return t.Run(ctx)
 }
