@@ -106,12 +106,24 @@ func TestCluster(t *testing.T) {
 
 	t.Run("ClusterIP Service by DNS name spreads over both nodes", func(t *testing.T) {
 		cluster.WaitEndpoints(t, ns, "echo", 2, time.Minute)
-		// Each node's kube-proxy programs the endpoints on its own schedule after the
-		// EndpointSlice is ready, so ask in rounds until both nodes have answered; every
-		// request must succeed meanwhile.
+		// Each node's kube-proxy programs a new Service and its endpoints on its own
+		// schedule after the EndpointSlice is ready (until then the ClusterIP refuses), so
+		// wait for a first answer, then ask in rounds until both nodes have answered; from
+		// then on every request must succeed.
 		url := fmt.Sprintf("http://echo.%s.svc.cluster.local/svc", ns)
-		seen := map[string]int{}
 		deadline := time.Now().Add(30 * time.Second)
+		for {
+			_, err := cluster.Exec(ctx, ns, p1.Name, "/echo", "get", url)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the Service did not answer within 30s: %v", err)
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+		seen := map[string]int{}
+		deadline = time.Now().Add(30 * time.Second)
 		for seen["node1"] == 0 || seen["node2"] == 0 {
 			if time.Now().After(deadline) {
 				t.Fatalf("requests through the Service reached only %v after 30s, want both nodes", seen)
