@@ -108,7 +108,7 @@ func TestNodeTemplates(t *testing.T) {
 			"mount --bind /cache/cluster/node2/fs/etc/cni/net.d /etc/cni/net.d",
 			"mount --bind /cache/cluster/node2/fs/run/netns /run/netns",
 			"mount -t bpf bpf /sys/fs/bpf", "--node-ip=10.250.0.12"}},
-		"containerd.toml": {containerdConfig, []string{"restrict_oom_score_adj = true", `sandbox = "warren.local/pause:abc"`, "SystemdCgroup = false"}},
+		"containerd.toml": {containerdConfig, []string{"restrict_oom_score_adj = true", `sandbox = "warren.local/pause:abc"`, "SystemdCgroup = false", `socket_path = "/run/containerd/nri/nri.sock"`}},
 		"kubelet.yaml":    {kubeletConfig, []string{"failCgroupV1: false", "cgroupDriver: cgroupfs", "cgroupRoot: /warren-cluster/node2", "address: 10.250.0.12"}},
 		"kube-proxy.yaml": {kubeProxyConfig, []string{"hostnameOverride: node2", "clusterCIDR: 10.244.0.0/16", "maxPerCore: 0"}},
 		"cni conflist":    {cniConfig, []string{`"subnet": "10.244.2.0/24"`, `"ipMasq": false`}},

@@ -72,6 +72,11 @@ state = "/run/containerd"
 
 [plugins.'io.containerd.grpc.v1.cri']
   stream_server_address = "127.0.0.1"
+
+# NRI's socket defaults to /var/run/nri, a host path every node would share: the second
+# containerd to start found it taken and exited. Each node keeps it under its own /run/containerd.
+[plugins.'io.containerd.nri.v1.nri']
+  socket_path = "/run/containerd/nri/nri.sock"
 `))
 
 var kubeletConfig = template.Must(template.New("kubelet").Parse(`apiVersion: kubelet.config.k8s.io/v1beta1
