@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/warrenmesh/warren/internal/netns"
+	"github.com/warrenmesh/warren/internal/netns/netnstest"
 )
 
 // The test binary switches network namespaces on other threads only.
@@ -32,15 +33,7 @@ func init() { runtime.LockOSThread() }
 
 func requireKernel(tb testing.TB) {
 	tb.Helper()
-	if testing.Short() {
-		tb.Skip("attaches eBPF programs and creates network namespaces; skipped under -short")
-	}
-	if os.Geteuid() != 0 {
-		tb.Skip("attaches eBPF programs and creates network namespaces; needs root")
-	}
-	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
-		tb.Skip("kernel without BTF")
-	}
+	netnstest.RequireKernel(tb, "attaches eBPF programs and creates network namespaces")
 }
 
 // testEnv is a bpffs of the test's own; everything pinned in it goes when

@@ -28,6 +28,7 @@ import (
 	"github.com/warrenmesh/warren/internal/identity"
 	"github.com/warrenmesh/warren/internal/identity/identitytest"
 	"github.com/warrenmesh/warren/internal/netns"
+	"github.com/warrenmesh/warren/internal/netns/netnstest"
 	"github.com/warrenmesh/warren/nodeagent"
 )
 
@@ -36,15 +37,7 @@ func init() { runtime.LockOSThread() }
 
 func requireKernel(tb testing.TB) {
 	tb.Helper()
-	if testing.Short() {
-		tb.Skip("attaches eBPF programs and creates network namespaces; skipped under -short")
-	}
-	if os.Geteuid() != 0 {
-		tb.Skip("attaches eBPF programs and creates network namespaces; needs root")
-	}
-	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
-		tb.Skip("kernel without BTF")
-	}
+	netnstest.RequireKernel(tb, "attaches eBPF programs and creates network namespaces")
 	if _, err := exec.LookPath("tcpdump"); err != nil {
 		tb.Skip("tcpdump not installed (hack/deps.sh installs it)")
 	}

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/warrenmesh/warren/internal/netns"
+	"github.com/warrenmesh/warren/internal/netns/netnstest"
 	"github.com/warrenmesh/warren/internal/zds"
 	"github.com/warrenmesh/warren/nodeagent"
 	"github.com/warrenmesh/warren/ztunnel"
@@ -34,12 +35,7 @@ func freePort(t *testing.T) int {
 // takes its pod from the agent's zds socket (--zds-socket), opens the pod's
 // listeners in its netns and becomes ready.
 func TestZDSMode(t *testing.T) {
-	if testing.Short() || os.Geteuid() != 0 {
-		t.Skip("mounts a bpffs and creates a network namespace: needs root, skipped under -short")
-	}
-	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
-		t.Skip("kernel without BTF")
-	}
+	netnstest.RequireKernel(t, "mounts a bpffs and creates a network namespace")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	dir := t.TempDir()

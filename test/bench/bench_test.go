@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/warrenmesh/warren/internal/netns"
+	"github.com/warrenmesh/warren/internal/netns/netnstest"
 	"github.com/warrenmesh/warren/test/bench/iperfjson"
 )
 
@@ -178,15 +179,7 @@ func dialIn(ns, addr string) (net.Conn, error) {
 // TestWarrenL4 sets the warren-l4 scenario up and sends bytes from the client pod to the server
 // pod through it: the kernel redirects the client's plain connect() into the ztunnels.
 func TestWarrenL4(t *testing.T) {
-	if testing.Short() {
-		t.Skip("creates network namespaces, attaches eBPF programs and builds the ztunnel: not under -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("creates network namespaces and attaches eBPF programs: needs root")
-	}
-	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
-		t.Skip("kernel without BTF")
-	}
+	netnstest.RequireKernel(t, "creates network namespaces, attaches eBPF programs and builds the ztunnel")
 	// Processes die with the thread that started them (Pdeathsig), and the helpers that enter
 	// namespaces end the threads they use: keep this goroutine, which starts the ztunnels, on
 	// a thread of its own, as bench's main goroutine is.
