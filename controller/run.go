@@ -141,6 +141,9 @@ func Run(ctx context.Context, rc RunConfig) error {
 	if err != nil {
 		return fmt.Errorf("CA: %w", err)
 	}
+	if err := ca.PublishRoots(ctx, cs.CoreV1().ConfigMaps(rc.SystemNamespace), authority); err != nil {
+		return err
+	}
 	caMetrics, err := ca.NewMetrics(rc.Registry)
 	if err != nil {
 		return fmt.Errorf("CA metrics: %w", err)

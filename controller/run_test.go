@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -59,16 +60,24 @@ func TestRun(t *testing.T) {
 		}
 	})
 
-	// The data plane trusts the mesh roots and names the controller by its
+	// The data plane trusts the mesh roots the controller publishes in a
+	// ConfigMap (the same as the CA Secret's) and names the controller by its
 	// service name.
 	var roots *x509.CertPool
-	eventually(t, "CA secret", func() error {
+	eventually(t, "roots ConfigMap", func() error {
+		cm, err := cs.CoreV1().ConfigMaps(model.DefaultSystemNamespace).Get(ctx, ca.RootsConfigMap, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
 		s, err := cs.CoreV1().Secrets(model.DefaultSystemNamespace).Get(ctx, ca.DefaultSecretName, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
+		if cm.Data[ca.RootsKey] != string(s.Data[ca.SecretRoots]) {
+			return fmt.Errorf("ConfigMap roots differ from the CA Secret's")
+		}
 		roots = x509.NewCertPool()
-		roots.AppendCertsFromPEM(s.Data[ca.SecretRoots])
+		roots.AppendCertsFromPEM([]byte(cm.Data[ca.RootsKey]))
 		return nil
 	})
 	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{

@@ -70,3 +70,35 @@ func fromSecret(s *corev1.Secret, o Options) (*CA, error) {
 	}
 	return ca, nil
 }
+
+// Roots ConfigMap: the mesh's trust anchors, public, for data planes to
+// verify the controller's serving certificate before they hold an SVID
+// (Istio's istio-ca-root-cert plays the same part).
+const (
+	RootsConfigMap = "warren-ca-root-cert"
+	RootsKey       = "root-cert.pem"
+)
+
+// PublishRoots writes the CA's roots into the ConfigMap RootsConfigMap,
+// creating or updating it. Every replica may call it: the content is the same.
+func PublishRoots(ctx context.Context, cms coreclient.ConfigMapInterface, ca *CA) error {
+	want := string(ca.RootsPEM())
+	cm, err := cms.Get(ctx, RootsConfigMap, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		_, err = cms.Create(ctx, &corev1.ConfigMap{
+			ObjectMeta: metav1.ObjectMeta{Name: RootsConfigMap, Labels: map[string]string{"app.kubernetes.io/part-of": "warren"}},
+			Data:       map[string]string{RootsKey: want},
+		}, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			return nil // another replica won; same content
+		}
+	case err == nil && cm.Data[RootsKey] != want:
+		cm.Data = map[string]string{RootsKey: want}
+		_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+	}
+	if err != nil {
+		return fmt.Errorf("publish roots in ConfigMap %s: %w", RootsConfigMap, err)
+	}
+	return nil
+}

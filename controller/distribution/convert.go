@@ -20,7 +20,7 @@ func workloadResource(w model.NodeWorkload) *meshv1.Resource {
 func peerResource(p model.Peer) *meshv1.Resource {
 	k := "peer/" + string(p.UID)
 	return &meshv1.Resource{Key: k, Kind: &meshv1.Resource_Peer{Peer: &meshv1.Peer{
-		Uid: string(p.UID), Node: p.Node, Ips: ips(p.IPs), Identity: p.Identity.String(),
+		Uid: string(p.UID), Namespace: p.Namespace, Name: p.Name, Node: p.Node, Ips: ips(p.IPs), Identity: p.Identity.String(),
 	}}}
 }
 

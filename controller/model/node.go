@@ -37,10 +37,12 @@ type NodeWorkload struct {
 
 // Peer is an enrolled workload on another node.
 type Peer struct {
-	UID      types.UID
-	Node     string
-	IPs      []netip.Addr
-	Identity identity.ID
+	UID       types.UID
+	Namespace string
+	Name      string
+	Node      string
+	IPs       []netip.Addr
+	Identity  identity.ID
 }
 
 // ForNode cuts the model down to what node's ztunnel needs.
@@ -84,7 +86,7 @@ func (m *Model) Peers() []Peer {
 	var ps []Peer
 	for _, w := range m.sortedWorkloads() {
 		if w.Enrolled {
-			ps = append(ps, Peer{UID: w.UID, Node: w.Node, IPs: w.IPs, Identity: w.Identity})
+			ps = append(ps, Peer{UID: w.UID, Namespace: w.Namespace, Name: w.Name, Node: w.Node, IPs: w.IPs, Identity: w.Identity})
 		}
 	}
 	return ps
