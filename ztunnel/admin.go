@@ -76,7 +76,7 @@ func (t *Tunnel) configDump(w http.ResponseWriter, _ *http.Request) {
 	enc.Encode(struct {
 		Config *Config  `json:"config"`
 		Served []string `json:"servedPods"`
-	}{t.cfg, served})
+	}{t.state().cfg, served})
 }
 
 type certInfo struct {

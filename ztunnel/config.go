@@ -142,6 +142,9 @@ type Service struct {
 type ServicePort struct {
 	Port       uint16 `json:"port"`
 	TargetPort uint16 `json:"targetPort,omitempty"` // Port if zero
+	// TargetPortName, when set, names the container port: each endpoint's
+	// number is in its Ports.
+	TargetPortName string `json:"targetPortName,omitempty"`
 }
 
 // Endpoint is one address behind a service; its workload (if any) is found
@@ -149,6 +152,8 @@ type ServicePort struct {
 type Endpoint struct {
 	IP    netip.Addr `json:"ip"`
 	Ready bool       `json:"ready"`
+	// Ports are the endpoint's named ports (ServicePort.TargetPortName).
+	Ports map[string]uint16 `json:"ports,omitempty"`
 }
 
 // Policy is an L4 AuthorizationPolicy, with the semantics of the CRD (and of
@@ -334,14 +339,6 @@ func (c *Config) Validate() error {
 }
 
 func validMode(m Mode) bool { return m == ModeStrict || m == ModePermissive }
-
-// modeOf returns the pod's mode in force.
-func (c *Config) modeOf(p *LocalPod) Mode {
-	if p.Mode != "" {
-		return p.Mode
-	}
-	return c.Mode
-}
 
 // certKey names a local service account in Config.Certs.
 func certKey(id identity.ID) string { return id.Namespace + "/" + id.ServiceAccount }

@@ -29,6 +29,8 @@ type metrics struct {
 	// received: bytes from the source to the destination; sent: back.
 	received, sent *prometheus.CounterVec
 	refused        *prometheus.CounterVec
+	certs          *prometheus.CounterVec // CA requests by result
+	meshUpdates    *prometheus.CounterVec // controller updates by result
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -48,9 +50,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warren_ztunnel_connections_refused_total", Help: "Connections refused, by direction and reason.",
 		}, []string{"direction", "reason"}),
+		certs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "warren_ztunnel_certificate_requests_total", Help: "Certificate requests to the mesh CA, by result (issued, renewed, error).",
+		}, []string{"result"}),
+		meshUpdates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "warren_ztunnel_config_updates_total", Help: "Configuration updates from the controller, by result (acked, nacked).",
+		}, []string{"result"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.opened, m.closed, m.received, m.sent, m.refused} {
+		for _, c := range []prometheus.Collector{m.opened, m.closed, m.received, m.sent, m.refused, m.certs, m.meshUpdates} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -22,6 +22,21 @@ type State struct {
 	local    map[netip.Addr]*LocalPod
 	services map[netip.Addr]*serviceState
 	policies []policy.Policy // cfg.Policies, for internal/policy
+	// modes are local pods' PeerAuthentication modes by pod UID, as the
+	// controller resolved them (Mesh.Modes).
+	modes map[string]Mode
+}
+
+// modeOf returns the mode in force for a local pod: its own (static
+// configuration), else the controller's for its UID, else the default.
+func (st *State) modeOf(p *LocalPod) Mode {
+	if p.Mode != "" {
+		return p.Mode
+	}
+	if m, ok := st.modes[p.UID]; ok && m != "" {
+		return m
+	}
+	return st.cfg.Mode
 }
 
 type serviceState struct {
@@ -105,20 +120,30 @@ func Route(st *State, src *Workload, orig netip.AddrPort, seq uint64) Plan {
 		if i < 0 {
 			return Plan{Kind: PlanRefuse, Service: ss.Service, Reason: fmt.Sprintf("service %s/%s has no port %d", ss.Namespace, ss.Name, dst.Port())}
 		}
-		port := ss.Ports[i].TargetPort
+		sp := ss.Ports[i]
+		port := sp.TargetPort
 		if port == 0 {
-			port = ss.Ports[i].Port
+			port = sp.Port
 		}
-		var ready []netip.Addr
+		// Ready endpoints that serve the port (a named target port is each
+		// endpoint's own number).
+		var ready []netip.AddrPort
 		for _, e := range ss.Endpoints {
-			if e.Ready {
-				ready = append(ready, e.IP.Unmap())
+			if !e.Ready {
+				continue
 			}
+			p := port
+			if sp.TargetPortName != "" {
+				if p = e.Ports[sp.TargetPortName]; p == 0 {
+					continue
+				}
+			}
+			ready = append(ready, netip.AddrPortFrom(e.IP.Unmap(), p))
 		}
 		if len(ready) == 0 {
 			return Plan{Kind: PlanRefuse, Service: ss.Service, Reason: fmt.Sprintf("service %s/%s has no ready endpoint", ss.Namespace, ss.Name)}
 		}
-		dst = netip.AddrPortFrom(ready[seq%uint64(len(ready))], port)
+		dst = ready[seq%uint64(len(ready))]
 	}
 	p.Dst = dst
 	w := st.byIP[dst.Addr()]
@@ -157,7 +182,7 @@ type Inbound struct {
 // refuses (deny wins); then, if ALLOW policies apply to dst, one must match;
 // with none, it is allowed.
 func Authorize(st *State, dst *LocalPod, c Inbound) Decision {
-	if c.Plaintext && st.cfg.modeOf(dst) == ModeStrict {
+	if c.Plaintext && st.modeOf(dst) == ModeStrict {
 		return Decision{Reason: "plaintext refused: mTLS mode STRICT"}
 	}
 	return policy.Authorize(st.policies, st.cfg.SystemNamespace,

@@ -35,18 +35,24 @@ type Options struct {
 	Registry *prometheus.Registry
 	// Pods is where the local pods come from; StaticPods(cfg.Pods) if nil.
 	Pods PodSource
+	// Sign, if set, gets a certificate for a local identity the
+	// configuration has none for (the controller's CA, see ControlPlane);
+	// the tunnel renews it at half its lifetime.
+	Sign SignFunc
 }
 
 // Tunnel is a running ztunnel.
 type Tunnel struct {
 	cfg     *Config
-	st      *State
+	st      atomic.Pointer[State] // swapped whole by SetMesh
 	log     *slog.Logger
 	reg     *prometheus.Registry
 	metrics *metrics
 	pods    PodSource
 
 	roots    *identity.Roots
+	sign     SignFunc
+	runCtx   context.Context // Run's, for certificate renewals
 	certsMu  sync.Mutex
 	certs    map[identity.ID]*identity.CertSource
 	loadCert func(identity.ID) (*identity.CertSource, error)
@@ -83,11 +89,26 @@ func New(cfg *Config, o Options) (*Tunnel, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Tunnel{
-		cfg: cfg, st: NewState(cfg), log: o.Logger.With("node", cfg.Node), reg: o.Registry, metrics: m, pods: o.Pods,
+	t := &Tunnel{
+		cfg: cfg, log: o.Logger.With("node", cfg.Node), reg: o.Registry, metrics: m, pods: o.Pods,
 		roots: identity.NewRoots(pool), certs: certs, loadCert: loadCert, active: map[string]*podProxy{},
-	}, nil
+		sign: o.Sign, runCtx: context.Background(),
+	}
+	t.st.Store(NewState(cfg))
+	if o.Sign != nil {
+		static := loadCert
+		t.loadCert = func(id identity.ID) (*identity.CertSource, error) {
+			if _, ok := cfg.Certs[certKey(id)]; ok || cfg.CAKey != "" {
+				return static(id)
+			}
+			return t.signed(id)
+		}
+	}
+	return t, nil
 }
+
+// state is the mesh view in force.
+func (t *Tunnel) state() *State { return t.st.Load() }
 
 // Run serves until ctx ends, then closes every listener and connection.
 func (t *Tunnel) Run(ctx context.Context) error {
@@ -98,6 +119,7 @@ func (t *Tunnel) Run(ctx context.Context) error {
 	defer t.kernel.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	t.runCtx = ctx
 	servers, err := t.serveAdmin(ctx)
 	if err != nil {
 		return err
@@ -179,7 +201,7 @@ type podProxy struct {
 // the node agent).
 func (t *Tunnel) localPod(pod LocalPod) (*LocalPod, error) {
 	for _, ip := range pod.IPs {
-		if sp := t.st.LocalPod(ip); sp != nil {
+		if sp := t.state().LocalPod(ip); sp != nil {
 			if sp.UID != pod.UID {
 				return nil, fmt.Errorf("ip %v is pod %s/%s (uid %s) in the configuration", ip, sp.Namespace, sp.Name, sp.UID)
 			}
@@ -307,7 +329,7 @@ func (t *Tunnel) startPod(ctx context.Context, pod LocalPod) (_ *podProxy, err e
 	}
 	p.serve(in, p.inboundPlain)
 	p.wg.Go(func() { p.srv.Serve(hb) })
-	p.log.Info("pod served", "uid", sp.UID, "identity", sp.Identity(), "mode", t.cfg.modeOf(sp))
+	p.log.Info("pod served", "uid", sp.UID, "identity", sp.Identity(), "mode", t.state().modeOf(sp))
 	return p, nil
 }
 
@@ -376,7 +398,8 @@ func (p *podProxy) outbound(c *net.TCPConn) {
 		p.log.Warn("outbound: no original destination", "client", c.RemoteAddr(), "err", err)
 		return
 	}
-	plan := Route(t.st, &p.pod.Workload, orig, t.st.next(orig))
+	st := t.state()
+	plan := Route(st, &p.pod.Workload, orig, st.next(orig))
 	switch plan.Kind {
 	case PlanRefuse:
 		t.metrics.refused.WithLabelValues("outbound", "route").Inc()
@@ -414,7 +437,7 @@ func (p *podProxy) inboundHBONE(ctx context.Context, req *hbone.Request) (net.Co
 		t.metrics.refused.WithLabelValues("inbound", "authority").Inc()
 		return nil, hbone.Forbidden(fmt.Errorf("%v is not this pod", req.Authority))
 	}
-	d := Authorize(t.st, p.pod, Inbound{Peer: req.Peer, Port: req.Authority.Port()})
+	d := Authorize(t.state(), p.pod, Inbound{Peer: req.Peer, Port: req.Authority.Port()})
 	if !d.Allowed {
 		t.metrics.refused.WithLabelValues("inbound", "policy").Inc()
 		p.log.Info("inbound denied", "peer", req.Peer, "port", req.Authority.Port(), "policy", d.Policy, "reason", d.Reason)
@@ -449,7 +472,7 @@ func (p *podProxy) inboundPlain(c *net.TCPConn) {
 	if err != nil {
 		return
 	}
-	d := Authorize(t.st, p.pod, Inbound{Port: dst.Port(), Plaintext: true})
+	d := Authorize(t.state(), p.pod, Inbound{Port: dst.Port(), Plaintext: true})
 	if !d.Allowed {
 		t.metrics.refused.WithLabelValues("inbound", "policy").Inc()
 		p.log.Info("plaintext inbound refused", "client", c.RemoteAddr(), "port", dst.Port(), "reason", d.Reason)
@@ -476,7 +499,7 @@ func (p *podProxy) sourceWorkload(a net.Addr) *Workload {
 	if err != nil {
 		return nil
 	}
-	return p.t.st.Workload(ap.Addr())
+	return p.t.state().Workload(ap.Addr())
 }
 
 // relayTCP copies both ways between two TCP connections until both end,
@@ -506,3 +529,29 @@ func relayTCP(a, b *net.TCPConn) (aToB, bToA int64) {
 	b.Close()
 	return aToB, bToA
 }
+
+// SetMesh replaces the mesh view (workloads, services, policies, local
+// pods' modes) the tunnel routes and authorizes with, as one atomic swap:
+// a connection sees either the old view or the new one. An invalid view is
+// refused whole and the old one stays in force.
+func (t *Tunnel) SetMesh(m Mesh) error {
+	c := *t.state().cfg
+	c.Pods = slices.Clone(c.Pods)
+	c.Workloads, c.Services, c.Policies = m.Workloads, m.Services, m.Policies
+	if err := c.Validate(); err != nil {
+		t.metrics.meshUpdates.WithLabelValues("nacked").Inc()
+		return err
+	}
+	st := NewState(&c)
+	st.modes = m.Modes
+	t.st.Store(st)
+	t.metrics.meshUpdates.WithLabelValues("acked").Inc()
+	return nil
+}
+
+// TrustDomain is the mesh's trust domain (after defaults).
+func (t *Tunnel) TrustDomain() string { return t.cfg.TrustDomain }
+
+// Roots are the mesh roots the tunnel verifies peers with; the CA's answers
+// update them.
+func (t *Tunnel) Roots() *identity.Roots { return t.roots }

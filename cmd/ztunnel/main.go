@@ -1,9 +1,11 @@
 // Command ztunnel is Warren's per-node tunnel. Its local pods come from the
 // node agent over zds (--zds-socket; see package zds), or, when the
 // configuration file lists pods (tests and benchmarks), from the file alone.
-// Workloads, services, policies and certificates come from the static
-// configuration file for now (--config; see ztunnel.Config). Every flag can
-// also be set as an environment variable ZTUNNEL_<FLAG> with dashes as
+// Workloads, services and policies come from the controller's stream and
+// certificates from its CA (--controller-addr), or from a static
+// configuration file (--config; see ztunnel.Config); with both, the file
+// gives the node's settings and the controller the mesh. Every flag can also
+// be set as an environment variable ZTUNNEL_<FLAG> with dashes as
 // underscores.
 package main
 
@@ -13,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"sync"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -50,6 +53,13 @@ func runArgs(ctx context.Context, args []string) error {
 	fs.String("ready-addr", "", "readiness listen address; overrides the file, default :15021")
 	fs.String("pin-dir", "", "the node agent's bpffs pin directory; overrides the file")
 	fs.String("zds-socket", zds.DefaultPath, "the node agent's zds socket, where local pods and their netns come from unless the configuration lists pods")
+	fs.String("controller-addr", "", "the controller's gRPC address (host:port): mesh configuration and certificates")
+	fs.String("controller-name", "", "name in the controller's serving certificate; the host of --controller-addr if empty")
+	fs.String("token-file", "/var/run/secrets/kubernetes.io/serviceaccount/token", "service account token sent to the controller")
+	fs.String("ca-bundle", "", "PEM file of the mesh roots (ConfigMap warren-ca-root-cert); overrides the file")
+	fs.String("node-name", "", "this node's name; overrides the file")
+	fs.String("trust-domain", "", "SPIFFE trust domain; overrides the file, default cluster.local")
+	fs.String("non-mesh", "", "outbound to destinations outside the mesh: passthrough or refuse; overrides the file")
 	fs.Int("max-procs", 0, "Go scheduler threads (GOMAXPROCS); 0 keeps Go's default, one per CPU")
 	v, log, err := flagenv.Parse(fs, args, "ZTUNNEL")
 	if err != nil {
@@ -61,12 +71,15 @@ func runArgs(ctx context.Context, args []string) error {
 	if n := v.GetInt("max-procs"); n > 0 {
 		runtime.GOMAXPROCS(n)
 	}
-	if v.GetString("config") == "" {
-		return fmt.Errorf("--config is required (workloads, services, policies and certificates come from it for now)")
-	}
-	cfg, err := ztunnel.LoadStatic(v.GetString("config"))
-	if err != nil {
-		return err
+	controller := v.GetString("controller-addr")
+	cfg := &ztunnel.Config{}
+	switch {
+	case v.GetString("config") != "":
+		if cfg, err = ztunnel.LoadStatic(v.GetString("config")); err != nil {
+			return err
+		}
+	case controller == "":
+		return fmt.Errorf("--controller-addr or --config is required: the mesh configuration comes from one of them")
 	}
 	for _, o := range []struct {
 		flag, def string
@@ -75,6 +88,10 @@ func runArgs(ctx context.Context, args []string) error {
 		{"admin-addr", "127.0.0.1:15000", &cfg.AdminAddr},
 		{"metrics-addr", ":15020", &cfg.MetricsAddr},
 		{"ready-addr", ":15021", &cfg.ReadyAddr},
+		{"node-name", "", &cfg.Node},
+		{"ca-bundle", "", &cfg.CABundle},
+		{"trust-domain", "", &cfg.TrustDomain},
+		{"non-mesh", "", &cfg.NonMesh},
 		{"pin-dir", "", &cfg.PinDir},
 	} {
 		if s := v.GetString(o.flag); s != "" {
@@ -82,6 +99,10 @@ func runArgs(ctx context.Context, args []string) error {
 		} else if *o.dst == "" {
 			*o.dst = o.def
 		}
+	}
+
+	if cfg.PinDir == "" && cfg.Node != "" {
+		cfg.PinDir = "/sys/fs/bpf/warren/" + cfg.Node // the node agent's default
 	}
 
 	reg := prometheus.NewRegistry()
@@ -93,9 +114,43 @@ func runArgs(ctx context.Context, args []string) error {
 	} else {
 		log.Info("local pods from the configuration (static mode)", "pods", len(cfg.Pods))
 	}
+	var cp *ztunnel.ControlPlane
+	if controller != "" {
+		cp = &ztunnel.ControlPlane{Addr: controller, ServerName: v.GetString("controller-name"), TokenFile: v.GetString("token-file"),
+			Node: cfg.Node, Log: log.With("component", "controlplane")}
+		opts.Sign = cp.Sign
+		defer cp.Close()
+	}
 	t, err := ztunnel.New(cfg, opts)
 	if err != nil {
 		return err
 	}
+	if cp == nil {
+		return t.Run(ctx)
+	}
+	// No pod is served before the first configuration: without it every
+	// destination would look outside the mesh and go out in plaintext.
+	cp.TrustDomain, cp.Roots = t.TrustDomain(), t.Roots()
+	first := make(chan struct{})
+	var once sync.Once
+	cpDone := make(chan error, 1)
+	go func() {
+		cpDone <- cp.Run(ctx, func(m ztunnel.Mesh) error {
+			if err := t.SetMesh(m); err != nil {
+				return err
+			}
+			once.Do(func() { close(first) })
+			return nil
+		})
+	}()
+	log.Info("waiting for the controller's configuration", "controller", controller)
+	select {
+	case <-first:
+	case err := <-cpDone:
+		return fmt.Errorf("controller: %w", err)
+	case <-ctx.Done():
+		return nil
+	}
+	log.Info("configuration received from the controller")
 	return t.Run(ctx)
 }

@@ -20,7 +20,9 @@ func TestRunRefusesBadConfig(t *testing.T) {
 	}{
 		{"no config", nil, nil, "--config is required"},
 		{"bad log level", []string{"--config", bad, "--log-level", "loud"}, nil, "log-level"},
-		{"invalid config, from the environment", nil, map[string]string{"ZTUNNEL_CONFIG": bad}, "pinDir: required"},
+		{"invalid config, from the environment", nil, map[string]string{"ZTUNNEL_CONFIG": bad}, "caBundle: required"},
+		{"controller without node", []string{"--controller-addr", "127.0.0.1:1", "--ca-bundle", bad}, nil, "node: required"},
+		{"controller without roots", []string{"--controller-addr", "127.0.0.1:1", "--node-name", "n1"}, nil, "caBundle: required"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for k, v := range tc.env {

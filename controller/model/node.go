@@ -85,7 +85,7 @@ func (m *Model) Local(node string) ([]NodeWorkload, []Policy) {
 func (m *Model) Peers() []Peer {
 	var ps []Peer
 	for _, w := range m.sortedWorkloads() {
-		if w.Enrolled {
+		if w.Enrolled && len(w.IPs) > 0 { // no address yet: nothing to route to
 			ps = append(ps, Peer{UID: w.UID, Namespace: w.Namespace, Name: w.Name, Node: w.Node, IPs: w.IPs, Identity: w.Identity})
 		}
 	}

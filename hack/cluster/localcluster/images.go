@@ -34,7 +34,7 @@ type Image struct {
 // imageFromBinary makes a single-layer image holding the static binary at /<name>, with it as
 // the entrypoint, tagged by content (the first 12 hex digits of the image digest), so a changed
 // binary gets a new tag and reaches new containers.
-func (c *Config) imageFromBinary(imgName, binPath string) (Image, error) {
+func (c *Config) imageFromBinary(imgName, binPath string, extras ...string) (Image, error) {
 	bin, err := os.ReadFile(binPath)
 	if err != nil {
 		return Image{}, err
@@ -52,6 +52,13 @@ func (c *Config) imageFromBinary(imgName, binPath string) (Image, error) {
 		"etc/passwd": []byte("root:x:0:0:root:/:/" + imgName + "\nnobody:x:65534:65534:nobody:/:/" + imgName + "\n"),
 		"etc/group":  []byte("root:x:0:\nnobody:x:65534:\n"),
 	}
+	for _, e := range extras { // more binaries beside the entrypoint, at /<base name>
+		b, err := os.ReadFile(e)
+		if err != nil {
+			return Image{}, err
+		}
+		files[filepath.Base(e)] = b
+	}
 	keys := make([]string, 0, len(files))
 	for k := range files {
 		keys = append(keys, k)
@@ -59,6 +66,9 @@ func (c *Config) imageFromBinary(imgName, binPath string) (Image, error) {
 	sort.Strings(keys)
 	for _, k := range keys {
 		mode := int64(0o644)
+		if !strings.Contains(k, "/") { // binaries
+			mode = 0o755
+		}
 		if k == imgName {
 			mode = 0o755
 		}
@@ -145,7 +155,11 @@ func (c *Config) buildGoImages(ctx context.Context, pkgs map[string]string) (map
 	}
 	out := map[string]Image{}
 	for _, n := range names {
-		img, err := c.imageFromBinary(n, filepath.Join(outDir, n))
+		var extras []string
+		for _, e := range imageExtras[n] {
+			extras = append(extras, filepath.Join(outDir, e))
+		}
+		img, err := c.imageFromBinary(n, filepath.Join(outDir, n), extras...)
 		if err != nil {
 			return nil, fmt.Errorf("image %s: %w", n, err)
 		}
@@ -172,6 +186,10 @@ func (c *Config) importImage(ctx context.Context, n node, img Image) error {
 	}
 	return nil
 }
+
+// imageExtras are binaries an image carries beside its own: the node agent
+// installs warren-cni from its image into the node's CNI folder.
+var imageExtras = map[string][]string{"warren-agent": {"warren-cni"}}
 
 func (c *Config) imagesFile() string { return filepath.Join(c.stateDir(), "images.json") }
 
