@@ -12,11 +12,12 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// The agent's manifests parse strictly as what they claim to be, and keep
-// the promises the design makes: no privileged, exactly the four
-// capabilities, the host paths the agent uses, the node name from the pod.
-func TestAgentManifests(t *testing.T) {
-	dir := filepath.Join("..", "manifests", "agent")
+// The node DaemonSet's manifests parse strictly as what they claim to be,
+// and keep the promises the design makes: no privileged, exactly the
+// capabilities each container needs, the host paths the agent uses, the node
+// name from the pod, and a rollout that surges (no host ports, maxSurge 1).
+func TestNodeManifests(t *testing.T) {
+	dir := filepath.Join("..", "manifests", "node")
 	var kust struct {
 		Resources []string `json:"resources"`
 	}
@@ -27,8 +28,24 @@ func TestAgentManifests(t *testing.T) {
 	var ds appsv1.DaemonSet
 	readYAML(t, filepath.Join(dir, "daemonset.yaml"), &ds, true)
 	spec := ds.Spec.Template.Spec
-	if !spec.HostNetwork || !spec.HostPID || spec.ServiceAccountName != "warren-agent" {
+	if !spec.HostNetwork || !spec.HostPID || spec.ServiceAccountName != "warren-node" {
 		t.Errorf("hostNetwork %v, hostPID %v, serviceAccount %q", spec.HostNetwork, spec.HostPID, spec.ServiceAccountName)
+	}
+	if ru := ds.Spec.UpdateStrategy.RollingUpdate; ru == nil || ru.MaxSurge == nil || ru.MaxSurge.IntValue() != 1 || ru.MaxUnavailable == nil || ru.MaxUnavailable.IntValue() != 0 {
+		t.Errorf("rolling update %+v: want maxSurge 1, maxUnavailable 0", ds.Spec.UpdateStrategy.RollingUpdate)
+	}
+	if len(spec.Containers) != 2 || spec.Containers[0].Name != "agent" || spec.Containers[1].Name != "ztunnel" {
+		t.Fatalf("containers: want agent and ztunnel")
+	}
+	for _, c := range spec.Containers {
+		if len(c.Ports) > 0 {
+			t.Errorf("container %s declares ports: with hostNetwork they are host ports and block the surge pod", c.Name)
+		}
+	}
+	zsc := spec.Containers[1].SecurityContext
+	if zsc == nil || zsc.Privileged == nil || *zsc.Privileged || zsc.Capabilities == nil ||
+		!slices.Equal(zsc.Capabilities.Add, []corev1.Capability{"NET_ADMIN", "SYS_ADMIN"}) {
+		t.Errorf("ztunnel securityContext %+v: want NET_ADMIN and SYS_ADMIN only", zsc)
 	}
 	c := spec.Containers[0]
 	sc := c.SecurityContext
@@ -53,7 +70,7 @@ func TestAgentManifests(t *testing.T) {
 		}
 	}
 	for mount, host := range map[string]string{
-		"/host/cgroup2": "/sys/fs/cgroup", "/sys/fs/bpf": "/sys/fs/bpf", "/opt/cni/bin": "/opt/cni/bin",
+		"/host/cgroup": "/sys/fs/cgroup", "/sys/fs/bpf": "/sys/fs/bpf", "/opt/cni/bin": "/opt/cni/bin",
 		"/etc/cni/net.d": "/etc/cni/net.d", "/var/run/netns": "/var/run/netns", "/var/run/warren": "/var/run/warren",
 	} {
 		m, ok := mounts[mount]
@@ -71,7 +88,7 @@ func TestAgentManifests(t *testing.T) {
 	if e := env["WARREN_NODE_NAME"]; e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
 		t.Errorf("WARREN_NODE_NAME: %+v", e)
 	}
-	if env["WARREN_CGROUP"].Value != "/host/cgroup2" {
+	if env["WARREN_CGROUP"].Value != "/host/cgroup" {
 		t.Errorf("WARREN_CGROUP = %q", env["WARREN_CGROUP"].Value)
 	}
 

@@ -33,6 +33,8 @@ verbs:
   kubeconfig         print the path of the admin kubeconfig usable from this host
   load-images        build images of cmd/* and test/apps/*, import them into every node
   logs COMPONENT     print a component's log (etcd, kube-apiserver, node1/kubelet, ...)
+  mesh-overlay       write a kustomization of manifests/ with the loaded images, print its
+                     directory (kubectl apply -k "$(cluster mesh-overlay)" installs Warren)
 
 environment:
   WARREN_CACHE       cache for binaries and cluster state (default ~/.cache/warren)
@@ -102,6 +104,13 @@ func runVerb(ctx context.Context, cfg *localcluster.Config, verb string, args []
 		for _, n := range names {
 			fmt.Printf("%s=%s\n", n, refs[n])
 		}
+		return nil
+	case "mesh-overlay":
+		dir, err := cfg.MeshOverlay()
+		if err != nil {
+			return err
+		}
+		fmt.Println(dir)
 		return nil
 	case "logs":
 		if len(args) != 1 {

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 )
 
@@ -43,6 +44,9 @@ func New(namespace, serviceAccount string) ID {
 func (id ID) String() string {
 	return scheme + id.TrustDomain + "/ns/" + id.Namespace + "/sa/" + id.ServiceAccount
 }
+
+// LogValue logs the ID as its URI.
+func (id ID) LogValue() slog.Value { return slog.StringValue(id.String()) }
 
 // IsZero reports whether id is the zero ID.
 func (id ID) IsZero() bool { return id == ID{} }

@@ -271,3 +271,43 @@ func (c *Config) ImageRef(imgName string) (string, error) {
 	}
 	return r, nil
 }
+
+// MeshOverlay writes a kustomization that applies the repository's
+// manifests/ with the images loaded into the nodes (content tags instead of
+// :latest), and returns its directory: `kubectl apply -k <dir>` installs
+// Warren on the local cluster as `kubectl apply -k manifests/` would on a
+// cluster whose registry has the images.
+func (c *Config) MeshOverlay() (string, error) {
+	if err := c.Validate(); err != nil {
+		return "", err
+	}
+	b, err := os.ReadFile(c.imagesFile())
+	if err != nil {
+		return "", fmt.Errorf("no images loaded (run load-images): %w", err)
+	}
+	refs := map[string]string{}
+	if err := json.Unmarshal(b, &refs); err != nil {
+		return "", err
+	}
+	dir := filepath.Join(c.stateDir(), "mesh")
+	// kustomize refuses absolute paths to other kustomizations.
+	base, err := filepath.Rel(dir, filepath.Join(c.RepoDir, "manifests"))
+	if err != nil {
+		return "", err
+	}
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "# Written by hack/cluster: manifests/ with the images built from this tree.\n")
+	fmt.Fprintf(&sb, "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - %s\nimages:\n", base)
+	for _, n := range []string{"warren-agent", "warren-controller", "ztunnel"} {
+		ref, ok := refs[n]
+		if !ok {
+			return "", fmt.Errorf("image %q is not loaded (run load-images)", n)
+		}
+		name, tag, _ := strings.Cut(ref, ":")
+		fmt.Fprintf(&sb, "  - name: %s\n    newTag: %q\n", name, tag)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	return dir, os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(sb.String()), 0o644)
+}
