@@ -42,7 +42,7 @@ func run() error {
 	fs.String("kubeconfig", "", "kubeconfig path; in-cluster configuration if empty")
 	fs.String("bpffs", nodeagent.DefaultBPFFS, "bpffs mount point (mounted if it is not one)")
 	fs.String("pin-dir", "", "pin directory; <bpffs>/warren/<node-name> if empty")
-	fs.String("cgroup", "", "cgroup2 directory to attach to; the cgroup2 root if empty")
+	fs.String("cgroup", "", "cgroup2 directory to attach to, or a directory holding it at unified/ (a hybrid host's /sys/fs/cgroup); the cgroup2 root if empty")
 	fs.Uint32("tunnel-mark", nodeagent.DefaultTunnelMark, "SO_MARK of the ztunnel's own sockets")
 	fs.String("ztunnel-socket", zds.DefaultPath, "Unix socket the ztunnel connects to")
 	fs.String("cni-socket", cniapi.DefaultSocket, "Unix socket the warren-cni plugin calls")
