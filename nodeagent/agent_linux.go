@@ -50,6 +50,8 @@ type AgentConfig struct {
 	// deleted (Warren removed), and leaves everything in place otherwise
 	// (restart, upgrade), and always when PodName is empty.
 	PodName, PodNamespace string
+	// Netns finds running pods' network namespaces; ProcNetnsFinder if nil.
+	Netns NetnsFinder
 	// ShutdownTimeout bounds the API calls of that decision; 5 s if zero.
 	ShutdownTimeout time.Duration
 }
@@ -63,6 +65,9 @@ func (c *AgentConfig) setDefaults() {
 	}
 	if c.MetricsAddr == "" {
 		c.MetricsAddr = DefaultMetricsAddr
+	}
+	if c.Netns == nil {
+		c.Netns = ProcNetnsFinder{}
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 5 * time.Second
@@ -152,7 +157,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger) (err error
 	defer ztunnel.Close()
 	rec, err := NewReconciler(ReconcilerConfig{
 		Node: cfg.Node, Client: client, Dataplane: kernel, Tunnel: ZDSTunnel{ztunnel},
-		Netns: ProcNetnsFinder{}, Logger: log.With("component", "reconciler"),
+		Netns: cfg.Netns, Logger: log.With("component", "reconciler"),
 	})
 	if err != nil {
 		return err
