@@ -8,12 +8,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -39,8 +41,19 @@ type AgentConfig struct {
 	// InstallCNI chains the plugin into the node's CNI configuration (CNI).
 	InstallCNI bool
 	CNI        CNIConfig
-	// MetricsAddr serves /metrics and /healthz (DefaultMetricsAddr if empty; "-" for none).
+	// MetricsAddr serves /metrics and /healthz (DefaultMetricsAddr if empty;
+	// "-" for none). Bound with SO_REUSEPORT: during a rolling update the
+	// next agent binds it too.
 	MetricsAddr string
+	// PodName and PodNamespace are the agent's own pod (downward API). At
+	// exit, the agent uninstalls when the pod's DaemonSet or its namespace is
+	// deleted (Warren removed), and leaves everything in place otherwise
+	// (restart, upgrade), and always when PodName is empty.
+	PodName, PodNamespace string
+	// Netns finds running pods' network namespaces; ProcNetnsFinder if nil.
+	Netns NetnsFinder
+	// ShutdownTimeout bounds the API calls of that decision; 5 s if zero.
+	ShutdownTimeout time.Duration
 }
 
 func (c *AgentConfig) setDefaults() {
@@ -52,6 +65,12 @@ func (c *AgentConfig) setDefaults() {
 	}
 	if c.MetricsAddr == "" {
 		c.MetricsAddr = DefaultMetricsAddr
+	}
+	if c.Netns == nil {
+		c.Netns = ProcNetnsFinder{}
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = 5 * time.Second
 	}
 	c.Kernel.Node = c.Node
 	c.Kernel.setDefaults()
@@ -83,9 +102,13 @@ func (c *AgentConfig) Validate() error {
 
 // RunAgent runs the node agent until ctx ends: the eBPF dataplane, the
 // reconciler, the ztunnel's zds server, the CNI server (and plugin install)
-// and the metrics endpoint. On the way out it leaves redirection and the CNI
-// plugin in place, for the next agent (pods fail closed meanwhile).
-func RunAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger) error {
+// and the metrics endpoint. A second agent started meanwhile (a DaemonSet's
+// surge) takes the sockets over and adopts the pins; this one keeps its
+// connected ztunnel until it stops. On the way out it leaves redirection and
+// the CNI plugin in place for the next agent (pods fail closed meanwhile),
+// unless Warren is being removed (see AgentConfig.PodName): then it
+// uninstalls, as UninstallAgent does.
+func RunAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger) (err error) {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -102,6 +125,10 @@ func RunAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger) error {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
 
+	sctx, cancel := context.WithTimeout(ctx, cfg.ShutdownTimeout)
+	removal := newRemovalCheck(sctx, client, cfg.PodNamespace, cfg.PodName, log.With("component", "shutdown"))
+	cancel()
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cfg.Kernel.Logger, cfg.Kernel.Registerer = log, reg
@@ -110,6 +137,18 @@ func RunAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger) error {
 		return err
 	}
 	defer kernel.Close()
+	defer func() {
+		// After every server below has stopped: the last thing the agent does.
+		dctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+		defer cancel()
+		uninstall, why := removal.decide(dctx)
+		if !uninstall {
+			log.Info("agent stopping, redirection and the CNI plugin stay in place for the next agent", "why", why)
+			return
+		}
+		log.Info("Warren is being removed: uninstalling from this node", "why", why)
+		err = errors.Join(err, kernel.Uninstall(dctx), UninstallAgent(cfg, log))
+	}()
 
 	ztunnel, err := zds.Listen(cfg.ZtunnelSocket, zds.ServerOptions{Logger: log.With("component", "zds")})
 	if err != nil {
@@ -118,7 +157,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger) error {
 	defer ztunnel.Close()
 	rec, err := NewReconciler(ReconcilerConfig{
 		Node: cfg.Node, Client: client, Dataplane: kernel, Tunnel: ZDSTunnel{ztunnel},
-		Netns: ProcNetnsFinder{}, Logger: log.With("component", "reconciler"),
+		Netns: cfg.Netns, Logger: log.With("component", "reconciler"),
 	})
 	if err != nil {
 		return err
@@ -127,6 +166,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	defer cni.Close()
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return rec.Run(ctx) })
@@ -170,9 +210,20 @@ func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry) er
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// SO_REUSEPORT: during a rolling update two agents of the node (host
+	// network) serve the port at once.
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
+		return errors.Join(err, serr)
+	}}
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
 	stop := context.AfterFunc(ctx, func() { srv.Close() })
 	defer stop()
-	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	return nil

@@ -8,14 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/warrenmesh/warren/internal/sockfile"
 	"github.com/warrenmesh/warren/nodeagent/cniapi"
 )
 
@@ -132,12 +131,12 @@ func (r *Reconciler) getNamespace(ctx context.Context, name string) (*corev1.Nam
 
 // CNIServer serves the warren-cni plugin on a Unix socket.
 type CNIServer struct {
-	ln  net.Listener
+	ln  *sockfile.Listener
 	srv *http.Server
 }
 
 // ListenCNI listens on socket (cniapi.DefaultSocket if empty), replacing a
-// stale socket file, and serves rec's CNIAdd and CNIDel.
+// socket file already there, and serves rec's CNIAdd and CNIDel.
 func ListenCNI(socket string, rec *Reconciler, log *slog.Logger) (*CNIServer, error) {
 	if socket == "" {
 		socket = cniapi.DefaultSocket
@@ -145,18 +144,10 @@ func ListenCNI(socket string, rec *Reconciler, log *slog.Logger) (*CNIServer, er
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := os.MkdirAll(filepath.Dir(socket), 0o755); err != nil {
-		return nil, fmt.Errorf("cni socket: %w", err)
-	}
-	if fi, err := os.Lstat(socket); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		_ = os.Remove(socket)
-	}
-	ln, err := net.Listen("unix", socket)
+	// A previous agent's socket is replaced (it finishes the calls it has),
+	// and that agent leaves this one's when it exits.
+	ln, err := sockfile.Listen("unix", socket, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("cni socket: %w", err)
-	}
-	if err := os.Chmod(socket, 0o600); err != nil {
-		ln.Close()
 		return nil, fmt.Errorf("cni socket: %w", err)
 	}
 	mux := http.NewServeMux()
@@ -199,6 +190,16 @@ func (s *CNIServer) Serve(ctx context.Context) error {
 		return fmt.Errorf("cni server: %w", err)
 	}
 	return nil
+}
+
+// Close stops serving and removes the socket file, unless another agent's
+// socket replaced it.
+func (s *CNIServer) Close() error {
+	err := s.srv.Close()
+	if lerr := s.ln.Close(); lerr != nil && !errors.Is(lerr, net.ErrClosed) {
+		err = errors.Join(err, lerr)
+	}
+	return err
 }
 
 func decode(w http.ResponseWriter, req *http.Request, v any) bool {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -58,6 +59,62 @@ func Cgroup2Root() (string, error) {
 		return found[0], nil
 	}
 	return "", errors.New("cgroup2: not mounted")
+}
+
+// ResolveCgroup2 returns the cgroup2 directory to attach to for dir: dir
+// itself when it is a cgroup2 filesystem, else <dir>/unified when that is
+// one (a hybrid host's /sys/fs/cgroup, as mounted into the agent's container
+// at /host/cgroup). Otherwise it says what it found.
+func ResolveCgroup2(dir string) (string, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return "", fmt.Errorf("cgroup2 %s: %w", dir, err)
+	}
+	if st.Type == unix.CGROUP2_SUPER_MAGIC {
+		return dir, nil
+	}
+	unified := filepath.Join(dir, "unified")
+	var ust unix.Statfs_t
+	uerr := unix.Statfs(unified, &ust)
+	if uerr == nil && ust.Type == unix.CGROUP2_SUPER_MAGIC {
+		return unified, nil
+	}
+	found := "does not exist"
+	switch {
+	case uerr == nil:
+		found = "is a " + fsName(ust.Type)
+	case !errors.Is(uerr, unix.ENOENT):
+		found = uerr.Error()
+	}
+	return "", fmt.Errorf("cgroup2: %s is a %s, not a cgroup2 filesystem, and %s %s: mount the host's cgroup2 hierarchy there (or its /sys/fs/cgroup, on a hybrid host)",
+		dir, fsName(st.Type), unified, found)
+}
+
+// fsName names a statfs magic number, for error messages.
+func fsName(magic int64) string {
+	switch magic {
+	case unix.CGROUP2_SUPER_MAGIC:
+		return "cgroup2 filesystem"
+	case unix.CGROUP_SUPER_MAGIC:
+		return "cgroup v1 filesystem"
+	case unix.TMPFS_MAGIC:
+		return "tmpfs"
+	case unix.SYSFS_MAGIC:
+		return "sysfs"
+	case unix.OVERLAYFS_SUPER_MAGIC:
+		return "overlayfs (the container's own root, so probably nothing is mounted)"
+	case unix.EXT4_SUPER_MAGIC:
+		return "ext2/3/4 filesystem"
+	case unix.XFS_SUPER_MAGIC:
+		return "xfs filesystem"
+	case unix.BTRFS_SUPER_MAGIC:
+		return "btrfs filesystem"
+	case unix.PROC_SUPER_MAGIC:
+		return "procfs"
+	case unix.BPF_FS_MAGIC:
+		return "bpffs"
+	}
+	return fmt.Sprintf("filesystem of type 0x%x", magic)
 }
 
 // unescapeMount undoes mountinfo's octal escapes (\040 for a space).

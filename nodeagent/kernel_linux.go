@@ -79,9 +79,16 @@ func Open(ctx context.Context, opts Options) (*Kernel, error) {
 		}
 		opts.Cgroup = cg
 	}
+	cg, err := ResolveCgroup2(opts.Cgroup)
+	if err != nil {
+		return nil, err
+	}
+	opts.Cgroup = cg
 	if err := ensureBPFFS(opts.BPFFS); err != nil {
 		return nil, err
 	}
+	_, statErr := os.Stat(opts.PinDir)
+	firstInstall := errors.Is(statErr, os.ErrNotExist)
 	if err := os.MkdirAll(filepath.Join(opts.PinDir, linksDir), 0o700); err != nil {
 		return nil, fmt.Errorf("pin dir: %w", err)
 	}
@@ -90,27 +97,35 @@ func Open(ctx context.Context, opts Options) (*Kernel, error) {
 		log:  opts.Logger.With("node", opts.Node),
 		pods: map[string]*podState{},
 	}
-	if err := k.load(); err != nil {
-		return nil, err
-	}
-	if err := k.attachCgroup(); err != nil {
+	if err := k.open(); err != nil {
 		k.closeHandles()
-		return nil, err
-	}
-	if err := k.adoptPods(); err != nil {
-		k.closeHandles()
-		return nil, err
-	}
-	k.table = pins.NewOrigDstTable(k.objs.OrigByTuple)
-	k.metrics = newMetrics(k.stats)
-	if opts.Registerer != nil {
-		if err := opts.Registerer.Register(k.metrics); err != nil {
-			k.closeHandles()
-			return nil, fmt.Errorf("metrics: %w", err)
+		if firstInstall { // a first install that failed leaves nothing behind
+			_ = removePinDir(opts.PinDir)
 		}
+		return nil, err
 	}
 	k.log.Info("dataplane ready", "pin_dir", opts.PinDir, "cgroup", opts.Cgroup, "pods", len(k.pods))
 	return k, nil
+}
+
+func (k *Kernel) open() error {
+	if err := k.load(); err != nil {
+		return err
+	}
+	if err := k.attachCgroup(); err != nil {
+		return err
+	}
+	if err := k.adoptPods(); err != nil {
+		return err
+	}
+	k.table = pins.NewOrigDstTable(k.objs.OrigByTuple)
+	k.metrics = newMetrics(k.stats)
+	if k.opts.Registerer != nil {
+		if err := k.opts.Registerer.Register(k.metrics); err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+	}
+	return nil
 }
 
 func (k *Kernel) load() error {

@@ -29,6 +29,8 @@ type Options struct {
 	PinDir string
 	// Cgroup is the cgroup2 directory the connect and sockops programs are
 	// attached to; the cgroup2 root, found in /proc/self/mountinfo, if empty.
+	// A directory that is not a cgroup2 filesystem but holds one at
+	// "unified" (a hybrid host's /sys/fs/cgroup) means that one.
 	Cgroup string
 	// TunnelMark is the SO_MARK of the tunnel's own sockets; DefaultTunnelMark if zero.
 	TunnelMark uint32

@@ -1,7 +1,9 @@
 // Command warren-agent is Warren's node agent (a DaemonSet): it enrolls its
 // node's mesh pods in the eBPF redirection, hands their network namespaces to
 // the node's ztunnel, serves and installs the warren-cni plugin, and exports
-// metrics. --uninstall removes its links, pins and CNI entry instead. Every
+// metrics. It removes its links, pins and CNI entry when it stops because
+// Warren is being removed (its DaemonSet or namespace deleted), and leaves
+// them for the next agent otherwise; --uninstall removes them at once. Every
 // flag can also be set as an environment variable WARREN_<FLAG> with dashes
 // as underscores (WARREN_NODE_NAME, ...).
 package main
@@ -42,7 +44,7 @@ func run() error {
 	fs.String("kubeconfig", "", "kubeconfig path; in-cluster configuration if empty")
 	fs.String("bpffs", nodeagent.DefaultBPFFS, "bpffs mount point (mounted if it is not one)")
 	fs.String("pin-dir", "", "pin directory; <bpffs>/warren/<node-name> if empty")
-	fs.String("cgroup", "", "cgroup2 directory to attach to; the cgroup2 root if empty")
+	fs.String("cgroup", "", "cgroup2 directory to attach to, or a directory holding it at unified/ (a hybrid host's /sys/fs/cgroup); the cgroup2 root if empty")
 	fs.Uint32("tunnel-mark", nodeagent.DefaultTunnelMark, "SO_MARK of the ztunnel's own sockets")
 	fs.String("ztunnel-socket", zds.DefaultPath, "Unix socket the ztunnel connects to")
 	fs.String("cni-socket", cniapi.DefaultSocket, "Unix socket the warren-cni plugin calls")
@@ -52,6 +54,8 @@ func run() error {
 	fs.String("cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration folder")
 	fs.Duration("cni-timeout", 0, "how long the plugin waits for the agent at ADD; 30s if zero")
 	fs.String("metrics-addr", nodeagent.DefaultMetricsAddr, `metrics and health address; "-" for none`)
+	fs.String("pod-name", "", "this agent's pod (downward API): at exit it uninstalls if the pod's DaemonSet or namespace is being deleted; never if empty")
+	fs.String("pod-namespace", "", "this agent's pod's namespace (downward API)")
 	fs.Bool("uninstall", false, "remove every link, pin and the CNI plugin of this node's agent, and exit")
 	v, log, err := flagenv.Parse(fs, os.Args[1:], "WARREN")
 	if err != nil {
@@ -77,7 +81,9 @@ func run() error {
 			ConfDir: v.GetString("cni-conf-dir"),
 			Timeout: v.GetDuration("cni-timeout"),
 		},
-		MetricsAddr: v.GetString("metrics-addr"),
+		MetricsAddr:  v.GetString("metrics-addr"),
+		PodName:      v.GetString("pod-name"),
+		PodNamespace: v.GetString("pod-namespace"),
 	}
 	if v.GetBool("uninstall") {
 		return nodeagent.UninstallAgent(cfg, log)

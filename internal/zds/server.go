@@ -7,12 +7,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"sort"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/warrenmesh/warren/internal/sockfile"
 )
 
 // ServerOptions configure a Server.
@@ -25,7 +26,7 @@ type ServerOptions struct {
 // Server is the agent's side: it holds every enrolled pod's netns open and
 // keeps the connected ztunnel (at most one) told.
 type Server struct {
-	ln   *net.UnixListener
+	ln   *sockfile.Listener
 	opts ServerOptions
 	log  *slog.Logger
 
@@ -40,7 +41,8 @@ type entry struct {
 	netns *os.File
 }
 
-// Listen listens on path (DefaultPath if empty), replacing a stale socket file.
+// Listen listens on path (DefaultPath if empty), replacing a socket file
+// already there (a stale one, or a previous agent's during a rolling update).
 func Listen(path string, opts ServerOptions) (*Server, error) {
 	if path == "" {
 		path = DefaultPath
@@ -51,20 +53,12 @@ func Listen(path string, opts ServerOptions) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("zds: %w", err)
-	}
-	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		_ = os.Remove(path) // a previous agent's
-	}
-	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	// A previous agent's socket is replaced; that agent keeps its
+	// connected ztunnel until it exits, and leaves this socket then. Only
+	// root (the ztunnel) may connect: the socket hands out namespaces.
+	ln, err := sockfile.Listen("unixpacket", path, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("zds: listen: %w", err)
-	}
-	// Only root (the ztunnel) may connect: the socket hands out namespaces.
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("zds: %w", err)
 	}
 	return &Server{ln: ln, opts: opts, log: opts.Logger, pods: map[string]*entry{}}, nil
 }
@@ -235,5 +229,5 @@ func (s *Server) Close() error {
 		e.netns.Close()
 	}
 	s.pods = nil
-	return s.ln.Close() // also removes the socket file
+	return s.ln.Close() // also removes the socket file, unless another agent's replaced it
 }
