@@ -1,10 +1,13 @@
 package localcluster
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/template"
 )
@@ -250,4 +253,30 @@ func (c *Config) startNode(ctx context.Context, h *hierarchies, n node) error {
 		Argv:   []string{"unshare", "--mount", "--uts", "--propagation", "private", "--", "sh", filepath.Join(c.nodeDir(n), "node.sh")},
 	}
 	return c.start(d, h)
+}
+
+// NodeExec runs a command inside a node's mount and network namespaces (as
+// the node's own processes see its files, bpffs and links) and returns its
+// combined output.
+func (c *Config) NodeExec(ctx context.Context, nodeName string, args ...string) (string, error) {
+	pid := c.readPid(nodeName + "/supervisor")
+	if pid == 0 || !c.alive(nodeName+"/supervisor") {
+		return "", fmt.Errorf("node %s is not running", nodeName)
+	}
+	argv := append([]string{"-t", strconv.Itoa(pid), "-m", "-n", "--"}, args...)
+	out, err := exec.CommandContext(ctx, "nsenter", argv...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s on %s: %w: %s", strings.Join(args, " "), nodeName, err, bytes.TrimSpace(out))
+	}
+	return string(out), nil
+}
+
+// NodeRoot is a path on the host to a node's root as its processes see it
+// (/proc/<supervisor pid>/root): files in the node's private mounts, such as
+// its bpffs, are readable below it.
+func (c *Config) NodeRoot(nodeName string) (string, error) {
+	if !c.alive(nodeName + "/supervisor") {
+		return "", fmt.Errorf("node %s is not running", nodeName)
+	}
+	return fmt.Sprintf("/proc/%d/root", c.readPid(nodeName+"/supervisor")), nil
 }
