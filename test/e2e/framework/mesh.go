@@ -86,3 +86,15 @@ func (c *Cluster) Eventually(t testing.TB, timeout time.Duration, what string, f
 		return err == nil, err
 	})
 }
+
+// ExecStdout runs a command in a pod's first container and returns its standard output alone
+// (Exec mixes in standard error); standard error is in the error when the command fails.
+func (c *Cluster) ExecStdout(ctx context.Context, ns, pod string, cmd ...string) (string, error) {
+	var stdout, stderr strings.Builder
+	k := exec.CommandContext(ctx, c.Config.Bin("kubectl"), append([]string{"--kubeconfig", c.Config.KubeconfigPath(), "exec", "-n", ns, pod, "--"}, cmd...)...)
+	k.Stdout, k.Stderr = &stdout, &stderr
+	if err := k.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("exec %s in %s/%s: %w: %s", strings.Join(cmd, " "), ns, pod, err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String(), nil
+}
