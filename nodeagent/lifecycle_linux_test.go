@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -318,5 +320,31 @@ func TestAgentUninstallsWhenRemoved(t *testing.T) {
 	}
 	if left := e.stillAttached(); len(left) != 0 {
 		t.Errorf("programs still attached after Warren's removal: %v", left)
+	}
+}
+
+// The metrics port held by a socket without SO_REUSEPORT (an agent from
+// before it, during the upgrade): the agent serves it once it is free
+// instead of failing; beside another SO_REUSEPORT listener it binds at once.
+func TestMetricsPortHeld(t *testing.T) {
+	holder, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	addr := holder.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	for range 2 {
+		go func() {
+			done <- serveMetrics(ctx, addr, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(testWriter{t}, nil)))
+		}()
+	}
+	time.Sleep(100 * time.Millisecond)
+	holder.Close()
+	waitFor(t, "metrics served once the port is free", func() bool {
+		_, err := getMetrics(addr)
+		return err == nil
+	})
+	cancel()
+	for range 2 {
+		must(t, <-done)
 	}
 }
