@@ -125,9 +125,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger) (err error
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
 
-	sctx, cancel := context.WithTimeout(ctx, cfg.ShutdownTimeout)
-	removal := newRemovalCheck(sctx, client, cfg.PodNamespace, cfg.PodName, log.With("component", "shutdown"))
-	cancel()
+	removal := newRemovalCheck(ctx, client, cfg.PodNamespace, cfg.PodName, cfg.ShutdownTimeout, log.With("component", "shutdown"))
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
