@@ -125,9 +125,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger) (err error
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
 
-	sctx, cancel := context.WithTimeout(ctx, cfg.ShutdownTimeout)
-	removal := newRemovalCheck(sctx, client, cfg.PodNamespace, cfg.PodName, log.With("component", "shutdown"))
-	cancel()
+	removal := newRemovalCheck(ctx, client, cfg.PodNamespace, cfg.PodName, cfg.ShutdownTimeout, log.With("component", "shutdown"))
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -173,7 +171,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger) (err error
 	g.Go(func() error { return ztunnel.Serve(ctx) })
 	g.Go(func() error { return cni.Serve(ctx) })
 	if cfg.MetricsAddr != "-" {
-		g.Go(func() error { return serveMetrics(ctx, cfg.MetricsAddr, reg) })
+		g.Go(func() error { return serveMetrics(ctx, cfg.MetricsAddr, reg, log.With("component", "metrics")) })
 	}
 	if cfg.InstallCNI {
 		g.Go(func() error { keepCNIInstalled(ctx, cfg.CNI, log.With("component", "cni-install")); return nil })
@@ -205,7 +203,7 @@ func keepCNIInstalled(ctx context.Context, cfg CNIConfig, log *slog.Logger) {
 	}
 }
 
-func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry) error {
+func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
@@ -218,6 +216,17 @@ func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry) er
 		return errors.Join(err, serr)
 	}}
 	ln, err := lc.Listen(ctx, "tcp", addr)
+	for errors.Is(err, unix.EADDRINUSE) {
+		// Held without SO_REUSEPORT (an older agent, during its upgrade):
+		// serve once it is gone rather than fail the agent.
+		log.Warn("metrics port in use, trying again", "addr", addr)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(2 * time.Second):
+		}
+		ln, err = lc.Listen(ctx, "tcp", addr)
+	}
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}

@@ -21,7 +21,7 @@ func ensureBPFFS(dir string) error {
 		return fmt.Errorf("bpffs %s: %w", dir, err)
 	}
 	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
-		return fmt.Errorf("bpffs %s: mount: %w", dir, err)
+		return fmt.Errorf("bpffs: %s is not a bpffs, and mounting one there failed: %w (mount it on the host and into the agent, or give the agent CAP_SYS_ADMIN)", dir, err)
 	}
 	return nil
 }

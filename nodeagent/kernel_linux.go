@@ -144,12 +144,35 @@ func (k *Kernel) load() error {
 		return fmt.Errorf("load: maps pinned in %s by another version do not match (uninstall first): %w", k.opts.PinDir, err)
 	}
 	if errors.Is(err, unix.EPERM) {
-		return fmt.Errorf("load: %w (the agent needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN, or root)", err)
+		missing := missingCaps()
+		if len(missing) == 0 {
+			return fmt.Errorf("load: %w (the agent needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN, or root)", err)
+		}
+		return fmt.Errorf("load: the agent lacks %s (it needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN): %w", strings.Join(missing, ", "), err)
 	}
 	if err != nil {
 		return fmt.Errorf("load: %w", err)
 	}
 	return nil
+}
+
+// missingCaps names the capabilities the agent needs and does not have.
+func missingCaps() []string {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return nil
+	}
+	var missing []string
+	for _, c := range []struct {
+		name string
+		bit  uint
+	}{{"CAP_BPF", unix.CAP_BPF}, {"CAP_NET_ADMIN", unix.CAP_NET_ADMIN}, {"CAP_SYS_ADMIN", unix.CAP_SYS_ADMIN}} {
+		if data[c.bit/32].Effective&(1<<(c.bit%32)) == 0 {
+			missing = append(missing, c.name)
+		}
+	}
+	return missing
 }
 
 func (k *Kernel) attachCgroup() (err error) {

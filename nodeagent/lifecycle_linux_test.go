@@ -2,9 +2,12 @@ package nodeagent
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -130,6 +134,25 @@ func meshNamespace(t *testing.T, client kubernetes.Interface) {
 	must(t, err)
 }
 
+// tcpListeners counts the TCP sockets listening on addr (IPv4) in this netns.
+func tcpListeners(t *testing.T, addr string) int {
+	t.Helper()
+	ap, err := netip.ParseAddrPort(addr)
+	must(t, err)
+	b, err := os.ReadFile("/proc/net/tcp")
+	must(t, err)
+	a := ap.Addr().As4()
+	want := fmt.Sprintf("%02X%02X%02X%02X:%04X", a[3], a[2], a[1], a[0], ap.Port())
+	n := 0
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 3 && f[1] == want && f[3] == "0A" {
+			n++
+		}
+	}
+	return n
+}
+
 func getMetrics(addr string) (string, error) {
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
@@ -159,8 +182,11 @@ func TestAgentSurge(t *testing.T) {
 	paths.Store(&map[string]string{})
 	cfg.Netns = mapNetns{&paths}
 
+	tc := newTopo(t)
+	serve(t, tc.peer, "tcp", ":8080", tag("peer"))
 	uidA := meshPod(t, client, "a", ta)
-	paths.Store(&map[string]string{uidA: ta.Pod("").Netns})
+	uidC := meshPod(t, client, "c", tc) // deleted while both agents run
+	paths.Store(&map[string]string{uidA: ta.Pod("").Netns, uidC: tc.Pod("").Netns})
 	stopA := startAgent(t, cfg, "first")
 	zt1, connects1, _ := runZtunnel(t, cfg.ZtunnelSocket)
 	pinDir := filepath.Join(e.bpffs, "warren", "n1")
@@ -173,10 +199,15 @@ func TestAgentSurge(t *testing.T) {
 	defer table.Close()
 	tunnel(t, ta.pod, table.Conn)
 	tunnel(t, tb.pod, table.Conn)
+	tunnel(t, tc.pod, table.Conn)
 	podA := mustOpen(t, ta.Pod("").Netns)
 	wantA, err := netns.Cookie(podA)
 	must(t, err)
-	waitFor(t, "the first agent enrolled pod a and told its ztunnel", func() bool { c, ok := zt1.cookie(uidA); return ok && c == wantA })
+	waitFor(t, "the first agent enrolled pods a and c and told its ztunnel", func() bool {
+		c, ok := zt1.cookie(uidA)
+		_, okC := zt1.cookie(uidC)
+		return ok && okC && c == wantA
+	})
 	got, err := dial(ta.pod, "tcp4", ap(ta.peer4, 8080), 0)
 	expectLine(t, "pod a, first agent", got, err, "tunnel "+ap(ta.peer4, 8080))
 	cniA, zdsA := inode(t, cfg.CNISocket), inode(t, cfg.ZtunnelSocket)
@@ -187,14 +218,14 @@ func TestAgentSurge(t *testing.T) {
 		return c != 0 && z != 0 && c != cniA && z != zdsA
 	})
 	cniB, zdsB := inode(t, cfg.CNISocket), inode(t, cfg.ZtunnelSocket)
-	waitFor(t, "both agents serve the metrics port", func() bool {
-		m, err := getMetrics(cfg.MetricsAddr)
-		return err == nil && strings.Contains(m, "warren_agent_enrolled_pods 1")
-	})
+	waitFor(t, "both agents listen on the metrics port", func() bool { return tcpListeners(t, cfg.MetricsAddr) == 2 })
+	if m, err := getMetrics(cfg.MetricsAddr); err != nil || !strings.Contains(m, "warren_agent_enrolled_pods 2") {
+		t.Errorf("metrics with both agents: %v\n%.1000s", err, m)
+	}
 
 	// Pod b comes through the CNI socket, now the second agent's.
 	uidB := meshPod(t, client, "b", nil)
-	paths.Store(&map[string]string{uidA: ta.Pod("").Netns, uidB: tb.Pod("").Netns})
+	paths.Store(&map[string]string{uidA: ta.Pod("").Netns, uidB: tb.Pod("").Netns, uidC: tc.Pod("").Netns})
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	resp, err := cniapi.NewClient(cfg.CNISocket).Add(cctx, cniapi.AddRequest{Namespace: "mesh", Name: "b", UID: uidB,
@@ -216,6 +247,11 @@ func TestAgentSurge(t *testing.T) {
 		return okA && okB && a == wantA && b == wantB
 	})
 	stopZt2()
+	// The first agent still serves its ztunnel: pod c deleted, it says so.
+	must(t, client.CoreV1().Pods("mesh").Delete(ctx, "c", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}))
+	waitFor(t, "the first agent told its ztunnel that pod c left", func() bool { _, ok := zt1.cookie(uidC); return !ok })
+	got, err = dial(tc.pod, "tcp4", ap(tc.peer4, 8080), 0)
+	expectLine(t, "pod c deleted", got, err, "peer "+ap(tc.peer4, 8080))
 	if n := connects1.Load(); n != 1 {
 		t.Errorf("the first agent's ztunnel connected %d times while both agents ran, want 1", n)
 	}
@@ -318,5 +354,31 @@ func TestAgentUninstallsWhenRemoved(t *testing.T) {
 	}
 	if left := e.stillAttached(); len(left) != 0 {
 		t.Errorf("programs still attached after Warren's removal: %v", left)
+	}
+}
+
+// The metrics port held by a socket without SO_REUSEPORT (an agent from
+// before it, during the upgrade): the agent serves it once it is free
+// instead of failing; beside another SO_REUSEPORT listener it binds at once.
+func TestMetricsPortHeld(t *testing.T) {
+	holder, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	addr := holder.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	for range 2 {
+		go func() {
+			done <- serveMetrics(ctx, addr, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(testWriter{t}, nil)))
+		}()
+	}
+	time.Sleep(100 * time.Millisecond)
+	holder.Close()
+	waitFor(t, "metrics served once the port is free", func() bool {
+		_, err := getMetrics(addr)
+		return err == nil
+	})
+	cancel()
+	for range 2 {
+		must(t, <-done)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -21,6 +22,8 @@ type removalCheck struct {
 	namespace, pod string
 	log            *slog.Logger
 
+	started chan struct{} // closed once the lookup at start is done; guards the fields below
+
 	daemonSet string // the owning DaemonSet's name; "" until found
 	noOwner   bool   // the pod was read and has no DaemonSet owner
 	// readable: at start, the DaemonSet and the namespace could be read.
@@ -29,31 +32,42 @@ type removalCheck struct {
 	readable bool
 }
 
-// newRemovalCheck finds the agent's DaemonSet. Errors are logged, not
-// returned: without an answer the agent leaves everything in place at exit.
-func newRemovalCheck(ctx context.Context, client kubernetes.Interface, namespace, pod string, log *slog.Logger) *removalCheck {
-	c := &removalCheck{client: client, namespace: namespace, pod: pod, log: log}
-	if pod == "" {
-		log.Info("no pod name (--pod-name): redirection stays in place when the agent stops")
-		return c
+// newRemovalCheck starts looking up the agent's DaemonSet, in the
+// background (the agent does not wait on the API to start), within timeout.
+// Errors are logged, not returned: without an answer the agent leaves
+// everything in place at exit.
+func newRemovalCheck(ctx context.Context, client kubernetes.Interface, namespace, pod string, timeout time.Duration, log *slog.Logger) *removalCheck {
+	c := &removalCheck{client: client, namespace: namespace, pod: pod, log: log, started: make(chan struct{})}
+	go func() {
+		defer close(c.started)
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		c.start(ctx)
+	}()
+	return c
+}
+
+func (c *removalCheck) start(ctx context.Context) {
+	if c.pod == "" {
+		c.log.Info("no pod name (--pod-name): redirection stays in place when the agent stops")
+		return
 	}
 	if err := c.findOwner(ctx); err != nil {
-		log.Warn("cannot tell whether Warren is removed when the agent stops; it will ask again then", "err", err)
-		return c
+		c.log.Warn("cannot tell whether Warren is removed when the agent stops; it will ask again then", "err", err)
+		return
 	}
 	if c.noOwner {
-		log.Info("the agent's pod has no DaemonSet owner: redirection stays in place when it stops", "pod", c.namespace+"/"+c.pod)
-		return c
+		c.log.Info("the agent's pod has no DaemonSet owner: redirection stays in place when it stops", "pod", c.namespace+"/"+c.pod)
+		return
 	}
-	_, dsErr := client.AppsV1().DaemonSets(namespace).Get(ctx, c.daemonSet, metav1.GetOptions{})
-	_, nsErr := client.CoreV1().Namespaces().Get(ctx, namespace, metav1.GetOptions{})
+	_, dsErr := c.client.AppsV1().DaemonSets(c.namespace).Get(ctx, c.daemonSet, metav1.GetOptions{})
+	_, nsErr := c.client.CoreV1().Namespaces().Get(ctx, c.namespace, metav1.GetOptions{})
 	if dsErr != nil || nsErr != nil {
-		log.Warn("cannot read the agent's DaemonSet or namespace (RBAC: get on apps/daemonsets and namespaces): when the agent stops, denied access will not count as Warren removed",
-			"daemonset", namespace+"/"+c.daemonSet, "daemonset_err", dsErr, "namespace_err", nsErr)
+		c.log.Warn("cannot read the agent's DaemonSet or namespace (RBAC: get on apps/daemonsets and namespaces): when the agent stops, denied access will not count as Warren removed",
+			"daemonset", c.namespace+"/"+c.daemonSet, "daemonset_err", dsErr, "namespace_err", nsErr)
 	}
 	c.readable = dsErr == nil && nsErr == nil
-	log.Info("the agent uninstalls itself when its DaemonSet or namespace is deleted", "daemonset", namespace+"/"+c.daemonSet)
-	return c
+	c.log.Info("the agent uninstalls itself when its DaemonSet or namespace is deleted", "daemonset", c.namespace+"/"+c.daemonSet)
 }
 
 func (c *removalCheck) findOwner(ctx context.Context) error {
@@ -76,6 +90,11 @@ func (c *removalCheck) findOwner(ctx context.Context) error {
 
 // decide tells whether to uninstall, and why.
 func (c *removalCheck) decide(ctx context.Context) (uninstall bool, why string) {
+	select {
+	case <-c.started:
+	case <-ctx.Done():
+		return false, "the lookup at start has not finished: cannot tell"
+	}
 	if c.pod == "" {
 		return false, "no pod name: not running as a Kubernetes pod"
 	}

@@ -109,6 +109,13 @@ func clientFor(t *testing.T, rc *rest.Config) kubernetes.Interface {
 	return c
 }
 
+// newCheck is newRemovalCheck, once its lookup at start is done.
+func newCheck(client kubernetes.Interface, namespace, pod string, log *slog.Logger) *removalCheck {
+	c := newRemovalCheck(context.Background(), client, namespace, pod, 10*time.Second, log)
+	<-c.started
+	return c
+}
+
 func expectDecision(t *testing.T, what string, c *removalCheck, want bool, why string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -134,9 +141,9 @@ func TestRemovalDecision(t *testing.T) {
 	asAgent := restConfig(t, kubeconfig, "system:serviceaccount:"+agentNS+":"+agentSA)
 	agent := clientFor(t, asAgent)
 
-	expectDecision(t, "outside Kubernetes", newRemovalCheck(ctx, agent, "", "", log), false, "no pod name")
-	expectDecision(t, "no owner", newRemovalCheck(ctx, agent, agentNS, "agent-alone", log), false, "no DaemonSet owner")
-	alive := newRemovalCheck(ctx, agent, agentNS, "agent-owned", log)
+	expectDecision(t, "outside Kubernetes", newCheck(agent, "", "", log), false, "no pod name")
+	expectDecision(t, "no owner", newCheck(agent, agentNS, "agent-alone", log), false, "no DaemonSet owner")
+	alive := newCheck(agent, agentNS, "agent-owned", log)
 	if alive.daemonSet != agentDS || !alive.readable {
 		t.Fatalf("at start: daemonset %q, readable %v", alive.daemonSet, alive.readable)
 	}
@@ -164,7 +171,7 @@ func TestRemovalDecision(t *testing.T) {
 		return err != nil
 	})
 	expectDecision(t, "RBAC removed", alive, true, "access denied, which it was not at start")
-	denied := newRemovalCheck(ctx, agent, agentNS, "agent-owned", log)
+	denied := newCheck(agent, agentNS, "agent-owned", log)
 	expectDecision(t, "RBAC missing from the start", denied, false, "cannot find the agent's DaemonSet")
 	bindAgent(t, admin)
 	waitFor(t, "the agent allowed again", func() bool {
@@ -186,7 +193,7 @@ func TestRemovalDecision(t *testing.T) {
 	// The namespace deleted (no namespace controller here: it stays
 	// Terminating, with the DaemonSet in it).
 	agentObjects(t, admin, false)
-	alive = newRemovalCheck(ctx, agent, agentNS, "agent-owned", log)
+	alive = newCheck(agent, agentNS, "agent-owned", log)
 	expectDecision(t, "DaemonSet back", alive, false, "is still there")
 	must(t, admin.CoreV1().Namespaces().Delete(ctx, agentNS, metav1.DeleteOptions{}))
 	expectDecision(t, "namespace terminating", alive, true, "namespace "+agentNS+" is being deleted")
