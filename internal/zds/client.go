@@ -38,7 +38,8 @@ type Client struct {
 
 // Run connects to the agent and applies its messages until ctx ends,
 // reconnecting (and so getting a full snapshot again) whenever the
-// connection is lost.
+// connection is lost, except when the agent said another ztunnel superseded
+// this one: Run then returns ErrSuperseded.
 func (c *Client) Run(ctx context.Context) error {
 	log := c.Logger
 	if log == nil {
@@ -53,6 +54,10 @@ func (c *Client) Run(ctx context.Context) error {
 		served, err := c.session(ctx)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if errors.Is(err, ErrSuperseded) {
+			log.Info("another ztunnel took over the pods; not reconnecting")
+			return err
 		}
 		if served {
 			wait = backoff
@@ -90,6 +95,10 @@ func (c *Client) session(ctx context.Context) (served bool, err error) {
 		m, files, err := recv(conn)
 		if err != nil {
 			return served, err
+		}
+		if m.Type == TypeSuperseded {
+			closeAll(files)
+			return served, ErrSuperseded
 		}
 		served = true
 		herr := c.apply(ctx, m, files)
