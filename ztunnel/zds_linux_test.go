@@ -145,7 +145,8 @@ func TestZDSHandOff(t *testing.T) {
 			t.Errorf("greeting %q, want the client pod's address", got)
 		}
 	}
-	// Redirected to 127.0.0.1:15001 with nothing listening: refused at once.
+	// Redirected to a port where no ztunnel listens any more (the last
+	// one's, or 15001): refused at once.
 	failsClosed := func(t *testing.T) {
 		t.Helper()
 		if got, err := n.exchange("client", netip.AddrPortFrom(outsiderIP, appPort)); err == nil {

@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"runtime"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -50,6 +51,7 @@ func runArgs(ctx context.Context, args []string) error {
 	fs.String("ready-addr", "", "readiness listen address; overrides the file, default :15021")
 	fs.String("pin-dir", "", "the node agent's bpffs pin directory; overrides the file")
 	fs.String("zds-socket", zds.DefaultPath, "the node agent's zds socket, where local pods and their netns come from unless the configuration lists pods")
+	fs.Duration("drain-grace", 5*time.Second, "on SIGTERM, or when a new ztunnel took over the pods, how long the pods' open connections may take to finish before they are cut (the new ztunnel gets the new ones at once); keep it below the pod's terminationGracePeriodSeconds")
 	fs.Int("max-procs", 0, "Go scheduler threads (GOMAXPROCS); 0 keeps Go's default, one per CPU")
 	v, log, err := flagenv.Parse(fs, args, "ZTUNNEL")
 	if err != nil {
@@ -86,7 +88,10 @@ func runArgs(ctx context.Context, args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	opts := ztunnel.Options{Logger: log, Registry: reg}
+	opts := ztunnel.Options{Logger: log, Registry: reg, DrainGrace: v.GetDuration("drain-grace")}
+	if opts.DrainGrace < 0 {
+		return fmt.Errorf("--drain-grace %v: must not be negative", opts.DrainGrace)
+	}
 	if len(cfg.Pods) == 0 {
 		opts.Pods = ztunnel.ZDSPods{Path: v.GetString("zds-socket"), Logger: log.With("component", "zds")}
 		log.Info("local pods from the node agent", "socket", v.GetString("zds-socket"))
