@@ -285,4 +285,26 @@ func TestZDSHandOff(t *testing.T) {
 		}
 		works(t)
 	})
+	t.Run("a stopping ztunnel serves until a successor takes over", func(t *testing.T) {
+		waiting := src
+		waiting.HandoverWait = 10 * time.Second
+		tun4, _, stop4 := runTunnel(top, "ztunnel-4", cfg, waiting)
+		waitFor(t, "ztunnel-4 to serve the pod", func() bool { return tun4.served(client.UID) })
+		stopped := make(chan time.Duration, 1)
+		start := time.Now()
+		go func() { stop4(); stopped <- time.Since(start) }()
+		time.Sleep(200 * time.Millisecond)
+		if !tun4.served(client.UID) {
+			t.Fatal("the stopping ztunnel let its pod go with no successor")
+		}
+		works(t)
+		runTunnel(top, "ztunnel-5", cfg, src)
+		select {
+		case d := <-stopped:
+			t.Logf("the stopping ztunnel returned %v after its context ended", d.Round(time.Millisecond))
+		case <-time.After(5 * time.Second):
+			t.Fatal("the stopping ztunnel still runs after its successor took over")
+		}
+		works(t)
+	})
 }

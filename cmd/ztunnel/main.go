@@ -51,7 +51,8 @@ func runArgs(ctx context.Context, args []string) error {
 	fs.String("ready-addr", "", "readiness listen address; overrides the file, default :15021")
 	fs.String("pin-dir", "", "the node agent's bpffs pin directory; overrides the file")
 	fs.String("zds-socket", zds.DefaultPath, "the node agent's zds socket, where local pods and their netns come from unless the configuration lists pods")
-	fs.Duration("drain-grace", 5*time.Second, "on SIGTERM, or when a new ztunnel took over the pods, how long the pods' open connections may take to finish before they are cut (the new ztunnel gets the new ones at once); keep it below the pod's terminationGracePeriodSeconds")
+	fs.Duration("drain-grace", 5*time.Second, "on SIGTERM, or when a new ztunnel took over the pods, how long the pods' open connections may take to finish before they are cut (the new ztunnel gets the new ones at once); --handover-wait plus --drain-grace must stay below the pod's terminationGracePeriodSeconds")
+	fs.Duration("handover-wait", 10*time.Second, "on SIGTERM, how long to keep serving the pods (node agent mode) until a new ztunnel takes them over, before draining; the old one no longer reconnects to the agent meanwhile")
 	fs.Int("max-procs", 0, "Go scheduler threads (GOMAXPROCS); 0 keeps Go's default, one per CPU")
 	v, log, err := flagenv.Parse(fs, args, "ZTUNNEL")
 	if err != nil {
@@ -93,7 +94,11 @@ func runArgs(ctx context.Context, args []string) error {
 		return fmt.Errorf("--drain-grace %v: must not be negative", opts.DrainGrace)
 	}
 	if len(cfg.Pods) == 0 {
-		opts.Pods = ztunnel.ZDSPods{Path: v.GetString("zds-socket"), Logger: log.With("component", "zds")}
+		wait := v.GetDuration("handover-wait")
+		if wait < 0 {
+			return fmt.Errorf("--handover-wait %v: must not be negative", wait)
+		}
+		opts.Pods = ztunnel.ZDSPods{Path: v.GetString("zds-socket"), HandoverWait: wait, Logger: log.With("component", "zds")}
 		log.Info("local pods from the node agent", "socket", v.GetString("zds-socket"))
 	} else {
 		log.Info("local pods from the configuration (static mode)", "pods", len(cfg.Pods))

@@ -96,7 +96,7 @@ func TestZDSMode(t *testing.T) {
 	readyAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	done := make(chan error, 1)
 	go func() {
-		done <- runArgs(ctx, []string{"--config", cfgFile, "--zds-socket", sock,
+		done <- runArgs(ctx, []string{"--config", cfgFile, "--zds-socket", sock, "--handover-wait", "0",
 			"--admin-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--ready-addr", readyAddr})
 	}()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {

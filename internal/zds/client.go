@@ -34,6 +34,11 @@ type Client struct {
 	// sent, before the first message of its snapshot: a handler that must
 	// tell a snapshot's pods from those it had can start counting there.
 	OnConnect func()
+	// NoReconnect, once closed, makes the current connection the last: Run
+	// returns nil when it ends instead of connecting again. A stopping
+	// ztunnel closes it and keeps serving until the agent supersedes it (a
+	// successor took the pods over) or its own deadline ends ctx. Nil: never.
+	NoReconnect <-chan struct{}
 }
 
 // Run connects to the agent and applies its messages until ctx ends,
@@ -59,12 +64,20 @@ func (c *Client) Run(ctx context.Context) error {
 			log.Info("another ztunnel took over the pods; not reconnecting")
 			return err
 		}
+		select {
+		case <-c.NoReconnect:
+			log.Info("agent connection ended; stopping, not reconnecting", "err", err)
+			return nil
+		default:
+		}
 		if served {
 			wait = backoff
 		}
 		log.Warn("agent connection lost, reconnecting", "err", err, "in", wait)
 		select {
 		case <-ctx.Done():
+			return nil
+		case <-c.NoReconnect:
 			return nil
 		case <-time.After(wait):
 		}

@@ -370,3 +370,46 @@ func TestSuperseded(t *testing.T) {
 		t.Errorf("client Run: %v", err)
 	}
 }
+
+// TestNoReconnect: once NoReconnect is closed the client keeps its
+// connection (deltas still come) but does not connect again when it ends.
+func TestNoReconnect(t *testing.T) {
+	if testing.Short() || os.Geteuid() != 0 {
+		t.Skip("creates network namespaces: needs root, skipped under -short")
+	}
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	ns := addNetns(t, fmt.Sprintf("wtest-zds-%d-norec", os.Getpid()))
+	srv, err := Listen(filepath.Join(t.TempDir(), "ztunnel.sock"), ServerOptions{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+	var connects atomic.Int32
+	last := make(chan struct{})
+	tun := newTunnel()
+	c := &Client{Path: srv.Addr(), Handler: tun, Logger: log, Backoff: 10 * time.Millisecond, OnConnect: func() { connects.Add(1) }, NoReconnect: last}
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	tun.expect(t, "snapshot-sent")
+	waitConnected(t, srv)
+	close(last)
+	if err := srv.AddPod(ctx, Pod{UID: "uid-a", Namespace: "demo", Name: "a"}, ns); err != nil {
+		t.Fatal(err)
+	}
+	tun.expect(t, "add uid-a demo/a []")
+	srv.Close()
+	<-served
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run still runs after its last connection ended")
+	}
+	if n := connects.Load(); n != 1 {
+		t.Errorf("connected %d times, want 1", n)
+	}
+}
