@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -73,8 +72,12 @@ type ztunnelProcess struct {
 // and waits until it is ready.
 func startProcess(t *testing.T, n *testNet, caCert, caKey, pinDir string) *ztunnelProcess {
 	t.Helper()
+	// Its node ports on a loopback address of this test's own: they set
+	// SO_REUSEPORT, so a port another test holds on 127.0.0.1 (a free port
+	// picked, then bound later) would be shared rather than refused.
+	host := fmt.Sprintf("127.78.%d.%d", os.Getpid()>>8&0xff, os.Getpid()&0xff)
 	a := helperArgs{Names: n.names, CACert: caCert, CAKey: caKey, PinDir: pinDir,
-		MetricsAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), Ready: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+		MetricsAddr: host + ":15020", Ready: host + ":15021"}
 	raw, err := json.Marshal(a)
 	if err != nil {
 		t.Fatal(err)
@@ -128,16 +131,6 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // counter sums a counter's series that carry labels, from a registry or a
