@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,9 +23,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"golang.org/x/sys/unix"
 
 	"github.com/warrenmesh/warren/nodeagent"
@@ -134,19 +133,31 @@ func (s *syncBuffer) String() string {
 }
 
 // counter sums a counter's series that carry labels, from a registry or a
-// /metrics address.
+// /metrics address (text format).
 func counter(t *testing.T, src any, name string, labels map[string]string) float64 {
 	t.Helper()
-	var mfs map[string]*dto.MetricFamily
+	type sample struct {
+		labels map[string]string
+		value  float64
+	}
+	var samples []sample
 	switch s := src.(type) {
 	case *prometheus.Registry:
-		got, err := s.Gather()
+		mfs, err := s.Gather()
 		if err != nil {
 			t.Fatal(err)
 		}
-		mfs = map[string]*dto.MetricFamily{}
-		for _, mf := range got {
-			mfs[mf.GetName()] = mf
+		for _, mf := range mfs {
+			if mf.GetName() != name {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				got := map[string]string{}
+				for _, lp := range m.GetLabel() {
+					got[lp.GetName()] = lp.GetValue()
+				}
+				samples = append(samples, sample{got, m.GetCounter().GetValue()})
+			}
 		}
 	case string:
 		resp, err := http.Get("http://" + s + "/metrics")
@@ -154,31 +165,46 @@ func counter(t *testing.T, src any, name string, labels map[string]string) float
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
-		p := expfmt.NewTextParser(model.UTF8Validation)
-		if mfs, err = p.TextToMetricFamilies(resp.Body); err != nil {
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			m := sampleLine.FindStringSubmatch(sc.Text())
+			if m == nil || m[1] != name {
+				continue
+			}
+			got := map[string]string{}
+			for _, kv := range labelPair.FindAllStringSubmatch(m[2], -1) {
+				got[kv[1]] = kv[2]
+			}
+			v, err := strconv.ParseFloat(m[3], 64)
+			if err != nil {
+				t.Fatalf("metrics line %q: %v", sc.Text(), err)
+			}
+			samples = append(samples, sample{got, v})
+		}
+		if err := sc.Err(); err != nil {
 			t.Fatal(err)
 		}
 	}
 	var sum float64
-	mf := mfs[name]
-	if mf == nil {
-		return 0
-	}
-metric:
-	for _, m := range mf.GetMetric() {
-		got := map[string]string{}
-		for _, lp := range m.GetLabel() {
-			got[lp.GetName()] = lp.GetValue()
-		}
+sample:
+	for _, sm := range samples {
 		for k, v := range labels {
-			if got[k] != v {
-				continue metric
+			if sm.labels[k] != v {
+				continue sample
 			}
 		}
-		sum += m.GetCounter().GetValue()
+		sum += sm.value
 	}
 	return sum
 }
+
+// A sample line of the Prometheus text format, and a label in it (the
+// ztunnel's label values hold no quotes or backslashes).
+var (
+	sampleLine = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)`)
+	labelPair  = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="([^"]*)"`)
+)
 
 // load opens connections in a loop, each carrying the marker both ways,
 // until stop; it counts what worked and keeps what failed.
