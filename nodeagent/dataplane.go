@@ -15,8 +15,9 @@ import (
 // is idempotent, so a level-based reconcile loop can call it again.
 type Dataplane interface {
 	// Enroll steers the pod's TCP through the tunnel: outbound connections to
-	// 127.0.0.1:15001 / [::1]:15001 in its netns, inbound ones to the
-	// tunnel's 15008 (HBONE) and 15006 listeners. Enrolling an enrolled pod
+	// the tunnel's listener on 127.0.0.1 / [::1] in its netns (the port the
+	// tunnel wrote to tunnel_ports, 15001 without an entry), inbound ones to
+	// the tunnel's HBONE and plaintext listeners in the sockets map. Enrolling an enrolled pod
 	// again updates it (a new netns or new addresses).
 	Enroll(ctx context.Context, pod Pod) error
 	// Unenroll puts the pod back on the direct path. Unknown pods are not an error.

@@ -56,6 +56,7 @@ var pinnedMaps = []string{
 	redirect.RedirectMapOrigByCookie,
 	redirect.RedirectMapOrigByTuple,
 	redirect.RedirectMapSockets,
+	redirect.RedirectMapTunnelPorts,
 	redirect.RedirectMapCounters,
 }
 
@@ -446,6 +447,9 @@ func (k *Kernel) unenrollLocked(uid string) error {
 			errs = append(errs, fmt.Errorf("map node_ips: %w", err))
 		}
 	}
+	if err := k.objs.TunnelPorts.Delete(&p.cookie); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("map tunnel_ports: %w", err))
+	}
 	for _, kind := range []redirect.RedirectSockKind{redirect.RedirectSockKindSOCK_KIND_INBOUND, redirect.RedirectSockKindSOCK_KIND_HBONE} {
 		key := redirect.RedirectSockKey{Netns: p.cookie, Kind: kind}
 		if err := k.objs.Sockets.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -647,6 +651,8 @@ func (k *Kernel) mapByName(name string) *ebpf.Map {
 		return k.objs.OrigByTuple
 	case redirect.RedirectMapSockets:
 		return k.objs.Sockets
+	case redirect.RedirectMapTunnelPorts:
+		return k.objs.TunnelPorts
 	case redirect.RedirectMapCounters:
 		return k.objs.Counters
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/warrenmesh/warren/internal/netns"
+	"github.com/warrenmesh/warren/nodeagent/pins"
 )
 
 var ctx = context.Background()
@@ -129,6 +130,7 @@ warren_agent_bpf_map_entries{map="orig_by_cookie"} 0
 warren_agent_bpf_map_entries{map="orig_by_tuple"} 0
 warren_agent_bpf_map_entries{map="pod_ips"} 2
 warren_agent_bpf_map_entries{map="sockets"} 0
+warren_agent_bpf_map_entries{map="tunnel_ports"} 0
 `), "warren_agent_enrolled_pods", "warren_agent_bpf_map_entries")
 	if err != nil {
 		t.Error(err)
@@ -517,6 +519,63 @@ func TestAdoptOnRestart(t *testing.T) {
 
 // The original destination outlives the client: a client that writes and
 // closes before the tunnel gets round to accept() is still carried.
+// TestTunnelPorts: outbound connections go to the port tunnel_ports gives
+// for the pod's netns (a tunnel generation's own), 15001 without an entry;
+// a new entry switches new connections at once; original destinations work
+// on any port and their entries go when the tunnel's side closes.
+func TestTunnelPorts(t *testing.T) {
+	e := newEnv(t)
+	k := e.open(e.options("n1"))
+	tp := newTopo(t)
+	enroll(t, k, tp.Pod("pod-a"))
+	pods, err := k.Pods(ctx)
+	if err != nil || len(pods) != 1 {
+		t.Fatalf("Pods() = %v, %v", pods, err)
+	}
+	cookie := pods[0].NetnsCookie
+	gen := func(name, network, addr string) uint16 {
+		ln := serve(t, tp.pod, network, addr, func(c net.Conn) string {
+			orig, err := k.OrigDst(c.(*net.TCPConn))
+			if err != nil {
+				return name + " error " + err.Error()
+			}
+			return name + " " + orig.String()
+		})
+		return uint16(ln.Addr().(*net.TCPAddr).Port)
+	}
+	gen("default", "tcp4", "127.0.0.1:15001")
+	old4 := gen("old", "tcp4", "127.0.0.1:0")
+	new4, new6 := gen("new", "tcp4", "127.0.0.1:0"), gen("new", "tcp6", "[::1]:0")
+
+	got, err := dial(tp.pod, "tcp4", ap(tp.peer4, 8080), 0)
+	expectLine(t, "no entry", got, err, "default "+ap(tp.peer4, 8080))
+	if err := pins.SetOutboundPorts(k.objs.TunnelPorts, cookie, old4, 0); err != nil {
+		t.Fatal(err)
+	}
+	got, err = dial(tp.pod, "tcp4", ap(tp.peer4, 8080), 0)
+	expectLine(t, "old generation", got, err, "old "+ap(tp.peer4, 8080))
+	if err := pins.SetOutboundPorts(k.objs.TunnelPorts, cookie, new4, new6); err != nil {
+		t.Fatal(err)
+	}
+	got, err = dial(tp.pod, "tcp4", ap(tp.peer4, 8081), 0)
+	expectLine(t, "new generation", got, err, "new "+ap(tp.peer4, 8081))
+	got, err = dial(tp.pod, "tcp6", ap(tp.peer6, 8082), 0)
+	expectLine(t, "new generation, IPv6", got, err, "new "+ap(tp.peer6, 8082))
+	got, err = dialMapped(tp.pod, netip.AddrPortFrom(tp.peer4, 8083))
+	expectLine(t, "new generation, v4-mapped", got, err, "new "+ap(tp.peer4, 8083))
+	if p4, p6, err := pins.OutboundPorts(k.objs.TunnelPorts, cookie); err != nil || p4 != new4 || p6 != new6 {
+		t.Errorf("OutboundPorts = %d, %d, %v; want %d, %d", p4, p6, err, new4, new6)
+	}
+	// The tunnel's side closed each connection: their entries are gone,
+	// whatever the listener's port.
+	waitEntries(t, k, map[string]int{"orig_by_cookie": 0, "orig_by_tuple": 0, "tunnel_ports": 1})
+
+	if err := k.Unenroll(ctx, "pod-a"); err != nil {
+		t.Fatal(err)
+	}
+	waitEntries(t, k, map[string]int{"tunnel_ports": 0})
+}
+
 func TestOrigDstOutlivesClient(t *testing.T) {
 	e := newEnv(t)
 	k := e.open(e.options("n1"))

@@ -3,7 +3,8 @@ package nodeagent
 import "github.com/warrenmesh/warren/nodeagent/pins"
 
 // OrigDstTable answers the tunnel's question about a redirected connection
-// it accepted on 15001: where was it going? It is package pins's, which the
+// it accepted on its outbound listener: where was it going? It is package
+// pins's, which the
 // ztunnel uses without importing nodeagent.
 type OrigDstTable = pins.OrigDstTable
 

@@ -9,7 +9,10 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"sort"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -43,7 +46,19 @@ func (t *Tunnel) serveAdmin(ctx context.Context) ([]*http.Server, error) {
 		if s.addr == "" {
 			continue
 		}
-		var lc net.ListenConfig
+		// SO_REUSEPORT: during a rollout a second ztunnel (hostNetwork)
+		// starts on the node before the first stops, and must bind the
+		// same ports. Both answer while both run; these are read-only
+		// endpoints, so which one answers does not matter.
+		lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}}
 		ln, err := lc.Listen(ctx, "tcp", s.addr)
 		if err != nil {
 			for _, srv := range servers {

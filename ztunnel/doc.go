@@ -1,6 +1,7 @@
 // Package ztunnel is Warren's per-node tunnel. It opens listeners and dials
 // inside every enrolled pod's network namespace, so pod addresses stay the
-// pods' own: outbound connections redirected to 15001 go over HBONE (HTTP/2
+// pods' own: redirected outbound connections (to listener ports of each
+// ztunnel generation's own, see OutboundPort) go over HBONE (HTTP/2
 // CONNECT over mutual TLS, internal/hbone) to the destination pod's 15008, or
 // pass through in plaintext to destinations outside the mesh; inbound HBONE on
 // 15008 and plaintext on 15006 are authenticated, checked against L4

@@ -13,8 +13,9 @@ import (
 	"github.com/warrenmesh/warren/nodeagent/pins"
 )
 
-// kernelMaps are the two maps of the node agent's pins the ztunnel uses: the
-// original destinations (read) and the tunnel listeners (write). They are
+// kernelMaps are the maps of the node agent's pins the ztunnel uses: the
+// original destinations (read) and the tunnel listeners (write: sockets for
+// inbound, tunnel_ports for outbound). They are
 // opened by pin path through package nodeagent/pins rather than through
 // package nodeagent, whose Kubernetes side would put client-go into every
 // ztunnel (binary size and memory); the map layouts are bpf/redirect's,
@@ -22,6 +23,7 @@ import (
 type kernelMaps struct {
 	origByTuple *pins.OrigDstTable
 	sockets     *ebpf.Map
+	ports       *ebpf.Map
 }
 
 func openKernelMaps(pinDir string) (*kernelMaps, error) {
@@ -34,11 +36,17 @@ func openKernelMaps(pinDir string) (*kernelMaps, error) {
 		orig.Close()
 		return nil, err
 	}
-	return &kernelMaps{origByTuple: orig, sockets: socks}, nil
+	ports, err := pins.OpenTunnelPorts(pinDir)
+	if err != nil {
+		orig.Close()
+		socks.Close()
+		return nil, fmt.Errorf("%w (a node agent older than this ztunnel?)", err)
+	}
+	return &kernelMaps{origByTuple: orig, sockets: socks, ports: ports}, nil
 }
 
 func (k *kernelMaps) Close() error {
-	return errors.Join(k.origByTuple.Close(), k.sockets.Close())
+	return errors.Join(k.origByTuple.Close(), k.sockets.Close(), k.ports.Close())
 }
 
 // origDst returns where an accepted redirected connection was going, keyed as
@@ -47,18 +55,29 @@ func (k *kernelMaps) origDst(c *net.TCPConn) (netip.AddrPort, error) {
 	return k.origByTuple.Conn(c)
 }
 
-// setListeners steers the netns's inbound connections to the tunnel: 15008
-// to hbone, any other port to inbound. Both must be non-MPTCP listeners in
-// the same netns; a listener that closes leaves the map by itself, and
-// inbound connections then fail (fail closed).
-func (k *kernelMaps) setListeners(hbone, inbound syscall.Conn) error {
+// podListeners are one tunnel generation's listeners in a pod's netns.
+type podListeners struct {
+	hbone, inbound syscall.Conn
+	// port4 and port6 are the outbound listeners' ports on 127.0.0.1 and
+	// [::1]; port6 is 0 when the pod has no IPv6 address.
+	port4, port6 uint16
+}
+
+// setListeners makes this tunnel the one the netns's connections reach:
+// inbound ones to HBONE (port 15008) or inbound (any other port), outbound
+// ones to 127.0.0.1:port4 / [::1]:port6. Each map update is atomic, inbound
+// first: a previous tunnel's listeners stop getting new connections but keep
+// what they queued. Both listeners must be non-MPTCP and in the same netns;
+// one that closes leaves the sockets map by itself, and inbound connections
+// then fail (fail closed). It returns the netns cookie.
+func (k *kernelMaps) setListeners(l podListeners) (uint64, error) {
 	var cookie uint64
 	for _, e := range []struct {
 		kind redirect.RedirectSockKind
 		conn syscall.Conn
 	}{
-		{redirect.RedirectSockKindSOCK_KIND_HBONE, hbone},
-		{redirect.RedirectSockKindSOCK_KIND_INBOUND, inbound},
+		{redirect.RedirectSockKindSOCK_KIND_HBONE, l.hbone},
+		{redirect.RedirectSockKindSOCK_KIND_INBOUND, l.inbound},
 	} {
 		err := pins.SetListener(k.sockets, e.kind, e.conn, func(c uint64) error {
 			if cookie != 0 && c != cookie {
@@ -68,8 +87,8 @@ func (k *kernelMaps) setListeners(hbone, inbound syscall.Conn) error {
 			return nil
 		})
 		if err != nil {
-			return fmt.Errorf("map %s: %w", redirect.RedirectMapSockets, err)
+			return 0, fmt.Errorf("map %s: %w", redirect.RedirectMapSockets, err)
 		}
 	}
-	return nil
+	return cookie, pins.SetOutboundPorts(k.ports, cookie, l.port4, l.port6)
 }

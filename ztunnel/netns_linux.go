@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -20,13 +21,19 @@ import (
 // bottleneck: connecting and all I/O happen on ordinary goroutines.
 type nsThread struct {
 	work chan func()
+	done chan struct{} // closed by stop
+	once sync.Once
 }
 
+// errThreadStopped: the pod's proxy is closing (a handler still running
+// after close, say, asked for a socket).
+var errThreadStopped = errors.New("pod netns thread stopped")
+
 func startNSThread(ns *os.File) (*nsThread, error) {
-	t := &nsThread{work: make(chan func())}
+	t := &nsThread{work: make(chan func()), done: make(chan struct{})}
 	errc := make(chan error, 1)
 	go func() {
-		// Never unlocked: when the channel closes the goroutine exits and
+		// Never unlocked: when stop is called the goroutine exits and
 		// the thread dies with it, instead of returning to the scheduler in
 		// the pod's netns. The main goroutine is locked to the main thread
 		// (cmd/ztunnel's init), so this is never the main thread.
@@ -36,8 +43,13 @@ func startNSThread(ns *os.File) (*nsThread, error) {
 			return
 		}
 		errc <- nil
-		for f := range t.work {
-			f()
+		for {
+			select {
+			case f := <-t.work:
+				f()
+			case <-t.done:
+				return
+			}
 		}
 	}()
 	if err := <-errc; err != nil {
@@ -46,14 +58,18 @@ func startNSThread(ns *os.File) (*nsThread, error) {
 	return t, nil
 }
 
-// do runs f in the netns.
+// do runs f in the netns, or fails once stop was called.
 func (t *nsThread) do(f func() error) error {
 	errc := make(chan error, 1)
-	t.work <- func() { errc <- f() }
+	select {
+	case t.work <- func() { errc <- f() }:
+	case <-t.done:
+		return errThreadStopped
+	}
 	return <-errc
 }
 
-func (t *nsThread) stop() { close(t.work) }
+func (t *nsThread) stop() { t.once.Do(func() { close(t.done) }) }
 
 // listen opens a TCP listener in the netns. Not multipath: a SOCKHASH
 // refuses MPTCP sockets (Go listens MPTCP by default since 1.24).

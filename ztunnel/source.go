@@ -50,18 +50,40 @@ type ZDSPods struct {
 	Path string
 	// Backoff between reconnects; zds.Client's default if zero.
 	Backoff time.Duration
-	Logger  *slog.Logger
+	// HandoverWait is how long the pods stay served once ctx ends, waiting
+	// for a successor to take them over (the agent then says this ztunnel
+	// was superseded: Run returns zds.ErrSuperseded); it no longer
+	// reconnects meanwhile. 0: Run returns when ctx ends.
+	HandoverWait time.Duration
+	Logger       *slog.Logger
 }
 
-// Run implements PodSource; it returns when ctx ends.
+// Run implements PodSource; it returns when ctx ends (see HandoverWait).
 func (z ZDSPods) Run(ctx context.Context, h PodHandler) error {
 	log := z.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	a := &zdsHandler{h: h, log: log, known: map[string]bool{}}
-	c := &zds.Client{Path: z.Path, Handler: a, Backoff: z.Backoff, Logger: log, OnConnect: a.connected}
-	return c.Run(ctx)
+	// The session outlives ctx by HandoverWait at most.
+	zctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		if z.HandoverWait > 0 {
+			log.Info("stopping: serving until a successor takes the pods over", "wait", z.HandoverWait)
+			t := time.NewTimer(z.HandoverWait)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				log.Info("no successor came; stopping")
+			case <-zctx.Done():
+			}
+		}
+		cancel()
+	})
+	defer stop()
+	c := &zds.Client{Path: z.Path, Handler: a, Backoff: z.Backoff, Logger: log, OnConnect: a.connected, NoReconnect: ctx.Done()}
+	return c.Run(zctx)
 }
 
 // zdsHandler adapts a PodHandler to zds.Handler. zds.Client calls it from

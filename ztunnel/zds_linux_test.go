@@ -16,6 +16,7 @@ import (
 	"github.com/warrenmesh/warren/internal/netns"
 	"github.com/warrenmesh/warren/internal/zds"
 	"github.com/warrenmesh/warren/nodeagent"
+	"github.com/warrenmesh/warren/nodeagent/pins"
 )
 
 // runTunnel starts a ztunnel with pods from src and waits until it is
@@ -145,7 +146,8 @@ func TestZDSHandOff(t *testing.T) {
 			t.Errorf("greeting %q, want the client pod's address", got)
 		}
 	}
-	// Redirected to 127.0.0.1:15001 with nothing listening: refused at once.
+	// Redirected to a port where no ztunnel listens any more (the last
+	// one's, or 15001): refused at once.
 	failsClosed := func(t *testing.T) {
 		t.Helper()
 		if got, err := n.exchange("client", netip.AddrPortFrom(outsiderIP, appPort)); err == nil {
@@ -231,8 +233,78 @@ func TestZDSHandOff(t *testing.T) {
 	t.Run("restarted ztunnel picks the pods up again", func(t *testing.T) {
 		stopTun()
 		failsClosed(t)
-		runTunnel(top, "ztunnel-2", cfg, src)
+		tun, _, _ = runTunnel(top, "ztunnel-2", cfg, src)
 		waitFor(t, "the new ztunnel's snapshot ack", srv.Connected)
+		works(t)
+	})
+	t.Run("a second ztunnel supersedes the first, which does not come back", func(t *testing.T) {
+		// A rollout's surge: the new ztunnel starts while the old one runs.
+		ports, err := pins.OpenTunnelPorts(cfg.PinDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ports.Close()
+		cookie, err := netns.Cookie(n.files["client"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := func() uint16 {
+			p, _, err := pins.OutboundPorts(ports, cookie)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}
+		before := port()
+		tun3, reg3, _ := runTunnel(top, "ztunnel-3", cfg, src)
+		waitFor(t, "the superseded ztunnel to let the pod go", func() bool { return !tun.served(client.UID) })
+		after := port()
+		if after == before {
+			t.Fatalf("outbound port still %d, the superseded ztunnel's", before)
+		}
+		// Its reconnects (20 ms backoff) would have come by now.
+		time.Sleep(300 * time.Millisecond)
+		if tun.served(client.UID) || !tun3.served(client.UID) || port() != after {
+			t.Fatalf("the superseded ztunnel took the pod back: it serves it: %v, the new one: %v, port %d (new %d)",
+				tun.served(client.UID), tun3.served(client.UID), port(), after)
+		}
+		works(t)
+		if counter(t, reg3, "warren_ztunnel_tcp_connections_opened_total", map[string]string{"direction": "outbound"}) == 0 {
+			t.Error("the new ztunnel carried no connection")
+		}
+		// Deltas go to the new one.
+		if err := srv.DeletePod(ctx, client.UID); err != nil {
+			t.Fatal(err)
+		}
+		if tun3.served(client.UID) {
+			t.Fatal("pod still served after its delete was acked")
+		}
+		failsClosed(t)
+		if err := srv.AddPod(ctx, client, n.path("client")); err != nil {
+			t.Fatal(err)
+		}
+		works(t)
+	})
+	t.Run("a stopping ztunnel serves until a successor takes over", func(t *testing.T) {
+		waiting := src
+		waiting.HandoverWait = 10 * time.Second
+		tun4, _, stop4 := runTunnel(top, "ztunnel-4", cfg, waiting)
+		waitFor(t, "ztunnel-4 to serve the pod", func() bool { return tun4.served(client.UID) })
+		stopped := make(chan time.Duration, 1)
+		start := time.Now()
+		go func() { stop4(); stopped <- time.Since(start) }()
+		time.Sleep(200 * time.Millisecond)
+		if !tun4.served(client.UID) {
+			t.Fatal("the stopping ztunnel let its pod go with no successor")
+		}
+		works(t)
+		runTunnel(top, "ztunnel-5", cfg, src)
+		select {
+		case d := <-stopped:
+			t.Logf("the stopping ztunnel returned %v after its context ended", d.Round(time.Millisecond))
+		case <-time.After(5 * time.Second):
+			t.Fatal("the stopping ztunnel still runs after its successor took over")
+		}
 		works(t)
 	})
 }

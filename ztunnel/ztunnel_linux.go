@@ -13,15 +13,26 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/warrenmesh/warren/internal/hbone"
 	"github.com/warrenmesh/warren/internal/identity"
+	"github.com/warrenmesh/warren/internal/zds"
+	"github.com/warrenmesh/warren/nodeagent/pins"
 )
 
-// Pod ports of the tunnel.
+// Pod ports of the tunnel, as the pods' connections see them. Since
+// listener handover, no tunnel listens on them: each tunnel generation
+// listens on ports of its own (127.0.0.1:0 and [::1]:0 for outbound, :0 for
+// inbound and HBONE) and tells the kernel (kernelMaps.setListeners), which
+// steers connections to the pod's 15006 and 15008 by socket, and its
+// redirected outbound connections to the current generation's port (15001
+// when there is none: refused, fail closed).
 const (
 	OutboundPort = 15001
 	InboundPort  = 15006
@@ -39,6 +50,10 @@ type Options struct {
 	// configuration has none for (the controller's CA, see ControlPlane);
 	// the tunnel renews it at half its lifetime.
 	Sign SignFunc
+	// DrainGrace is how long the pods' listeners and connections are kept
+	// once Run's context ends or another ztunnel took over the pods (see
+	// podProxy.drain): 0 closes them at once.
+	DrainGrace time.Duration
 }
 
 // Tunnel is a running ztunnel.
@@ -57,6 +72,8 @@ type Tunnel struct {
 	certs    map[identity.ID]*identity.CertSource
 	loadCert func(identity.ID) (*identity.CertSource, error)
 	kernel   *kernelMaps
+	grace    time.Duration
+	drains   sync.WaitGroup // pods replaced while Run serves
 
 	ready  atomic.Bool
 	mu     sync.Mutex
@@ -92,7 +109,7 @@ func New(cfg *Config, o Options) (*Tunnel, error) {
 	t := &Tunnel{
 		cfg: cfg, log: o.Logger.With("node", cfg.Node), reg: o.Registry, metrics: m, pods: o.Pods,
 		roots: identity.NewRoots(pool), certs: certs, loadCert: loadCert, active: map[string]*podProxy{},
-		sign: o.Sign, runCtx: context.Background(),
+		sign: o.Sign, runCtx: context.Background(), grace: o.DrainGrace,
 	}
 	t.st.Store(NewState(cfg))
 	if o.Sign != nil {
@@ -110,7 +127,12 @@ func New(cfg *Config, o Options) (*Tunnel, error) {
 // state is the mesh view in force.
 func (t *Tunnel) state() *State { return t.st.Load() }
 
-// Run serves until ctx ends, then closes every listener and connection.
+
+// Run serves until ctx ends, then drains (Options.DrainGrace) and closes
+// every listener and connection. When the node agent says another ztunnel
+// took over the pods (a rollout's new pod), it drains the same way, then
+// waits, serving nothing, until ctx ends: were it to exit, it would be
+// restarted and take the pods back.
 func (t *Tunnel) Run(ctx context.Context) error {
 	var err error
 	if t.kernel, err = openKernelMaps(t.cfg.PinDir); err != nil {
@@ -131,12 +153,26 @@ func (t *Tunnel) Run(ctx context.Context) error {
 	}()
 	err = t.pods.Run(ctx, t)
 	t.ready.Store(false)
+	superseded := errors.Is(err, zds.ErrSuperseded)
+	if superseded {
+		t.log.Info("another ztunnel took over the pods, draining", "grace", t.grace)
+		err = nil
+	} else if t.grace > 0 {
+		t.log.Info("stopping, draining", "grace", t.grace)
+	}
 	t.mu.Lock()
 	pods := t.active
 	t.active = map[string]*podProxy{}
 	t.mu.Unlock()
+	var wg sync.WaitGroup
 	for _, p := range pods {
-		p.close()
+		wg.Go(func() { p.drain(t.grace) })
+	}
+	wg.Wait()
+	t.drains.Wait()
+	if superseded {
+		t.log.Info("drained; waiting to be stopped")
+		<-ctx.Done()
 	}
 	t.log.Info("ztunnel stopped")
 	return err
@@ -154,11 +190,16 @@ func (t *Tunnel) Synced() {
 func (t *Tunnel) AddPod(ctx context.Context, pod LocalPod) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if old := t.active[pod.UID]; old != nil {
-		old.close()
-		delete(t.active, pod.UID)
-	}
+	old := t.active[pod.UID]
+	delete(t.active, pod.UID)
 	p, err := t.startPod(ctx, pod)
+	if old != nil {
+		// The new proxy has taken the pod's listeners over (or failed to:
+		// then the pod fails closed): the old one drains as a whole
+		// tunnel would, so a replay of the pods (the agent restarted)
+		// drops no connection.
+		t.drains.Go(func() { old.drain(t.grace) })
+	}
 	if err != nil {
 		return fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
@@ -190,6 +231,7 @@ type podProxy struct {
 	ctx       context.Context
 	cancel    context.CancelFunc
 	listeners []net.Listener
+	ports     map[uint16]bool // the listeners' own ports, which no steered connection has
 	wg        sync.WaitGroup
 	connsMu   sync.Mutex
 	conns     map[net.Conn]struct{}
@@ -270,7 +312,8 @@ func (t *Tunnel) startPod(ctx context.Context, pod LocalPod) (_ *podProxy, err e
 		return nil, err
 	}
 	pctx, cancel := context.WithCancel(context.Background())
-	p := &podProxy{t: t, pod: sp, log: t.log.With("pod", sp.Namespace+"/"+sp.Name), ns: th, ctx: pctx, cancel: cancel, conns: map[net.Conn]struct{}{}}
+	p := &podProxy{t: t, pod: sp, log: t.log.With("pod", sp.Namespace+"/"+sp.Name), ns: th, ctx: pctx, cancel: cancel,
+		conns: map[net.Conn]struct{}{}, ports: map[uint16]bool{}}
 	defer func() {
 		if err != nil {
 			p.close()
@@ -299,37 +342,47 @@ func (t *Tunnel) startPod(ctx context.Context, pod LocalPod) (_ *podProxy, err e
 	}
 	p.srv = &hbone.Server{TLSConfig: srvTLS, Handler: p.inboundHBONE, Logger: p.log, Limits: t.cfg.HBONE, IdleTimeout: hbone.DefaultIdleTimeout, OnStreamDone: p.inboundDone}
 
-	out4, err := th.listen("tcp4", fmt.Sprintf("127.0.0.1:%d", OutboundPort))
-	if err != nil {
+	// Ports of this generation's own (see OutboundPort): another ztunnel
+	// may still listen in the pod, draining.
+	listen := func(network, addr string) (*net.TCPListener, uint16, error) {
+		ln, err := th.listen(network, addr)
+		if err != nil {
+			return nil, 0, err
+		}
+		p.listeners = append(p.listeners, ln)
+		port := uint16(ln.Addr().(*net.TCPAddr).Port)
+		p.ports[port] = true
+		return ln, port, nil
+	}
+	var pl podListeners
+	if _, pl.port4, err = listen("tcp4", "127.0.0.1:0"); err != nil {
 		return nil, fmt.Errorf("outbound listener: %w", err)
 	}
-	p.listeners = append(p.listeners, out4)
 	if slices.ContainsFunc(sp.IPs, func(a netip.Addr) bool { return a.Is6() && !a.Is4In6() }) {
-		out6, err := th.listen("tcp6", fmt.Sprintf("[::1]:%d", OutboundPort))
-		if err != nil {
+		if _, pl.port6, err = listen("tcp6", "[::1]:0"); err != nil {
 			return nil, fmt.Errorf("outbound listener: %w", err)
 		}
-		p.listeners = append(p.listeners, out6)
 	}
-	in, err := th.listen("tcp", fmt.Sprintf(":%d", InboundPort))
+	in, _, err := listen("tcp", ":0")
 	if err != nil {
 		return nil, fmt.Errorf("inbound listener: %w", err)
 	}
-	p.listeners = append(p.listeners, in)
-	hb, err := th.listen("tcp", fmt.Sprintf(":%d", hbone.Port))
+	hb, _, err := listen("tcp", ":0")
 	if err != nil {
 		return nil, fmt.Errorf("hbone listener: %w", err)
 	}
-	p.listeners = append(p.listeners, hb)
-	if err := t.kernel.setListeners(hb, in); err != nil {
-		return nil, fmt.Errorf("register listeners: %w", err)
-	}
+	pl.inbound, pl.hbone = in, hb
+	// Serving first: the switch below sends connections here at once.
 	for _, ln := range p.listeners[:len(p.listeners)-2] {
 		p.serve(ln, p.outbound)
 	}
 	p.serve(in, p.inboundPlain)
 	p.wg.Go(func() { p.srv.Serve(hb) })
-	p.log.Info("pod served", "uid", sp.UID, "identity", sp.Identity(), "mode", t.state().modeOf(sp))
+	if _, err := t.kernel.setListeners(pl); err != nil {
+		return nil, fmt.Errorf("register listeners: %w", err)
+	}
+	p.log.Info("pod served", "uid", sp.UID, "identity", sp.Identity(), "mode", t.state().modeOf(sp),
+		"outbound_port", pl.port4, "outbound_port6", pl.port6, "inbound", in.Addr(), "hbone", hb.Addr())
 	return p, nil
 }
 
@@ -365,6 +418,77 @@ func (p *podProxy) track(c net.Conn, add bool) {
 	} else if p.conns != nil {
 		delete(p.conns, c)
 	}
+}
+
+// drainPoll is how often drain looks at accept queues and connections.
+const drainPoll = 20 * time.Millisecond
+
+// drain stops the pod's proxy within grace without dropping what it
+// accepted. By the time it runs, another tunnel generation has usually
+// taken over the pod's listeners in the kernel (or, without a successor,
+// new connections are to fail): so HBONE clients are sent GOAWAY (their next
+// streams open new connections, which reach the current generation), the
+// listeners keep accepting until their queues are empty, then close, and
+// the open connections get the rest of grace to finish before close ends
+// them.
+func (p *podProxy) drain(grace time.Duration) {
+	if grace <= 0 {
+		p.close()
+		return
+	}
+	deadline := time.Now().Add(grace)
+	p.srv.Drain()
+	// Connections already in an accept queue were steered here before the
+	// switch; give them to the accept loops. Queues are checked over two
+	// polls, so that a handshake completing between them is not lost.
+	for empty := 0; empty < 2 && time.Now().Before(deadline); {
+		time.Sleep(drainPoll)
+		if p.queued() == 0 {
+			empty++
+		} else {
+			empty = 0
+		}
+	}
+	for _, ln := range p.listeners {
+		ln.Close()
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	p.srv.Shutdown(ctx) // waits for the HBONE streams
+	for time.Now().Before(deadline) {
+		p.connsMu.Lock()
+		n := len(p.conns)
+		p.connsMu.Unlock()
+		if n == 0 {
+			break
+		}
+		time.Sleep(drainPoll)
+	}
+	p.connsMu.Lock()
+	left := len(p.conns)
+	p.connsMu.Unlock()
+	p.log.Info("pod drained", "uid", p.pod.UID, "connections_cut", left)
+	p.close()
+}
+
+// queued counts the connections waiting in the listeners' accept queues
+// (TCP_INFO of a listener: tcpi_unacked is its accept queue's length).
+func (p *podProxy) queued() int {
+	n := 0
+	for _, ln := range p.listeners {
+		sc, ok := ln.(syscall.Conn)
+		if !ok {
+			continue
+		}
+		_ = pins.WithFD(sc, func(fd int) error {
+			info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+			if err == nil {
+				n += int(info.Unacked)
+			}
+			return err
+		})
+	}
+	return n
 }
 
 func (p *podProxy) close() {
@@ -433,7 +557,7 @@ func (p *podProxy) outbound(c *net.TCPConn) {
 // the policy must allow the peer, then it dials the app from inside the pod.
 func (p *podProxy) inboundHBONE(ctx context.Context, req *hbone.Request) (net.Conn, error) {
 	t := p.t
-	if !slices.Contains(p.pod.IPs, req.Authority.Addr()) {
+	if !slices.Contains(p.pod.IPs, req.Authority.Addr()) || p.ports[req.Authority.Port()] {
 		t.metrics.refused.WithLabelValues("inbound", "authority").Inc()
 		return nil, hbone.Forbidden(fmt.Errorf("%v is not this pod", req.Authority))
 	}
@@ -470,6 +594,12 @@ func (p *podProxy) inboundPlain(c *net.TCPConn) {
 	t := p.t
 	dst, err := netip.ParseAddrPort(c.LocalAddr().String())
 	if err != nil {
+		return
+	}
+	if p.ports[dst.Port()] {
+		// Not steered here by sk_lookup but dialed at the listener's own
+		// port (from the pod, or the node): it would dial itself.
+		t.metrics.refused.WithLabelValues("inbound", "not_steered").Inc()
 		return
 	}
 	d := Authorize(t.state(), p.pod, Inbound{Port: dst.Port(), Plaintext: true})

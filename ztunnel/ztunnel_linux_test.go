@@ -310,7 +310,7 @@ func TestTwoNodes(t *testing.T) {
 	// Everything between the nodes is captured; no test payload may appear.
 	pcap := filepath.Join(dir, "link.pcap")
 	dump := exec.Command("ip", "netns", "exec", n.names["node1"], "tcpdump", "-i", "to-node2", "-U", "--immediate-mode", "-s", "0", "-w", pcap, "tcp")
-	var dumpErr bytes.Buffer
+	var dumpErr syncBuffer // tcpdump writes it while the test reads it
 	dump.Stderr = &dumpErr
 	if err := dump.Start(); err != nil {
 		t.Fatal(err)

@@ -6,4 +6,4 @@
 // clang. Loading, attaching and pinning live in package nodeagent.
 package redirect
 
-//go:generate go tool bpf2go -target bpfel -type pod_info -type ip -type addr -type tuple -type sock_key -type sock_kind -type node_ip Redirect redirect.c -- -O2 -Wall -Werror -I../include
+//go:generate go tool bpf2go -target bpfel -type pod_info -type ip -type addr -type tuple -type sock_key -type sock_kind -type node_ip -type outbound_ports Redirect redirect.c -- -O2 -Wall -Werror -I../include

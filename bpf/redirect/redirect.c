@@ -8,7 +8,9 @@
 // the machine (and every "node" sharing this kernel) goes through.
 //
 //   cgroup/connect4, cgroup/connect6  outbound TCP of an enrolled pod goes to
-//                                     the tunnel on 127.0.0.1:15001 / [::1]:15001;
+//                                     the current tunnel's listener on 127.0.0.1
+//                                     / [::1], at the port `tunnel_ports` gives
+//                                     for the netns (15001 without an entry);
 //                                     the original destination is kept by socket cookie
 //   sockops                           at ACTIVE_ESTABLISHED the original destination
 //                                     moves to a (netns, 4-tuple) key the tunnel can
@@ -127,6 +129,22 @@ struct {
 	__type(value, __u8);
 } node_ips SEC(".maps");
 
+// The current tunnel's outbound listener ports in a pod's netns, host order.
+// Each tunnel generation listens on ports of its own; writing its entry
+// switches the pod's new connections to it at once, while the previous
+// generation still accepts what was already queued for it.
+struct outbound_ports {
+	__u16 port4; // on 127.0.0.1
+	__u16 port6; // on [::1]; 0 when the pod has no IPv6 address
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_PODS);
+	__type(key, __u64);
+	__type(value, struct outbound_ports);
+} tunnel_ports SEC(".maps");
+
 // Original destination by socket cookie, from connect() to ACTIVE_ESTABLISHED.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -192,6 +210,18 @@ static __always_inline int is_tunnel(struct bpf_sock_addr *ctx)
 	return tunnel_mark != 0 && sk && sk->mark == tunnel_mark;
 }
 
+// The port the current tunnel listens on for this netns: without an entry,
+// 15001, where no tunnel listens any more, so the connection is refused
+// (fail closed).
+static __always_inline __u16 outbound_port(__u64 netns, int v6)
+{
+	struct outbound_ports *p = bpf_map_lookup_elem(&tunnel_ports, &netns);
+	if (!p)
+		return PORT_OUTBOUND;
+	__u16 port = v6 ? p->port6 : p->port4;
+	return port ? port : PORT_OUTBOUND;
+}
+
 static __always_inline void set_v4(__u32 ip6[4], __u32 ip4)
 {
 	ip6[0] = 0;
@@ -225,7 +255,7 @@ int warren_connect4(struct bpf_sock_addr *ctx)
 		return 0;
 	}
 	ctx->user_ip4 = bpf_htonl(0x7f000001);
-	ctx->user_port = bpf_htons(PORT_OUTBOUND);
+	ctx->user_port = bpf_htons(outbound_port(netns, 0));
 	count(PROG_CONNECT4, ACTION_REDIRECTED);
 	return 1;
 }
@@ -276,7 +306,7 @@ int warren_connect6(struct bpf_sock_addr *ctx)
 		ctx->user_ip6[2] = 0;
 		ctx->user_ip6[3] = bpf_htonl(1);
 	}
-	ctx->user_port = bpf_htons(PORT_OUTBOUND);
+	ctx->user_port = bpf_htons(outbound_port(netns, !mapped));
 	count(PROG_CONNECT6, ACTION_REDIRECTED);
 	return 1;
 }
@@ -359,25 +389,37 @@ int warren_sockops(struct bpf_sock_ops *skops)
 		break;
 	}
 
-	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: {
 		// The tunnel's side of a redirected connection: its close ends
 		// the entry's life (not the client's, which may close first
-		// while its data still waits in the tunnel's accept queue).
-		if (skops->local_port == PORT_OUTBOUND)
+		// while its data still waits in the tunnel's accept queue). It
+		// is told by its entry, not by its port: every tunnel generation
+		// listens on ports of its own, and an old one's connections
+		// outlive its entry in tunnel_ports. Redirected connections are
+		// on loopback; others pay no lookup.
+		struct addr local = {};
+		struct addr remote = {};
+		sockops_addrs(skops, &local, &remote);
+		if (!is_loopback6(local.ip6))
+			break;
+		key.src = remote;
+		key.dst = local;
+		if (bpf_map_lookup_elem(&orig_by_tuple, &key))
 			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
 								BPF_SOCK_OPS_STATE_CB_FLAG);
 		break;
+	}
 
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] != BPF_TCP_CLOSE)
 			break;
-		if (skops->local_port == PORT_OUTBOUND) {
-			sockops_addrs(skops, &key.dst, &key.src);
-			bpf_map_delete_elem(&orig_by_tuple, &key);
-		} else {
-			cookie = bpf_get_socket_cookie(skops);
-			bpf_map_delete_elem(&orig_by_cookie, &cookie);
-		}
+		// Either the tunnel's side of a redirected connection (its
+		// entry by tuple) or a client socket that never got established
+		// (its entry by cookie): the other key matches nothing.
+		sockops_addrs(skops, &key.dst, &key.src);
+		bpf_map_delete_elem(&orig_by_tuple, &key);
+		cookie = bpf_get_socket_cookie(skops);
+		bpf_map_delete_elem(&orig_by_cookie, &cookie);
 		break;
 	}
 	return 1;

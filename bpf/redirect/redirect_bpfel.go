@@ -31,6 +31,12 @@ type RedirectNodeIp struct {
 	Ip    RedirectIp
 }
 
+type RedirectOutboundPorts struct {
+	_     structs.HostLayout
+	Port4 uint16
+	Port6 uint16
+}
+
 type RedirectPodInfo struct {
 	_   structs.HostLayout
 	Ip4 uint32
@@ -70,6 +76,7 @@ const (
 	RedirectMapOrigByTuple     = "orig_by_tuple"
 	RedirectMapPodIps          = "pod_ips"
 	RedirectMapSockets         = "sockets"
+	RedirectMapTunnelPorts     = "tunnel_ports"
 	RedirectProgWarrenConnect4 = "warren_connect4"
 	RedirectProgWarrenConnect6 = "warren_connect6"
 	RedirectProgWarrenSkLookup = "warren_sk_lookup"
@@ -136,6 +143,7 @@ type RedirectMapSpecs struct {
 	OrigByTuple  *ebpf.MapSpec `ebpf:"orig_by_tuple"`
 	PodIps       *ebpf.MapSpec `ebpf:"pod_ips"`
 	Sockets      *ebpf.MapSpec `ebpf:"sockets"`
+	TunnelPorts  *ebpf.MapSpec `ebpf:"tunnel_ports"`
 }
 
 // RedirectVariableSpecs contains global variables before they are loaded into the kernel.
@@ -172,6 +180,7 @@ type RedirectMaps struct {
 	OrigByTuple  *ebpf.Map `ebpf:"orig_by_tuple"`
 	PodIps       *ebpf.Map `ebpf:"pod_ips"`
 	Sockets      *ebpf.Map `ebpf:"sockets"`
+	TunnelPorts  *ebpf.Map `ebpf:"tunnel_ports"`
 }
 
 func (m *RedirectMaps) Close() error {
@@ -183,6 +192,7 @@ func (m *RedirectMaps) Close() error {
 		m.OrigByTuple,
 		m.PodIps,
 		m.Sockets,
+		m.TunnelPorts,
 	)
 }
 

@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -60,6 +61,8 @@ func runArgs(ctx context.Context, args []string) error {
 	fs.String("node-name", "", "this node's name; overrides the file")
 	fs.String("trust-domain", "", "SPIFFE trust domain; overrides the file, default cluster.local")
 	fs.String("non-mesh", "", "outbound to destinations outside the mesh: passthrough or refuse; overrides the file")
+	fs.Duration("drain-grace", 5*time.Second, "on SIGTERM, or when a new ztunnel took over the pods, how long the pods' open connections may take to finish before they are cut (the new ztunnel gets the new ones at once); --handover-wait plus --drain-grace must stay below the pod's terminationGracePeriodSeconds")
+	fs.Duration("handover-wait", 10*time.Second, "on SIGTERM, how long to keep serving the pods (node agent mode) until a new ztunnel takes them over, before draining; the old one no longer reconnects to the agent meanwhile")
 	fs.Int("max-procs", 0, "Go scheduler threads (GOMAXPROCS); 0 keeps Go's default, one per CPU")
 	v, log, err := flagenv.Parse(fs, args, "ZTUNNEL")
 	if err != nil {
@@ -107,9 +110,16 @@ func runArgs(ctx context.Context, args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	opts := ztunnel.Options{Logger: log, Registry: reg}
+	opts := ztunnel.Options{Logger: log, Registry: reg, DrainGrace: v.GetDuration("drain-grace")}
+	if opts.DrainGrace < 0 {
+		return fmt.Errorf("--drain-grace %v: must not be negative", opts.DrainGrace)
+	}
 	if len(cfg.Pods) == 0 {
-		opts.Pods = ztunnel.ZDSPods{Path: v.GetString("zds-socket"), Logger: log.With("component", "zds")}
+		wait := v.GetDuration("handover-wait")
+		if wait < 0 {
+			return fmt.Errorf("--handover-wait %v: must not be negative", wait)
+		}
+		opts.Pods = ztunnel.ZDSPods{Path: v.GetString("zds-socket"), HandoverWait: wait, Logger: log.With("component", "zds")}
 		log.Info("local pods from the node agent", "socket", v.GetString("zds-socket"))
 	} else {
 		log.Info("local pods from the configuration (static mode)", "pods", len(cfg.Pods))

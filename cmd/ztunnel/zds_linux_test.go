@@ -18,6 +18,7 @@ import (
 	"github.com/warrenmesh/warren/internal/netns/netnstest"
 	"github.com/warrenmesh/warren/internal/zds"
 	"github.com/warrenmesh/warren/nodeagent"
+	"github.com/warrenmesh/warren/nodeagent/pins"
 	"github.com/warrenmesh/warren/ztunnel"
 )
 
@@ -95,7 +96,7 @@ func TestZDSMode(t *testing.T) {
 	readyAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	done := make(chan error, 1)
 	go func() {
-		done <- runArgs(ctx, []string{"--config", cfgFile, "--zds-socket", sock,
+		done <- runArgs(ctx, []string{"--config", cfgFile, "--zds-socket", sock, "--handover-wait", "0",
 			"--admin-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--ready-addr", readyAddr})
 	}()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
@@ -121,15 +122,29 @@ func TestZDSMode(t *testing.T) {
 			t.Fatal("the agent never got the snapshot's ack")
 		}
 	}
-	// The pod's outbound listener is open inside its netns.
+	// The pod's outbound listener is open inside its netns, at the port
+	// the ztunnel wrote for it in tunnel_ports.
+	ports, err := pins.OpenTunnelPorts(filepath.Join(bpffs, "warren", "cmdtest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ports.Close()
+	cookie, err := netns.Cookie(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port4, _, err := pins.OutboundPorts(ports, cookie)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := netns.Do(ns, func() error {
-		c, err := net.DialTimeout("tcp4", "127.0.0.1:15001", time.Second)
+		c, err := net.DialTimeout("tcp4", fmt.Sprintf("127.0.0.1:%d", port4), time.Second)
 		if err == nil {
 			c.Close()
 		}
 		return err
 	}); err != nil {
-		t.Errorf("the pod's 15001 listener: %v", err)
+		t.Errorf("the pod's outbound listener: %v", err)
 	}
 	cancel()
 	select {

@@ -502,6 +502,65 @@ func TestShutdownGoAway(t *testing.T) {
 	}
 }
 
+// TestDrain: a draining server keeps its open streams and keeps accepting,
+// but every connection gets GOAWAY (one accepted while draining, at its
+// first stream), so clients take each next stream elsewhere; connections
+// close once idle.
+func TestDrain(t *testing.T) {
+	m := newMesh(t, meshOptions{})
+	echo := echoServer(t)
+	s1, err := m.dial(echo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.srv.Drain()
+	time.Sleep(50 * time.Millisecond) // the GOAWAY reaches the pool
+	roundTrip := func(s *Stream, what string) {
+		t.Helper()
+		s.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := s.Write([]byte(what)); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		buf := make([]byte, len(what))
+		if _, err := io.ReadFull(s, buf); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	roundTrip(s1, "open before the drain")
+	var streams []*Stream
+	for i := range 3 {
+		s, err := m.dial(echo)
+		if err != nil {
+			t.Fatalf("stream %d while draining: %v", i, err)
+		}
+		streams = append(streams, s)
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, s := range streams {
+		roundTrip(s, "opened while draining")
+	}
+	// Each stream after the drain began came on a connection of its own.
+	conns := map[string]bool{}
+	for _, r := range m.requests() {
+		conns[r.RemoteAddr.String()] = true
+	}
+	if len(conns) != 4 {
+		t.Errorf("4 streams came on %d connections, want 4", len(conns))
+	}
+	s1.Close()
+	for _, s := range streams {
+		s.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := m.srv.Shutdown(ctx); err != nil {
+		t.Errorf("connections still open after their streams ended: %v", err)
+	}
+	if n := len(m.requests()); n != 4 {
+		t.Errorf("%d requests, want 4", n)
+	}
+}
+
 // TestPoolKeys: streams share a connection only under the same key, and the
 // server sees the source identity of the key's certificate.
 func TestPoolKeys(t *testing.T) {

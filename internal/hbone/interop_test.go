@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -68,6 +69,9 @@ func testGoClient(t *testing.T, m *mesh, hc *http.Client) {
 			}
 			req.Host = echo // the :authority
 			req.Header.Set("traceparent", fmt.Sprintf("00-%032x-%016x-01", i+1, i+1))
+			// W3C baggage, split over two field lines as a proxy may leave it.
+			req.Header.Add("baggage", fmt.Sprintf("tunnel=%d", i))
+			req.Header.Add("baggage", "tenant=acme;ttl=30")
 			resp, err := hc.Do(req)
 			if err != nil {
 				errs <- fmt.Errorf("tunnel %d: %w", i, err)
@@ -96,7 +100,17 @@ func testGoClient(t *testing.T, m *mesh, hc *http.Client) {
 	}
 	traces := map[string]bool{}
 	for _, r := range m.requests() {
-		traces[r.Header.Get("traceparent")] = true
+		tp := r.Header.Get("traceparent")
+		traces[tp] = true
+		var i int
+		if _, err := fmt.Sscanf(tp, "00-%032x-", &i); err != nil {
+			t.Errorf("traceparent %q: %v", tp, err)
+			continue
+		}
+		want := []string{fmt.Sprintf("tunnel=%d", i-1), "tenant=acme;ttl=30"}
+		if got := r.Header.Values("baggage"); !slices.Equal(got, want) {
+			t.Errorf("tunnel %d: baggage %q, want %q", i-1, got, want)
+		}
 	}
 	if len(traces) != tunnels {
 		t.Errorf("handler saw %d distinct traceparents, want %d", len(traces), tunnels)

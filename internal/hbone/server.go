@@ -88,6 +88,7 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
 	closing   bool
+	draining  bool
 	wg        sync.WaitGroup
 }
 
@@ -203,7 +204,17 @@ func (srv *Server) ServeConn(nc net.Conn) {
 	c := newConn(tc, raw, lim, true, log)
 	c.peer = peer
 	c.idleTimeout = srv.IdleTimeout
-	c.newStream = func(s *Stream, mh *http2.MetaHeadersFrame) { srv.handleStream(c, s, mh) }
+	c.newStream = func(s *Stream, mh *http2.MetaHeadersFrame) {
+		srv.mu.Lock()
+		draining := srv.draining
+		srv.mu.Unlock()
+		if draining {
+			// Accepted while draining (it was queued): this stream is
+			// served, the client's next ones go elsewhere.
+			c.goAway(http2.ErrCodeNo, "draining")
+		}
+		srv.handleStream(c, s, mh)
+	}
 	srv.mu.Lock()
 	if srv.closing {
 		srv.mu.Unlock()
@@ -402,6 +413,24 @@ func (srv *Server) Close() error {
 	}
 	srv.wg.Wait()
 	return nil
+}
+
+// Drain sends GOAWAY on every connection, and on each one accepted from
+// now on at its first stream, so that clients open their next streams on a
+// new connection while the open ones finish. Serve keeps accepting: a
+// listener that is no longer the one new connections reach (a tunnel being
+// replaced) still empties its accept queue. Shutdown or Close end it.
+func (srv *Server) Drain() {
+	srv.mu.Lock()
+	srv.draining = true
+	conns := make([]*conn, 0, len(srv.conns))
+	for c := range srv.conns {
+		conns = append(conns, c)
+	}
+	srv.mu.Unlock()
+	for _, c := range conns {
+		c.goAway(http2.ErrCodeNo, "draining")
+	}
 }
 
 // Shutdown stops accepting, sends GOAWAY on every connection and waits for

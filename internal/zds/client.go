@@ -34,11 +34,17 @@ type Client struct {
 	// sent, before the first message of its snapshot: a handler that must
 	// tell a snapshot's pods from those it had can start counting there.
 	OnConnect func()
+	// NoReconnect, once closed, makes the current connection the last: Run
+	// returns nil when it ends instead of connecting again. A stopping
+	// ztunnel closes it and keeps serving until the agent supersedes it (a
+	// successor took the pods over) or its own deadline ends ctx. Nil: never.
+	NoReconnect <-chan struct{}
 }
 
 // Run connects to the agent and applies its messages until ctx ends,
 // reconnecting (and so getting a full snapshot again) whenever the
-// connection is lost.
+// connection is lost, except when the agent said another ztunnel superseded
+// this one: Run then returns ErrSuperseded.
 func (c *Client) Run(ctx context.Context) error {
 	log := c.Logger
 	if log == nil {
@@ -54,12 +60,24 @@ func (c *Client) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		if errors.Is(err, ErrSuperseded) {
+			log.Info("another ztunnel took over the pods; not reconnecting")
+			return err
+		}
+		select {
+		case <-c.NoReconnect:
+			log.Info("agent connection ended; stopping, not reconnecting", "err", err)
+			return nil
+		default:
+		}
 		if served {
 			wait = backoff
 		}
 		log.Warn("agent connection lost, reconnecting", "err", err, "in", wait)
 		select {
 		case <-ctx.Done():
+			return nil
+		case <-c.NoReconnect:
 			return nil
 		case <-time.After(wait):
 		}
@@ -90,6 +108,10 @@ func (c *Client) session(ctx context.Context) (served bool, err error) {
 		m, files, err := recv(conn)
 		if err != nil {
 			return served, err
+		}
+		if m.Type == TypeSuperseded {
+			closeAll(files)
+			return served, ErrSuperseded
 		}
 		served = true
 		herr := c.apply(ctx, m, files)

@@ -67,7 +67,8 @@ func Listen(path string, opts ServerOptions) (*Server, error) {
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
 // Serve accepts ztunnel connections until Close or ctx ends. Each new one
-// replaces the previous and gets the full snapshot.
+// gets the full snapshot, then replaces the previous, which is told it was
+// superseded (see the package documentation).
 func (s *Server) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { s.Close() })
 	defer stop()
@@ -105,10 +106,6 @@ func (s *Server) handshake(c *net.UnixConn) {
 		c.Close()
 		return
 	}
-	if s.conn != nil {
-		s.conn.Close()
-		s.conn = nil
-	}
 	uids := make([]string, 0, len(s.pods))
 	for uid := range s.pods {
 		uids = append(uids, uid)
@@ -128,6 +125,15 @@ func (s *Server) handshake(c *net.UnixConn) {
 		s.log.Warn("ztunnel snapshot failed", "err", err)
 		c.Close()
 		return
+	}
+	if s.conn != nil {
+		// The new ztunnel holds every pod's listeners now: the previous
+		// one must not come back for them.
+		_ = s.conn.SetDeadline(time.Now().Add(s.opts.AckTimeout))
+		if err := send(s.conn, Message{Type: TypeSuperseded}, nil); err != nil {
+			s.log.Info("previous ztunnel not told it was superseded", "err", err)
+		}
+		s.conn.Close()
 	}
 	s.conn = c
 	s.log.Info("ztunnel connected, snapshot sent", "pods", len(uids))

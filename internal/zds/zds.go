@@ -12,13 +12,21 @@
 //	agent → ztunnel   {"type":"snapshot-sent"}                 end of the snapshot
 //	agent → ztunnel   {"type":"delete","uid":"..."}            delta
 //	ztunnel → agent   {"type":"ack"} / {"type":"ack","error":"..."}   one per agent message
+//	agent → ztunnel   {"type":"superseded"}                   no ack; the connection then closes
 //
 // On every connection the agent replays the full set of enrolled pods, then
 // snapshot-sent: the ztunnel drops the pods it had that the snapshot did not
 // name. After that come deltas; an add for a known pod replaces it (a new
 // sandbox). The agent sends one message at a time and waits for its ack; an
-// ack with an error is a refusal the agent reports to its caller. A new
-// connection replaces the previous one (a restarted ztunnel).
+// ack with an error is a refusal the agent reports to its caller.
+//
+// A new connection replaces the previous one (a restarted ztunnel, or a new
+// one started next to it during a rollout), once its snapshot is acked: by
+// then the new ztunnel has taken over every pod's listeners. The previous
+// connection, if still there, then gets superseded and is closed: its
+// ztunnel must not connect again (it would take the pods back), but drains
+// and waits to be stopped. A snapshot that fails leaves the previous
+// connection in place.
 package zds
 
 import (
@@ -48,6 +56,7 @@ const (
 	TypeDelete       = "delete"
 	TypeSnapshotSent = "snapshot-sent"
 	TypeAck          = "ack"
+	TypeSuperseded   = "superseded"
 )
 
 // Pod is an enrolled pod as the ztunnel needs it.
@@ -72,6 +81,10 @@ type Message struct {
 	UID     string `json:"uid,omitempty"`     // delete
 	Error   string `json:"error,omitempty"`   // ack
 }
+
+// ErrSuperseded: another ztunnel connected to the agent and took over the
+// pods; Client.Run returns it and does not reconnect.
+var ErrSuperseded = errors.New("zds: another ztunnel took over the pods")
 
 // ErrRejected: the ztunnel acked a message with an error.
 var ErrRejected = errors.New("ztunnel rejected the message")

@@ -301,3 +301,115 @@ func TestBadHello(t *testing.T) {
 		t.Error("connected after a bad hello")
 	}
 }
+
+// TestSuperseded: a second ztunnel (a rollout's new pod) takes over once its
+// snapshot is acked; the first is told so, returns ErrSuperseded and does
+// not connect again, so it cannot take the pods back.
+func TestSuperseded(t *testing.T) {
+	if testing.Short() || os.Geteuid() != 0 {
+		t.Skip("creates network namespaces: needs root, skipped under -short")
+	}
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	nsA := addNetns(t, fmt.Sprintf("wtest-zds-%d-sup", os.Getpid()))
+	srv, err := Listen(filepath.Join(t.TempDir(), "ztunnel.sock"), ServerOptions{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(sctx) }()
+	t.Cleanup(func() { cancel(); <-served })
+	if err := srv.AddPod(ctx, Pod{UID: "uid-a", Namespace: "demo", Name: "a"}, nsA); err != nil {
+		t.Fatal(err)
+	}
+
+	var connects [2]atomic.Int32
+	start := func(i int, tun *tunnel) (done chan error, stop context.CancelFunc) {
+		cctx, cancel := context.WithCancel(ctx)
+		done = make(chan error, 1)
+		c := &Client{Path: srv.Addr(), Handler: tun, Logger: log, Backoff: 10 * time.Millisecond, OnConnect: func() { connects[i].Add(1) }}
+		go func() { done <- c.Run(cctx) }()
+		return done, cancel
+	}
+	old := newTunnel()
+	oldDone, stopOld := start(0, old)
+	defer stopOld()
+	old.expect(t, "add uid-a demo/a []", "snapshot-sent")
+	waitConnected(t, srv)
+
+	tun := newTunnel()
+	done, stop := start(1, tun)
+	defer stop()
+	tun.expect(t, "add uid-a demo/a []", "snapshot-sent")
+	select {
+	case err := <-oldDone:
+		if !errors.Is(err, ErrSuperseded) {
+			t.Errorf("superseded client's Run: %v, want ErrSuperseded", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the superseded client still runs")
+	}
+	// Long enough for several reconnects at a 10 ms backoff, had there been any.
+	time.Sleep(200 * time.Millisecond)
+	if n := connects[0].Load(); n != 1 {
+		t.Errorf("the superseded client connected %d times, want 1", n)
+	}
+	// Deltas go to the new ztunnel only.
+	if err := srv.DeletePod(ctx, "uid-a"); err != nil {
+		t.Fatal(err)
+	}
+	tun.expect(t, "delete uid-a")
+	select {
+	case ev := <-old.events:
+		t.Errorf("the superseded ztunnel got %q", ev)
+	default:
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Errorf("client Run: %v", err)
+	}
+}
+
+// TestNoReconnect: once NoReconnect is closed the client keeps its
+// connection (deltas still come) but does not connect again when it ends.
+func TestNoReconnect(t *testing.T) {
+	if testing.Short() || os.Geteuid() != 0 {
+		t.Skip("creates network namespaces: needs root, skipped under -short")
+	}
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	ns := addNetns(t, fmt.Sprintf("wtest-zds-%d-norec", os.Getpid()))
+	srv, err := Listen(filepath.Join(t.TempDir(), "ztunnel.sock"), ServerOptions{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+	var connects atomic.Int32
+	last := make(chan struct{})
+	tun := newTunnel()
+	c := &Client{Path: srv.Addr(), Handler: tun, Logger: log, Backoff: 10 * time.Millisecond, OnConnect: func() { connects.Add(1) }, NoReconnect: last}
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	tun.expect(t, "snapshot-sent")
+	waitConnected(t, srv)
+	close(last)
+	if err := srv.AddPod(ctx, Pod{UID: "uid-a", Namespace: "demo", Name: "a"}, ns); err != nil {
+		t.Fatal(err)
+	}
+	tun.expect(t, "add uid-a demo/a []")
+	srv.Close()
+	<-served
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run still runs after its last connection ended")
+	}
+	if n := connects.Load(); n != 1 {
+		t.Errorf("connected %d times, want 1", n)
+	}
+}

@@ -15,7 +15,7 @@ import (
 )
 
 // OrigDstTable answers the tunnel's question about a redirected connection
-// it accepted on 15001: where was it going? The programs record it from
+// it accepted on its outbound listener: where was it going? The programs record it from
 // connect() until the tunnel's side of the connection closes.
 type OrigDstTable struct {
 	m *ebpf.Map
@@ -112,6 +112,38 @@ func SetListener(sockets *ebpf.Map, kind redirect.RedirectSockKind, conn syscall
 		key := redirect.RedirectSockKey{Netns: c, Kind: kind}
 		return sockets.Update(&key, uint64(fd), ebpf.UpdateAny)
 	})
+}
+
+// OpenTunnelPorts opens the tunnel_ports map an agent pinned in pinDir,
+// writable, for SetOutboundPorts from a tunnel in another process.
+func OpenTunnelPorts(pinDir string) (*ebpf.Map, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, redirect.RedirectMapTunnelPorts), nil)
+	if err != nil {
+		return nil, fmt.Errorf("map %s: %w", redirect.RedirectMapTunnelPorts, err)
+	}
+	return m, nil
+}
+
+// SetOutboundPorts makes the connect4/connect6 programs send the outbound
+// connections of the netns with this cookie to 127.0.0.1:port4 and
+// [::1]:port6 (0: the pod has no IPv6 address). The switch is atomic: a
+// connect() sees either the previous ports or these.
+func SetOutboundPorts(ports *ebpf.Map, netnsCookie uint64, port4, port6 uint16) error {
+	v := redirect.RedirectOutboundPorts{Port4: port4, Port6: port6}
+	if err := ports.Update(&netnsCookie, &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("map %s: %w", redirect.RedirectMapTunnelPorts, err)
+	}
+	return nil
+}
+
+// OutboundPorts returns the ports SetOutboundPorts last wrote for the netns;
+// an error wrapping ebpf.ErrKeyNotExist when there is none.
+func OutboundPorts(ports *ebpf.Map, netnsCookie uint64) (port4, port6 uint16, err error) {
+	var v redirect.RedirectOutboundPorts
+	if err := ports.Lookup(&netnsCookie, &v); err != nil {
+		return 0, 0, fmt.Errorf("map %s: %w", redirect.RedirectMapTunnelPorts, err)
+	}
+	return v.Port4, v.Port6, nil
 }
 
 // WithFD runs f on the socket's file descriptor.
