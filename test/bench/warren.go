@@ -113,7 +113,7 @@ func (w *warrenL4) Setup(ctx context.Context, env *Env) (Target, error) {
 		if err := os.WriteFile(path, b, 0o600); err != nil {
 			return Target{}, err
 		}
-		p, err := env.Topo.Start(n.ns, "ztunnel-"+n.name, w.bin, "--config", path, "--log-level", "warn", "--max-procs", "1")
+		p, err := env.Topo.Start(n.ns, "ztunnel-"+n.name, w.bin, "--config", path, "--log-level", "warn", "--max-procs", "1", "--drain-grace", "0")
 		if err != nil {
 			return Target{}, err
 		}
