@@ -59,20 +59,41 @@ func (t *Tunnel) serveAdmin(ctx context.Context) ([]*http.Server, error) {
 			}
 			return serr
 		}}
+		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}
+		servers = append(servers, srv)
+		serve := func(ln net.Listener) {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				t.log.Warn("admin server stopped", "addr", s.addr, "err", err)
+			}
+		}
 		ln, err := lc.Listen(ctx, "tcp", s.addr)
-		if err != nil {
+		switch {
+		case err == nil:
+			go serve(ln)
+		case errors.Is(err, syscall.EADDRINUSE):
+			// Held without SO_REUSEPORT: a ztunnel from before it was set,
+			// which the rollout stops soon. Serve once it lets go.
+			t.log.Warn("port held by another process, retrying", "addr", s.addr)
+			go func() {
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-time.After(time.Second):
+					}
+					if ln, err := lc.Listen(ctx, "tcp", s.addr); err == nil {
+						t.log.Info("port free, serving", "addr", s.addr)
+						serve(ln)
+						return
+					}
+				}
+			}()
+		default:
 			for _, srv := range servers {
 				srv.Close()
 			}
 			return nil, fmt.Errorf("listen %s: %w", s.addr, err)
 		}
-		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}
-		go func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				t.log.Warn("admin server stopped", "addr", s.addr, "err", err)
-			}
-		}()
-		servers = append(servers, srv)
 	}
 	return servers, nil
 }

@@ -127,7 +127,6 @@ func New(cfg *Config, o Options) (*Tunnel, error) {
 // state is the mesh view in force.
 func (t *Tunnel) state() *State { return t.st.Load() }
 
-
 // Run serves until ctx ends, then drains (Options.DrainGrace) and closes
 // every listener and connection. When the node agent says another ztunnel
 // took over the pods (a rollout's new pod), it drains the same way, then
