@@ -227,14 +227,19 @@ func TestMesh(t *testing.T) {
 
 	t.Run("a namespace outside the mesh is untouched", func(t *testing.T) {
 		marker := "plain-" + plainNs
-		text, _ := captureWhile(t, "node2", "tcp port 8080", func() {
-			if _, err := get(ctx, plainNs, plainClients["node1"].Name, podURL(plainServers["node2"], marker)); err != nil {
-				t.Error(err)
+		cluster.Eventually(t, 30*time.Second, "the plaintext request on the wire", func(ctx context.Context) error {
+			var reqErr error
+			text, _ := captureWhile(t, "node2", "tcp port 8080", func() {
+				_, reqErr = get(ctx, plainNs, plainClients["node1"].Name, podURL(plainServers["node2"], marker))
+			})
+			if reqErr != nil {
+				return reqErr
 			}
+			if !strings.Contains(text, "GET /"+marker) {
+				return fmt.Errorf("the capture does not show the plaintext request of a namespace outside the mesh:\n%s", text)
+			}
+			return nil
 		})
-		if !strings.Contains(text, "GET /"+marker) {
-			t.Errorf("the capture does not show the plaintext request of a namespace outside the mesh:\n%s", text)
-		}
 		for _, node := range []string{"node1", "node2"} {
 			lines, err := ztunnelMetrics(ctx, node, "warren_ztunnel_tcp_connections_opened_total")
 			if err != nil {
