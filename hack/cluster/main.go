@@ -33,6 +33,7 @@ verbs:
   kubeconfig         print the path of the admin kubeconfig usable from this host
   load-images        build images of cmd/* and test/apps/*, import them into every node
   logs COMPONENT     print a component's log (etcd, kube-apiserver, node1/kubelet, ...)
+  prometheus         run Prometheus on the cluster (scrapes annotated pods); host: http://127.0.0.1:19090
   mesh-overlay       write a kustomization of manifests/ with the loaded images, print its
                      directory (kubectl apply -k "$(cluster mesh-overlay)" installs Warren)
 
@@ -104,6 +105,12 @@ func runVerb(ctx context.Context, cfg *localcluster.Config, verb string, args []
 		for _, n := range names {
 			fmt.Printf("%s=%s\n", n, refs[n])
 		}
+		return nil
+	case "prometheus":
+		if err := cfg.StartPrometheus(ctx); err != nil {
+			return err
+		}
+		fmt.Println("http://" + localcluster.PrometheusHostAddr)
 		return nil
 	case "mesh-overlay":
 		dir, err := cfg.MeshOverlay()
