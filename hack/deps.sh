@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(
   etcd-server runc containernetworking-plugins iptables nftables conntrack socat  # local cluster
-  iproute2 tcpdump curl                                                            # netns tests, captures, demo
+  iproute2 tcpdump curl jq                                                         # netns tests, captures, demo
   clang llvm libbpf-dev                                                            # bpf2go
   protobuf-compiler                                                                # api/proto (protoc)
   haproxy iperf3                                                                   # benchmarks

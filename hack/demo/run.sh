@@ -80,6 +80,18 @@ for node in node1 node2; do
 done
 
 echo
+echo "==> Prometheus (Debian's) scraping every node's ztunnel and agent: http://127.0.0.1:19090"
+$cluster prometheus >/dev/null
+query='sum by (source_workload, destination_workload, connection_security_policy) (warren_ztunnel_tcp_connections_opened_total{direction="outbound", source_namespace="demo"})'
+for i in $(seq 1 30); do
+  result=$(curl -s --get --data-urlencode "query=$query" http://127.0.0.1:19090/api/v1/query)
+  echo "$result" | grep -q '"mutual_tls"' && break
+  sleep 1
+done
+echo "   query: $query"
+echo "$result" | jq -r '.data.result[] | "   \(.metric.source_workload) -> \(.metric.destination_workload): \(.metric.connection_security_policy), \(.value[1]) connections"'
+
+echo
 echo "==> 4 requests from a client pod through the echo Service, spread over both nodes:"
 client=$($kubectl -n demo get pods -l app=client -o jsonpath='{.items[0].metadata.name}')
 $kubectl -n demo exec "$client" -- /echo get -n 4 http://echo.demo.svc.cluster.local/ |
@@ -93,6 +105,7 @@ cat <<EOT
 ==> look around
    export KUBECONFIG=$kubeconfig
    $bindir/kubectl get pods -A -o wide
+   http://127.0.0.1:19090                                          # Prometheus (job ztunnel, warren-agent)
    ip netns exec warren-node1 curl -s localhost:15020/metrics      # ztunnel metrics (node1)
    ip netns exec warren-node1 curl -s localhost:15000/config_dump  # what the ztunnel knows
    ip netns exec warren-node1 curl -s localhost:15000/certs        # its workloads' certificates
