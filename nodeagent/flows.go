@@ -152,10 +152,10 @@ func (m *flowMetrics) observe(e *FlowEvent) {
 		"hop":                   e.Hop,
 		"source_workload":       orUnknown(e.SourcePod.Workload),
 		"source_namespace":      orUnknown(e.SourcePod.Namespace),
-		"source_identity":      orUnknown(e.SourcePod.Identity),
+		"source_identity":       orUnknown(e.SourcePod.Identity),
 		"destination_workload":  orUnknown(e.DestinationPod.Workload),
 		"destination_namespace": orUnknown(e.DestinationPod.Namespace),
-		"destination_identity": orUnknown(e.DestinationPod.Identity),
+		"destination_identity":  orUnknown(e.DestinationPod.Identity),
 	}
 	m.retrans.With(l).Add(float64(e.Retransmits))
 	if !e.Established.IsZero() {

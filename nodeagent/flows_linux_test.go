@@ -8,11 +8,17 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 
 	"github.com/warrenmesh/warren/internal/netns"
 )
@@ -256,5 +262,217 @@ func TestFlowBytes(t *testing.T) {
 	n, err := c.FlowTableEntries()
 	if err != nil || n != 0 {
 		t.Errorf("flow table: %d entries, %v; want 0 after close", n, err)
+	}
+}
+
+// dropSome attaches a TCX ingress program to dev in ns that drops about one
+// in eight packets longer than 200 bytes (data, not handshakes), for the
+// test's life: packet loss without netem, which this kernel lacks.
+func dropSome(tb testing.TB, ns *os.File, dev string) {
+	tb.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:       ebpf.SchedCLS,
+		AttachType: ebpf.AttachTCXIngress,
+		License:    "Apache-2.0",
+		Instructions: asm.Instructions{
+			asm.LoadMem(asm.R2, asm.R1, 0, asm.Word), // skb->len
+			asm.JLT.Imm(asm.R2, 200, "pass"),
+			asm.FnGetPrandomU32.Call(),
+			asm.And.Imm(asm.R0, 7),
+			asm.JNE.Imm(asm.R0, 0, "pass"),
+			asm.Mov.Imm(asm.R0, 2), // TCX_DROP
+			asm.Return(),
+			asm.Mov.Imm(asm.R0, 0).WithSymbol("pass"), // TCX_PASS
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { prog.Close() })
+	var l link.Link
+	err = netns.Do(ns, func() error {
+		ifc, err := net.InterfaceByName(dev)
+		if err != nil {
+			return err
+		}
+		l, err = link.AttachTCX(link.TCXOptions{Interface: ifc.Index, Program: prog, Attach: ebpf.AttachTCXIngress})
+		return err
+	})
+	if err != nil {
+		tb.Fatalf("tcx: %v", err)
+	}
+	tb.Cleanup(func() { l.Close() })
+}
+
+// Packets lost on the way show up as retransmits, and the bytes are still
+// counted once.
+func TestFlowRetransmits(t *testing.T) {
+	e := newEnv(t)
+	opts := e.options("n1")
+	k := e.open(opts)
+	tp := newTopo(t)
+	c := e.openFlows(opts, nil)
+	events, cancel := c.Subscribe(nil)
+	defer cancel()
+	enroll(t, k, tp.Pod("pod-a"))
+	sink(t, tp.peer, ":8080", 10)
+	dst := netip.AddrPortFrom(tp.peer4, 8080)
+
+	// Clean first: no retransmits.
+	const send = 2_000_000
+	if _, err := transfer(tp.pod, dst.String(), DefaultTunnelMark, send); err != nil {
+		t.Fatal(err)
+	}
+	ev := waitFlow(t, events, "clean", endTo(dst, HopTunnel))
+	if ev.Retransmits != 0 || ev.BytesSent != send {
+		t.Errorf("clean path: %d retransmits, %d bytes sent; want 0, %d", ev.Retransmits, ev.BytesSent, send)
+	}
+	dropSome(t, tp.peer, "wq")
+	if _, err := transfer(tp.pod, dst.String(), DefaultTunnelMark, send); err != nil {
+		t.Fatal(err)
+	}
+	ev = waitFlow(t, events, "lossy", endTo(dst, HopTunnel))
+	// About 1/8 of ~1400 data segments lost: well over 10 retransmits.
+	if ev.Retransmits < 10 || ev.BytesSent != send || ev.BytesReceived != 10 {
+		t.Errorf("lossy path: %d retransmits (want >= 10), %d bytes sent, %d received; want %d, 10", ev.Retransmits, ev.BytesSent, ev.BytesReceived, send)
+	}
+	t.Logf("lossy path: %d segments out, %d retransmitted, srtt %v", ev.SegmentsSent, ev.Retransmits, ev.SRTT)
+}
+
+// Only this agent's enrolled netns are recorded: not another netns on the
+// machine, not another agent's pods, not the peer's (passive) side.
+func TestFlowOnlyEnrolled(t *testing.T) {
+	e := newEnv(t)
+	optsA, optsB := e.options("node-a"), e.options("node-b")
+	ka, kb := e.open(optsA), e.open(optsB)
+	ta, tb := newTopo(t), newTopo(t)
+	other := newTopo(t)
+	ca, cb := e.openFlows(optsA, nil), e.openFlows(optsB, nil)
+	evA, cancelA := ca.Subscribe(nil)
+	defer cancelA()
+	evB, cancelB := cb.Subscribe(nil)
+	defer cancelB()
+	podA := ta.Pod("pod-a")
+	podA.NodeIPs = []netip.Addr{ta.peer4} // so that the peer reaches the pod's own listener
+	enroll(t, ka, podA)
+	enroll(t, kb, tb.Pod("pod-b"))
+	for _, tp := range []*topo{ta, tb, other} {
+		sink(t, tp.peer, ":8080", 5)
+		sink(t, tp.pod, ":8080", 5)
+	}
+	for _, c := range []struct {
+		ns   *os.File
+		addr netip.Addr
+	}{
+		{other.pod, other.peer4}, {other.peer, other.pod4}, // not enrolled anywhere
+		{ta.peer, ta.pod4}, // into A's pod: its passive end
+		{tb.pod, tb.peer4}, // B's pod: B's flow
+		{ta.pod, ta.peer4}, // A's pod, last
+	} {
+		if _, err := transfer(c.ns, netip.AddrPortFrom(c.addr, 8080).String(), DefaultTunnelMark, 100); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := waitFlow(t, evA, "A", func(e *FlowEvent) bool { return e.Kind == FlowEnd })
+	if a.Destination != netip.AddrPortFrom(ta.peer4, 8080) {
+		t.Errorf("agent A's first flow: %v -> %v, want its pod's only", a.Local, a.Destination)
+	}
+	b := waitFlow(t, evB, "B", func(e *FlowEvent) bool { return e.Kind == FlowEnd })
+	if b.Destination != netip.AddrPortFrom(tb.peer4, 8080) {
+		t.Errorf("agent B's first flow: %v -> %v, want its pod's only", b.Local, b.Destination)
+	}
+	for name, c := range map[string]*FlowCollector{"A": ca, "B": cb} {
+		st, err := c.kernelStats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st[0] != 1 || st[1] != 1 {
+			t.Errorf("agent %s: %d flows started, %d ended; want 1, 1", name, st[0], st[1])
+		}
+	}
+}
+
+// 100k short connections: every flow leaves the table at its close, so the
+// table never holds more than the connections open at once.
+func TestFlowTableBounded(t *testing.T) {
+	e := newEnv(t)
+	opts := e.options("n1")
+	k := e.open(opts)
+	tp := newTopo(t)
+	c := e.openFlows(opts, nil)
+	enroll(t, k, tp.Pod("pod-a"))
+	// The server closes first, so the clients' sockets never wait in TIME_WAIT.
+	serve(t, tp.peer, "tcp", ":8080", func(net.Conn) string { return "" })
+	const total, workers = 100_000, 4
+	var (
+		wg      sync.WaitGroup
+		failed  atomic.Int64
+		maxSeen atomic.Int64
+		done    = make(chan struct{})
+	)
+	go func() { // sample the table while it runs
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if n, err := c.FlowTableEntries(); err == nil && int64(n) > maxSeen.Load() {
+				maxSeen.Store(int64(n))
+			}
+		}
+	}()
+	sa := &unix.SockaddrInet4{Port: 8080, Addr: tp.peer4.As4()}
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			netns.Do(tp.pod, func() error {
+				buf := make([]byte, 16)
+				for range total / workers {
+					fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+					if err != nil {
+						failed.Add(1)
+						continue
+					}
+					// The tunnel's mark: not redirected, recorded as the tunnel hop.
+					unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, DefaultTunnelMark)
+					if err := unix.Connect(fd, sa); err != nil {
+						failed.Add(1)
+					} else {
+						for { // to the server's close
+							n, err := unix.Read(fd, buf)
+							if n <= 0 || err != nil {
+								break
+							}
+						}
+					}
+					unix.Close(fd)
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	close(done)
+	if n := failed.Load(); n > total/100 {
+		t.Fatalf("%d of %d connections failed", n, total)
+	}
+	waitFor(t, "an empty flow table", func() bool { n, err := c.FlowTableEntries(); return err == nil && n == 0 })
+	st, err := c.kernelStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d connections: %d flows started, %d ended, %d events dropped, %d untracked; at most %d in the table at once",
+		total, st[0], st[1], st[2], st[3], maxSeen.Load())
+	if st[0] < total-uint64(failed.Load()) || st[1] != st[0] || st[3] != 0 {
+		t.Errorf("flows started %d, ended %d, untracked %d; want %d started, all ended", st[0], st[1], st[3], total)
+	}
+	if m := c.objs.Flows; m.Type() != ebpf.LRUHash || m.MaxEntries() != 65536 {
+		t.Errorf("flow table: %v of %d entries, want an LRU hash of 65536: flows that never close are evicted", m.Type(), m.MaxEntries())
+	}
+	if maxSeen.Load() > 1000 {
+		t.Errorf("the table held %d flows at once with %d connections in flight", maxSeen.Load(), workers)
 	}
 }
