@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -474,5 +476,123 @@ func TestFlowTableBounded(t *testing.T) {
 	}
 	if maxSeen.Load() > 1000 {
 		t.Errorf("the table held %d flows at once with %d connections in flight", maxSeen.Load(), workers)
+	}
+}
+
+// delayedPair is two network namespaces joined by a TUN device in each and
+// this process in between, which holds every packet for delay each way:
+// real path delay without netem (not in this kernel), which TCP's RTT
+// estimator sees as it would a longer wire. a is 10.78.<n>.1, b 10.78.<n>.2.
+type delayedPair struct {
+	a, b         *os.File
+	aName        string
+	aAddr, bAddr netip.Addr
+}
+
+func newDelayedPair(tb testing.TB, delay time.Duration) *delayedPair {
+	tb.Helper()
+	n := nsSeq.Add(1)
+	p := &delayedPair{
+		aName: fmt.Sprintf("wtest-%d-da%d", os.Getpid(), n),
+		aAddr: netip.MustParseAddr(fmt.Sprintf("10.78.%d.1", n)),
+		bAddr: netip.MustParseAddr(fmt.Sprintf("10.78.%d.2", n)),
+	}
+	bName := fmt.Sprintf("wtest-%d-db%d", os.Getpid(), n)
+	p.a, p.b = addNetns(tb, p.aName), addNetns(tb, bName)
+	tunA := openTun(tb, p.a, "wt0")
+	tunB := openTun(tb, p.b, "wt0")
+	for _, s := range []struct {
+		ns          string
+		local, peer netip.Addr
+	}{{p.aName, p.aAddr, p.bAddr}, {bName, p.bAddr, p.aAddr}} {
+		ip(tb, "-n", s.ns, "addr", "add", s.local.String(), "peer", s.peer.String(), "dev", "wt0")
+		ip(tb, "-n", s.ns, "link", "set", "wt0", "up")
+	}
+	go forwardDelayed(tunA, tunB, delay)
+	go forwardDelayed(tunB, tunA, delay)
+	return p
+}
+
+func openTun(tb testing.TB, ns *os.File, name string) *os.File {
+	tb.Helper()
+	var f *os.File
+	err := netns.Do(ns, func() error {
+		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		ifr, err := unix.NewIfreq(name)
+		if err != nil {
+			unix.Close(fd)
+			return err
+		}
+		ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
+		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("TUNSETIFF: %w", err)
+		}
+		f = os.NewFile(uintptr(fd), name)
+		return nil
+	})
+	if err != nil {
+		tb.Fatalf("tun in netns: %v", err)
+	}
+	tb.Cleanup(func() { f.Close() })
+	return f
+}
+
+// forwardDelayed copies packets from one TUN to the other, each written
+// delay after it was read, in order.
+func forwardDelayed(from, to *os.File, delay time.Duration) {
+	type packet struct {
+		due  time.Time
+		data []byte
+	}
+	q := make(chan packet, 4096)
+	go func() {
+		defer close(q)
+		for {
+			buf := make([]byte, 65536)
+			n, err := from.Read(buf)
+			if err != nil {
+				return
+			}
+			q <- packet{time.Now().Add(delay), buf[:n]}
+		}
+	}()
+	for p := range q {
+		time.Sleep(time.Until(p.due))
+		if _, err := to.Write(p.data); err != nil && errors.Is(err, os.ErrClosed) {
+			return
+		}
+	}
+}
+
+// The RTT follows the path: 20 ms more each way, 40 ms more RTT.
+func TestFlowRTT(t *testing.T) {
+	e := newEnv(t)
+	opts := e.options("n1")
+	k := e.open(opts)
+	c := e.openFlows(opts, nil)
+	events, cancel := c.Subscribe(nil)
+	defer cancel()
+	rtt := map[time.Duration]FlowEvent{}
+	for _, delay := range []time.Duration{0, 20 * time.Millisecond} {
+		p := newDelayedPair(t, delay)
+		enroll(t, k, Pod{UID: fmt.Sprintf("pod-delay-%d", delay.Milliseconds()), Netns: filepath.Join(netns.RunDir, p.aName), IPs: []netip.Addr{p.aAddr}})
+		sink(t, p.b, ":8080", 100_000)
+		dst := netip.AddrPortFrom(p.bAddr, 8080)
+		if _, err := transfer(p.a, dst.String(), DefaultTunnelMark, 100_000); err != nil {
+			t.Fatal(err)
+		}
+		rtt[delay] = waitFlow(t, events, delay.String(), endTo(dst, HopTunnel))
+	}
+	base, slow := rtt[0], rtt[20*time.Millisecond]
+	t.Logf("srtt %v (min %v) direct, %v (min %v) with 2 x 20 ms", base.SRTT, base.MinRTT, slow.SRTT, slow.MinRTT)
+	if base.SRTT <= 0 || base.SRTT > 20*time.Millisecond {
+		t.Errorf("srtt without delay: %v", base.SRTT)
+	}
+	if slow.MinRTT < 40*time.Millisecond || slow.SRTT < 40*time.Millisecond || slow.SRTT > 100*time.Millisecond {
+		t.Errorf("with 20 ms each way: srtt %v, min %v; want 40-100 ms, min >= 40 ms", slow.SRTT, slow.MinRTT)
 	}
 }
