@@ -7,15 +7,21 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http/httptest"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 
 	"github.com/cilium/ebpf"
@@ -595,4 +601,158 @@ func TestFlowRTT(t *testing.T) {
 	if slow.MinRTT < 40*time.Millisecond || slow.SRTT < 40*time.Millisecond || slow.SRTT > 100*time.Millisecond {
 		t.Errorf("with 20 ms each way: srtt %v, min %v; want 40-100 ms, min >= 40 ms", slow.SRTT, slow.MinRTT)
 	}
+}
+
+// A restarted agent adopts the pinned program and flow table: a connection
+// open across the restart still ends with its full counts. Uninstall then
+// detaches the program and removes its pins, and leaves redirection alone.
+func TestFlowAdoptAndUninstall(t *testing.T) {
+	e := newEnv(t)
+	opts := e.options("n1")
+	k := e.open(opts)
+	tp := newTopo(t)
+	enroll(t, k, tp.Pod("pod-a"))
+	c1 := e.openFlows(opts, nil)
+	serve(t, tp.peer, "tcp", ":8080", tag("peer"))
+	sink(t, tp.peer, ":8081", 7)
+	dst := netip.AddrPortFrom(tp.peer4, 8081)
+
+	// A connection opened under the first collector...
+	var conn net.Conn
+	err := netns.Do(tp.pod, func() (err error) {
+		d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+			return rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, DefaultTunnelMark) })
+		}}
+		conn, err = d.Dial("tcp", dst.String())
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write(make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// ...ends under the second.
+	opts.Registerer = nil
+	c2 := e.openFlows(opts, nil)
+	events, cancel := c2.Subscribe(nil)
+	defer cancel()
+	if _, err := conn.Write(make([]byte, 234)); err != nil {
+		t.Fatal(err)
+	}
+	conn.(*net.TCPConn).CloseWrite()
+	io.Copy(io.Discard, conn)
+	conn.Close()
+	ev := waitFlow(t, events, "across the restart", endTo(dst, HopTunnel))
+	if ev.BytesSent != 1234 || ev.BytesReceived != 7 || ev.Start.After(ev.Established) {
+		t.Errorf("flow across the restart: sent %d, received %d, start %v, established %v; want 1234, 7", ev.BytesSent, ev.BytesReceived, ev.Start, ev.Established)
+	}
+	pin := filepath.Join(c2.opts.PinDir, linksDir, flowsLinkName)
+	l, err := link.LoadPinnedLink(pin, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	li, _ := l.Info()
+	l.Close()
+	pi, _ := c2.objs.WarrenFlows.Info()
+	if id, _ := pi.ID(); li.Program != id {
+		t.Errorf("link runs program %d, want the second collector's %d", li.Program, id)
+	}
+
+	if err := c2.Uninstall(); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range append([]string{filepath.Join(linksDir, flowsLinkName)}, flowOwnMaps...) {
+		if _, err := os.Stat(filepath.Join(c2.opts.PinDir, name)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s still pinned after uninstall: %v", name, err)
+		}
+	}
+	waitFor(t, "the flow program detached", func() bool {
+		for _, id := range e.stillAttached() {
+			if pid, _ := pi.ID(); id == pid {
+				return false
+			}
+		}
+		return true
+	})
+	got, err := dial(tp.pod, "tcp4", ap(tp.peer4, 8080), 0)
+	expectFail(t, "redirected with no tunnel, after the flows' uninstall", got, err) // fail closed: redirection stays
+}
+
+// The metrics count by workload and pass promtool's checks.
+func TestFlowMetrics(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatal("promtool not found (Debian package prometheus; make deps)")
+	}
+	e := newEnv(t)
+	opts := e.options("n1")
+	reg := prometheus.NewRegistry()
+	opts.Registerer = reg
+	k := e.open(opts)
+	tp := newTopo(t)
+	pods := staticPods{
+		tp.pod4:  {Namespace: "ns-a", Name: "a-1", Workload: "a", ServiceAccount: "sa-a"},
+		tp.peer4: {Namespace: "ns-b", Name: "b-1", Workload: "b"},
+	}
+	c := e.openFlows(opts, pods)
+	events, cancel := c.Subscribe(nil)
+	defer cancel()
+	enroll(t, k, tp.Pod("pod-a"))
+	sink(t, tp.peer, ":8080", 20)
+	dst := netip.AddrPortFrom(tp.peer4, 8080)
+	for range 3 {
+		if _, err := transfer(tp.pod, dst.String(), DefaultTunnelMark, 1000); err != nil {
+			t.Fatal(err)
+		}
+		waitFlow(t, events, "flow", endTo(dst, HopTunnel))
+	}
+	// Refused: nothing listens on 9999.
+	transfer(tp.pod, netip.AddrPortFrom(tp.peer4, 9999).String(), DefaultTunnelMark, 1)
+	waitFlow(t, events, "refused", endTo(netip.AddrPortFrom(tp.peer4, 9999), HopTunnel))
+
+	l := prometheus.Labels{"hop": "tunnel",
+		"source_workload": "a", "source_namespace": "ns-a", "source_identity": "spiffe://cluster.local/ns/ns-a/sa/sa-a",
+		"destination_workload": "b", "destination_namespace": "ns-b", "destination_identity": "spiffe://cluster.local/ns/ns-b/sa/default"}
+	with := func(k, v string) prometheus.Labels {
+		out := prometheus.Labels{k: v}
+		for k, v := range l {
+			out[k] = v
+		}
+		return out
+	}
+	m := c.metrics
+	for what, got := range map[string][2]float64{
+		"bytes sent":                          {testutil.ToFloat64(m.bytes.With(with("direction", "sent"))), 3000},
+		"bytes received":                      {testutil.ToFloat64(m.bytes.With(with("direction", "received"))), 60},
+		"connections closed":                  {testutil.ToFloat64(m.connections.With(with("end", "closed"))), 3},
+		"connections failed":                  {testutil.ToFloat64(m.connections.With(with("end", "failed"))), 1},
+		"retransmits":                         {testutil.ToFloat64(m.retrans.With(l)), 0},
+		"rtt series":                          {float64(testutil.CollectAndCount(m.rtt)), 1},
+		"flow events read (3 starts, 4 ends)": {testutil.ToFloat64(m.events.WithLabelValues("read")), 7},
+	} {
+		if got[0] != got[1] {
+			t.Errorf("%s: %v, want %v", what, got[0], got[1])
+		}
+	}
+	if !strings.Contains(exposition(t, reg), `warren_kernel_tcp_rtt_seconds_count{destination_identity="spiffe://cluster.local/ns/ns-b/sa/default",destination_namespace="ns-b",destination_workload="b",hop="tunnel",source_identity="spiffe://cluster.local/ns/ns-a/sa/sa-a",source_namespace="ns-a",source_workload="a"} 3`) {
+		t.Errorf("rtt: want 3 observations (the failed connection has no RTT)\n%s", exposition(t, reg))
+	}
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = strings.NewReader(exposition(t, reg))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+}
+
+// exposition is the registry as /metrics serves it (text format).
+func exposition(tb testing.TB, reg *prometheus.Registry) string {
+	tb.Helper()
+	rec := httptest.NewRecorder()
+	promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	return rec.Body.String()
 }
