@@ -41,6 +41,8 @@ type AgentConfig struct {
 	CNI        CNIConfig
 	// MetricsAddr serves /metrics and /healthz (DefaultMetricsAddr if empty; "-" for none).
 	MetricsAddr string
+	// FlowAddr serves the flow stream, gRPC (DefaultFlowAddr if empty; "-" for none).
+	FlowAddr string
 }
 
 func (c *AgentConfig) setDefaults() {
@@ -110,6 +112,12 @@ func RunAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger) error {
 		return err
 	}
 	defer kernel.Close()
+	// Kernel flow records (flows_agent_linux.go): after Open, whose maps they share.
+	flows, err := openAgentFlows(cfg, client, reg, log)
+	if err != nil {
+		return err
+	}
+	defer flows.Close()
 
 	ztunnel, err := zds.Listen(cfg.ZtunnelSocket, zds.ServerOptions{Logger: log.With("component", "zds")})
 	if err != nil {
@@ -132,6 +140,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger) error {
 	g.Go(func() error { return rec.Run(ctx) })
 	g.Go(func() error { return ztunnel.Serve(ctx) })
 	g.Go(func() error { return cni.Serve(ctx) })
+	g.Go(func() error { return flows.Run(ctx) })
 	if cfg.MetricsAddr != "-" {
 		g.Go(func() error { return serveMetrics(ctx, cfg.MetricsAddr, reg) })
 	}

@@ -43,6 +43,9 @@ type FlowEvent struct {
 	// where the connection was going: the original destination of a
 	// redirected one, else Remote.
 	Local, Remote, Destination netip.AddrPort
+	// SourceIP is the source pod's address (of the destination's family
+	// when it has one): an app's socket to its tunnel has a loopback Local.
+	SourceIP netip.Addr
 	// SourcePod and DestinationPod name the ends; their zero value is an
 	// unknown workload.
 	SourcePod, DestinationPod PodMeta

@@ -254,11 +254,18 @@ func (c *FlowCollector) event(r *flows.FlowsFlowEvent) FlowEvent {
 	if orig := flowAddr(r.Orig); orig.Port() != 0 {
 		e.Destination = orig
 	}
+	var b [4]byte
+	binary.LittleEndian.PutUint32(b[:], r.PodIp4)
+	ip4, ip6 := netip.AddrFrom4(b), netip.AddrFrom16(pins.Unwords(r.PodIp6))
+	switch {
+	case ip6.IsUnspecified() || (e.Destination.Addr().Is4() && !ip4.IsUnspecified()):
+		e.SourceIP = ip4
+	default:
+		e.SourceIP = ip6
+	}
 	if c.opts.Pods != nil {
-		var b [4]byte
-		binary.LittleEndian.PutUint32(b[:], r.PodIp4)
-		for _, ip := range []netip.Addr{netip.AddrFrom4(b), netip.AddrFrom16(pins.Unwords(r.PodIp6))} {
-			if ip.IsUnspecified() || ip == netip.IPv4Unspecified() {
+		for _, ip := range []netip.Addr{ip4, ip6} {
+			if ip.IsUnspecified() {
 				continue
 			}
 			if p, ok := c.opts.Pods.PodByIP(ip); ok {

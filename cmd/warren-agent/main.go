@@ -52,6 +52,7 @@ func run() error {
 	fs.String("cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration folder")
 	fs.Duration("cni-timeout", 0, "how long the plugin waits for the agent at ADD; 30s if zero")
 	fs.String("metrics-addr", nodeagent.DefaultMetricsAddr, `metrics and health address; "-" for none`)
+	fs.String("flow-addr", nodeagent.DefaultFlowAddr, `flow stream (gRPC, warrenctl observe) address; "-" for none`)
 	fs.Bool("uninstall", false, "remove every link, pin and the CNI plugin of this node's agent, and exit")
 	v, log, err := flagenv.Parse(fs, os.Args[1:], "WARREN")
 	if err != nil {
@@ -78,6 +79,7 @@ func run() error {
 			Timeout: v.GetDuration("cni-timeout"),
 		},
 		MetricsAddr: v.GetString("metrics-addr"),
+		FlowAddr:    v.GetString("flow-addr"),
 	}
 	if v.GetBool("uninstall") {
 		return nodeagent.UninstallAgent(cfg, log)
