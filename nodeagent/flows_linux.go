@@ -58,6 +58,9 @@ var (
 	flowOwnMaps    = []string{flows.FlowsMapFlows, flows.FlowsMapFlowEvents, flows.FlowsMapFlowStats}
 )
 
+// flowPollInterval bounds how late a flow event reaches the stream and the metrics.
+const flowPollInterval = 100 * time.Millisecond
+
 // flowsLinkName is the sockops link's pin under <PinDir>/links.
 const flowsLinkName = "flows_sockops"
 
@@ -188,7 +191,13 @@ func (c *FlowCollector) Run(ctx context.Context) error {
 		raw flows.FlowsFlowEvent
 	)
 	for {
+		// The program wakes the reader only when a lot is waiting
+		// (WAKEUP_BYTES in flows.c): poll at least this often.
+		r.SetDeadline(time.Now().Add(flowPollInterval))
 		if err := r.ReadInto(&rec); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				continue
+			}
 			if errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
 				return nil
 			}

@@ -267,6 +267,18 @@ static __always_inline void fill_event(struct flow_event *e, struct bpf_sock_ops
 	e->total_retrans = skops->total_retrans;
 }
 
+// Wake the reader only once this much is waiting: one wakeup per event
+// costs more than the program itself (the reader polls every 100 ms anyway).
+#define WAKEUP_BYTES (64 * 1024)
+
+static __always_inline void submit(struct flow_event *e)
+{
+	__u64 flags = bpf_ringbuf_query(&flow_events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES
+			      ? BPF_RB_FORCE_WAKEUP
+			      : BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
+}
+
 // The flags this program needs. RETRANS_CB also tells bpf/redirect, which
 // drops STATE_CB from a redirected socket once it is established, that
 // another program still follows the socket's state.
@@ -338,7 +350,7 @@ int warren_flows(struct bpf_sock_ops *skops)
 		e->kind = FLOW_START;
 		e->end = END_NONE;
 		e->old_state = TCP_ESTABLISHED;
-		bpf_ringbuf_submit(e, 0);
+		submit(e);
 		break;
 	}
 
@@ -387,7 +399,7 @@ int warren_flows(struct bpf_sock_ops *skops)
 		else
 			e->end = END_RESET;
 		bpf_map_delete_elem(&flows, &cookie);
-		bpf_ringbuf_submit(e, 0);
+		submit(e);
 		stat(STAT_ENDED);
 		break;
 	}
