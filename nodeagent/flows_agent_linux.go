@@ -55,11 +55,8 @@ func openAgentFlows(cfg AgentConfig, client kubernetes.Interface, reg prometheus
 func (f *agentFlows) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		sctx, cancel := context.WithTimeout(ctx, podIndexSyncTimeout)
-		defer cancel()
-		if err := f.pods.Run(sctx); err != nil && ctx.Err() == nil {
-			f.log.Warn("pod index not synced yet; flows are labelled unknown until it is", "err", err)
-			f.pods.Run(ctx) // keep waiting, in the background of the rest
+		if !f.pods.Run(ctx, podIndexSyncTimeout) && ctx.Err() == nil {
+			f.log.Warn("pod index not synced yet; flows are labelled unknown until it is")
 		}
 		return nil
 	})

@@ -756,3 +756,45 @@ func exposition(tb testing.TB, reg *prometheus.Registry) string {
 	promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	return rec.Body.String()
 }
+
+// A connection open when its pod leaves the mesh still ends with its counts,
+// and the flow table is left empty.
+func TestFlowEndsAfterUnenroll(t *testing.T) {
+	e := newEnv(t)
+	opts := e.options("n1")
+	k := e.open(opts)
+	tp := newTopo(t)
+	c := e.openFlows(opts, nil)
+	events, cancel := c.Subscribe(nil)
+	defer cancel()
+	enroll(t, k, tp.Pod("pod-a"))
+	sink(t, tp.peer, ":8080", 3)
+	dst := netip.AddrPortFrom(tp.peer4, 8080)
+	var conn net.Conn
+	err := netns.Do(tp.pod, func() (err error) {
+		d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+			return rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, DefaultTunnelMark) })
+		}}
+		conn, err = d.Dial("tcp", dst.String())
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	waitFlow(t, events, "start", func(e *FlowEvent) bool { return e.Kind == FlowStart && e.Destination == dst })
+	if err := k.Unenroll(ctx, "pod-a"); err != nil {
+		t.Fatal(err)
+	}
+	conn.Write(make([]byte, 42))
+	conn.(*net.TCPConn).CloseWrite()
+	io.Copy(io.Discard, conn)
+	conn.Close()
+	ev := waitFlow(t, events, "end after unenroll", endTo(dst, HopTunnel))
+	if ev.BytesSent != 42 || ev.BytesReceived != 3 || ev.End != EndClosed {
+		t.Errorf("end after unenroll: %d sent, %d received, %q; want 42, 3, closed", ev.BytesSent, ev.BytesReceived, ev.End)
+	}
+	if n, err := c.FlowTableEntries(); err != nil || n != 0 {
+		t.Errorf("flow table: %d, %v", n, err)
+	}
+}

@@ -50,14 +50,14 @@ func NewPodIndex(client kubernetes.Interface, trustDomain string) (*PodIndex, er
 	return &PodIndex{factory: f, informer: inf, trustDomain: trustDomain}, nil
 }
 
-// Run starts the informer and waits for its first list; it returns at once
-// after that (the informer runs until ctx ends).
-func (p *PodIndex) Run(ctx context.Context) error {
+// Run starts the informer, for as long as ctx lasts, and waits for its first
+// list at most timeout: it reports false if that did not come (the index
+// fills later; flows are labelled unknown meanwhile).
+func (p *PodIndex) Run(ctx context.Context, timeout time.Duration) bool {
 	p.factory.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), p.informer.HasSynced) {
-		return ctx.Err()
-	}
-	return nil
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return cache.WaitForCacheSync(wctx.Done(), p.informer.HasSynced)
 }
 
 // PodByIP implements PodResolver. Of several pods with one address (a
@@ -123,6 +123,7 @@ func trimPod(obj any) (any, error) {
 	}, nil
 }
 
-// podIndexSyncTimeout bounds how long the agent waits for the index at start:
-// flows before it are labelled unknown, nothing else waits for it.
+// podIndexSyncTimeout is how long the agent waits for the index's first list
+// before it says so in its log (nothing waits for it: flows before it are
+// labelled unknown).
 const podIndexSyncTimeout = 30 * time.Second

@@ -27,6 +27,9 @@
 // address), which carries the bytes the client's app hop counted already.
 // So no byte is counted twice, within a node or across nodes.
 //
+// A recorded connection ends with an event also when its pod left the mesh
+// meanwhile (the close is matched in `flows`, not in `enrolled`).
+//
 // Counters in struct bpf_sock_ops are read when a callback runs, so the
 // final ones are taken at STATE_CB -> TCP_CLOSE; the kernel keeps srtt and
 // the minimum RTT itself, so no per-ACK RTT callback is needed.
@@ -284,6 +287,58 @@ static __always_inline void submit(struct flow_event *e)
 // another program still follows the socket's state.
 #define FLOW_CB_FLAGS (BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG)
 
+// At STATE_CB -> TCP_CLOSE: the end event, with the final counters.
+static __always_inline int flow_closed(struct bpf_sock_ops *skops, __u64 cookie, __u64 netns)
+{
+	struct flow *f = bpf_map_lookup_elem(&flows, &cookie);
+	if (!f) {
+		// Not ours (another program asked for STATE_CB), or evicted:
+		// ours if it is in an enrolled netns and flagged as we flag.
+		if ((skops->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_RETRANS_CB_FLAG) &&
+		    bpf_map_lookup_elem(&enrolled, &netns))
+			stat(STAT_UNTRACKED);
+		return 1;
+	}
+	struct flow_event *e = bpf_ringbuf_reserve(&flow_events, sizeof(*e), 0);
+	if (!e) {
+		stat(STAT_DROPPED);
+		bpf_map_delete_elem(&flows, &cookie);
+		return 1;
+	}
+	fill_event(e, skops, cookie, f);
+	__u32 old = skops->args[0];
+	// bytes_acked and bytes_received count sequence space, which
+	// the SYN and the FINs take one of each: keep the data.
+	// Our FIN was sent in these states, and acked if nothing is
+	// outstanding; the peer's arrived in these (FIN_WAIT2 -> CLOSE
+	// is the time-wait hand-over: it is wrong only after an orphan's
+	// FIN_WAIT2 timeout, when the peer never closed).
+	__u64 ctl_out = f->established_ns ? 1 : 0;
+	if (old == TCP_FIN_WAIT2 ||
+	    ((old == TCP_FIN_WAIT1 || old == TCP_CLOSING || old == TCP_LAST_ACK) &&
+	     skops->snd_una == skops->snd_nxt))
+		ctl_out++;
+	__u64 ctl_in = old == TCP_FIN_WAIT2 || old == TCP_CLOSE_WAIT || old == TCP_CLOSING ||
+			       old == TCP_LAST_ACK
+			   ? 1
+			   : 0;
+	e->bytes_acked = e->bytes_acked > ctl_out ? e->bytes_acked - ctl_out : 0;
+	e->bytes_received = e->bytes_received > ctl_in ? e->bytes_received - ctl_in : 0;
+	e->kind = FLOW_END;
+	e->old_state = old;
+	if (old == TCP_SYN_SENT || !f->established_ns)
+		e->end = END_FAILED;
+	else if (old == TCP_FIN_WAIT2 || old == TCP_LAST_ACK || old == TCP_CLOSING ||
+		 old == TCP_TIME_WAIT)
+		e->end = END_CLOSED;
+	else
+		e->end = END_RESET;
+	bpf_map_delete_elem(&flows, &cookie);
+	submit(e);
+	stat(STAT_ENDED);
+	return 1;
+}
+
 SEC("sockops")
 int warren_flows(struct bpf_sock_ops *skops)
 {
@@ -292,10 +347,19 @@ int warren_flows(struct bpf_sock_ops *skops)
 	    op != BPF_SOCK_OPS_STATE_CB)
 		return 1;
 	__u64 netns = bpf_get_netns_cookie(skops);
+	__u64 cookie;
+	if (op == BPF_SOCK_OPS_STATE_CB) {
+		// Only sockets some program asked STATE_CB for get here. Ours
+		// are in `flows`, also after their pod left the mesh.
+		if (skops->args[1] != TCP_CLOSE)
+			return 1;
+		cookie = bpf_get_socket_cookie(skops);
+		return flow_closed(skops, cookie, netns);
+	}
 	struct pod_info *pod = bpf_map_lookup_elem(&enrolled, &netns);
 	if (!pod)
 		return 1;
-	__u64 cookie = bpf_get_socket_cookie(skops);
+	cookie = bpf_get_socket_cookie(skops);
 
 	switch (op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB: {
@@ -354,55 +418,6 @@ int warren_flows(struct bpf_sock_ops *skops)
 		break;
 	}
 
-	case BPF_SOCK_OPS_STATE_CB: {
-		if (skops->args[1] != TCP_CLOSE)
-			break;
-		struct flow *f = bpf_map_lookup_elem(&flows, &cookie);
-		if (!f) {
-			// Not ours (another program asked for STATE_CB), or evicted.
-			if (skops->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_RETRANS_CB_FLAG)
-				stat(STAT_UNTRACKED);
-			break;
-		}
-		struct flow_event *e = bpf_ringbuf_reserve(&flow_events, sizeof(*e), 0);
-		if (!e) {
-			stat(STAT_DROPPED);
-			bpf_map_delete_elem(&flows, &cookie);
-			break;
-		}
-		fill_event(e, skops, cookie, f);
-		__u32 old = skops->args[0];
-		// bytes_acked and bytes_received count sequence space, which
-		// the SYN and the FINs take one of each: keep the data.
-		// Our FIN was sent in these states, and acked if nothing is
-		// outstanding; the peer's arrived in these (FIN_WAIT2 -> CLOSE
-		// is the time-wait hand-over: it is wrong only after an orphan's
-		// FIN_WAIT2 timeout, when the peer never closed).
-		__u64 ctl_out = f->established_ns ? 1 : 0;
-		if (old == TCP_FIN_WAIT2 ||
-		    ((old == TCP_FIN_WAIT1 || old == TCP_CLOSING || old == TCP_LAST_ACK) &&
-		     skops->snd_una == skops->snd_nxt))
-			ctl_out++;
-		__u64 ctl_in = old == TCP_FIN_WAIT2 || old == TCP_CLOSE_WAIT || old == TCP_CLOSING ||
-				       old == TCP_LAST_ACK
-				   ? 1
-				   : 0;
-		e->bytes_acked = e->bytes_acked > ctl_out ? e->bytes_acked - ctl_out : 0;
-		e->bytes_received = e->bytes_received > ctl_in ? e->bytes_received - ctl_in : 0;
-		e->kind = FLOW_END;
-		e->old_state = old;
-		if (old == TCP_SYN_SENT || !f->established_ns)
-			e->end = END_FAILED;
-		else if (old == TCP_FIN_WAIT2 || old == TCP_LAST_ACK || old == TCP_CLOSING ||
-			 old == TCP_TIME_WAIT)
-			e->end = END_CLOSED;
-		else
-			e->end = END_RESET;
-		bpf_map_delete_elem(&flows, &cookie);
-		submit(e);
-		stat(STAT_ENDED);
-		break;
-	}
 	}
 	return 1;
 }
