@@ -349,7 +349,8 @@ func TestFlowRetransmits(t *testing.T) {
 }
 
 // Only this agent's enrolled netns are recorded: not another netns on the
-// machine, not another agent's pods, not the peer's (passive) side.
+// machine, not another agent's pods, not the peer's (passive) side, not the
+// tunnel's delivery to its own pod's app.
 func TestFlowOnlyEnrolled(t *testing.T) {
 	e := newEnv(t)
 	optsA, optsB := e.options("node-a"), e.options("node-b")
@@ -375,6 +376,7 @@ func TestFlowOnlyEnrolled(t *testing.T) {
 	}{
 		{other.pod, other.peer4}, {other.peer, other.pod4}, // not enrolled anywhere
 		{ta.peer, ta.pod4}, // into A's pod: its passive end
+		{ta.pod, ta.pod4},  // the tunnel's (marked) dial to its own pod's app
 		{tb.pod, tb.peer4}, // B's pod: B's flow
 		{ta.pod, ta.peer4}, // A's pod, last
 	} {
