@@ -102,6 +102,12 @@ var flowLabels = []string{"hop",
 	"destination_workload", "destination_namespace", "destination_identity"}
 
 type flowMetrics struct {
+	// series caches each label set's children: resolving them through
+	// the vectors (hashing 8 labels, 5 times per flow) was most of an
+	// event's cost in user space.
+	mu     sync.Mutex
+	series map[flowKey]*flowSeries
+
 	connections *prometheus.CounterVec
 	bytes       *prometheus.CounterVec
 	retrans     *prometheus.CounterVec
@@ -146,31 +152,59 @@ func orUnknown(s string) string {
 	return s
 }
 
+type flowKey struct {
+	hop, srcWorkload, srcNamespace, srcIdentity, dstWorkload, dstNamespace, dstIdentity string
+}
+
+type flowSeries struct {
+	sent, received, retrans prometheus.Counter
+	rtt                     prometheus.Observer
+	ends                    map[string]prometheus.Counter
+}
+
+func (m *flowMetrics) seriesFor(e *FlowEvent) *flowSeries {
+	k := flowKey{e.Hop,
+		orUnknown(e.SourcePod.Workload), orUnknown(e.SourcePod.Namespace), orUnknown(e.SourcePod.Identity),
+		orUnknown(e.DestinationPod.Workload), orUnknown(e.DestinationPod.Namespace), orUnknown(e.DestinationPod.Identity)}
+	if s := m.series[k]; s != nil {
+		return s
+	}
+	l := []string{k.hop, k.srcWorkload, k.srcNamespace, k.srcIdentity, k.dstWorkload, k.dstNamespace, k.dstIdentity}
+	with := func(v string) []string { return append(append([]string{}, l...), v) }
+	s := &flowSeries{
+		sent:     m.bytes.WithLabelValues(with("sent")...),
+		received: m.bytes.WithLabelValues(with("received")...),
+		retrans:  m.retrans.WithLabelValues(l...),
+		rtt:      m.rtt.WithLabelValues(l...),
+		ends:     map[string]prometheus.Counter{},
+	}
+	for _, end := range []string{EndClosed, EndReset, EndFailed} {
+		s.ends[end] = m.connections.WithLabelValues(with(end)...)
+	}
+	if m.series == nil {
+		m.series = map[flowKey]*flowSeries{}
+	}
+	m.series[k] = s
+	return s
+}
+
 // observe counts an end event.
 func (m *flowMetrics) observe(e *FlowEvent) {
 	if e.Kind != FlowEnd {
 		return
 	}
-	l := prometheus.Labels{
-		"hop":                   e.Hop,
-		"source_workload":       orUnknown(e.SourcePod.Workload),
-		"source_namespace":      orUnknown(e.SourcePod.Namespace),
-		"source_identity":       orUnknown(e.SourcePod.Identity),
-		"destination_workload":  orUnknown(e.DestinationPod.Workload),
-		"destination_namespace": orUnknown(e.DestinationPod.Namespace),
-		"destination_identity":  orUnknown(e.DestinationPod.Identity),
-	}
-	m.retrans.With(l).Add(float64(e.Retransmits))
+	m.mu.Lock()
+	s := m.seriesFor(e)
+	m.mu.Unlock()
+	s.retrans.Add(float64(e.Retransmits))
 	if !e.Established.IsZero() {
-		m.rtt.With(l).Observe(e.SRTT.Seconds())
+		s.rtt.Observe(e.SRTT.Seconds())
 	}
-	l["direction"] = "sent"
-	m.bytes.With(l).Add(float64(e.BytesSent))
-	l["direction"] = "received"
-	m.bytes.With(l).Add(float64(e.BytesReceived))
-	delete(l, "direction")
-	l["end"] = e.End
-	m.connections.With(l).Inc()
+	s.sent.Add(float64(e.BytesSent))
+	s.received.Add(float64(e.BytesReceived))
+	if c := s.ends[e.End]; c != nil {
+		c.Inc()
+	}
 }
 
 // flowHub fans events out to stream subscribers. A subscriber that does not
@@ -205,6 +239,13 @@ func (h *flowHub) subscribe(filter func(*FlowEvent) bool) (<-chan FlowEvent, fun
 			h.mu.Unlock()
 		})
 	}
+}
+
+// active says whether anyone is subscribed.
+func (h *flowHub) active() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.subs) > 0
 }
 
 func (h *flowHub) publish(e *FlowEvent) {

@@ -2,16 +2,20 @@ package nodeagent
 
 import (
 	"context"
+	"encoding/binary"
 	"io"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/warrenmesh/warren/bpf/flows"
 	"github.com/warrenmesh/warren/internal/netns"
+	"github.com/warrenmesh/warren/nodeagent/pins"
 )
 
 // BenchmarkFlows measures what the flow program (and its collector reading
@@ -189,4 +193,30 @@ func BenchmarkFlows(b *testing.B) {
 	b.ReportMetric(bulk*n/bulkNone.Seconds()/1e6, "MB/s-none")
 	b.ReportMetric(bulk*n/bulkFlows.Seconds()/1e6, "MB/s-flows")
 	b.ReportMetric(100*(float64(bulkFlows)/float64(bulkNone)-1), "%bulk-slower")
+}
+
+// BenchmarkFlowEvent measures what the collector does with one end event in
+// user space: decode, resolve, count, fan out (to no subscriber).
+func BenchmarkFlowEvent(b *testing.B) {
+	pods := staticPods{
+		netip.MustParseAddr("10.77.1.1"): {Namespace: "ns-a", Name: "a-1", Workload: "a", ServiceAccount: "sa-a"},
+		netip.MustParseAddr("10.77.1.2"): {Namespace: "ns-b", Name: "b-1", Workload: "b"},
+	}
+	c := &FlowCollector{metrics: newFlowMetrics(), opts: FlowOptions{Pods: pods, TrustDomain: "cluster.local"}}
+	var raw flows.FlowsFlowEvent
+	raw.Kind = uint8(flows.FlowsFlowKindFLOW_END)
+	raw.Hop = uint8(flows.FlowsFlowHopHOP_TUNNEL)
+	raw.PodIp4 = 0x01014d0a // 10.77.1.1
+	raw.Remote = flows.FlowsAddr{Ip6: pins.Words(netip.MustParseAddr("::ffff:10.77.1.2").As16()), Port: 8080}
+	raw.EstablishedNs, raw.StartNs, raw.TimeNs = 1, 1, 2
+	buf := make([]byte, binary.Size(raw))
+	if _, err := binary.Encode(buf, binary.LittleEndian, &raw); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		r := *(*flows.FlowsFlowEvent)(unsafe.Pointer(&buf[0])) // as Run reads it
+		ev := c.event(&r)
+		c.metrics.observe(&ev)
+		c.hub.publish(&ev)
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -187,8 +188,10 @@ func (c *FlowCollector) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { r.Close() })
 	defer stop()
 	var (
-		rec ringbuf.Record
-		raw flows.FlowsFlowEvent
+		rec       ringbuf.Record
+		raw       flows.FlowsFlowEvent
+		read      = c.metrics.events.WithLabelValues("read")
+		malformed = c.metrics.events.WithLabelValues("malformed")
 	)
 	for {
 		// The program wakes the reader only when a lot is waiting
@@ -203,12 +206,18 @@ func (c *FlowCollector) Run(ctx context.Context) error {
 			}
 			return fmt.Errorf("flows: ring buffer: %w", err)
 		}
-		if _, err := binary.Decode(rec.RawSample, binary.LittleEndian, &raw); err != nil {
-			c.metrics.events.WithLabelValues("malformed").Inc()
+		if len(rec.RawSample) < int(unsafe.Sizeof(raw)) {
+			malformed.Inc()
 			continue
 		}
+		// The sample is the C struct, which the generated one mirrors
+		// (host layout, little-endian); the ring keeps it 8-byte aligned.
+		raw = *(*flows.FlowsFlowEvent)(unsafe.Pointer(&rec.RawSample[0]))
+		read.Inc()
+		if raw.Kind == uint8(flows.FlowsFlowKindFLOW_START) && !c.hub.active() {
+			continue // start events count nothing: only subscribers want them
+		}
 		ev := c.event(&raw)
-		c.metrics.events.WithLabelValues("read").Inc()
 		c.metrics.observe(&ev)
 		c.hub.publish(&ev)
 	}

@@ -270,13 +270,16 @@ static __always_inline void fill_event(struct flow_event *e, struct bpf_sock_ops
 	e->total_retrans = skops->total_retrans;
 }
 
-// Wake the reader only once this much is waiting: one wakeup per event
-// costs more than the program itself (the reader polls every 100 ms anyway).
+// Wake the reader only when the data waiting crosses this mark: a wakeup
+// per event (or per event past the mark, while the reader is on its way)
+// costs more than the program itself. The reader polls every 100 ms anyway.
 #define WAKEUP_BYTES (64 * 1024)
+#define RECORD_BYTES ((sizeof(struct flow_event) + 8 + 7) / 8 * 8) // with the ring's header
 
 static __always_inline void submit(struct flow_event *e)
 {
-	__u64 flags = bpf_ringbuf_query(&flow_events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES
+	__u64 avail = bpf_ringbuf_query(&flow_events, BPF_RB_AVAIL_DATA);
+	__u64 flags = avail >= WAKEUP_BYTES && avail < WAKEUP_BYTES + RECORD_BYTES
 			      ? BPF_RB_FORCE_WAKEUP
 			      : BPF_RB_NO_WAKEUP;
 	bpf_ringbuf_submit(e, flags);
