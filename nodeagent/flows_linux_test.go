@@ -267,6 +267,15 @@ func TestFlowBytes(t *testing.T) {
 		}
 	case <-time.After(200 * time.Millisecond):
 	}
+	// IPv6, the tunnel's hop.
+	dst6 := netip.AddrPortFrom(tp.peer6, 8080)
+	if got, err := transfer(tp.pod, dst6.String(), DefaultTunnelMark, 12345); err != nil || got != reply {
+		t.Fatalf("transfer over IPv6: %d bytes, %v", got, err)
+	}
+	ev := waitFlow(t, events, "IPv6", endTo(dst6, HopTunnel))
+	if ev.BytesSent != 12345 || ev.BytesReceived != reply || ev.SourceIP != tp.pod6 || ev.Local.Addr() != tp.pod6 || ev.Remote != dst6 {
+		t.Errorf("IPv6: %v (pod %v) -> %v, sent %d, received %d", ev.Local, ev.SourceIP, ev.Remote, ev.BytesSent, ev.BytesReceived)
+	}
 	n, err := c.FlowTableEntries()
 	if err != nil || n != 0 {
 		t.Errorf("flow table: %d entries, %v; want 0 after close", n, err)
