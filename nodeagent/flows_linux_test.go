@@ -606,11 +606,13 @@ func TestFlowRTT(t *testing.T) {
 	}
 	base, slow := rtt[0], rtt[20*time.Millisecond]
 	t.Logf("srtt %v (min %v) direct, %v (min %v) with 2 x 20 ms", base.SRTT, base.MinRTT, slow.SRTT, slow.MinRTT)
-	if base.SRTT <= 0 || base.SRTT > 20*time.Millisecond {
-		t.Errorf("srtt without delay: %v", base.SRTT)
+	// The minimum RTT is the path's (the forwarder's scheduling on a busy
+	// machine only adds to it); the smoothed one follows it up.
+	if base.SRTT <= 0 || base.MinRTT > 10*time.Millisecond {
+		t.Errorf("without delay: srtt %v, min %v; want min < 10 ms", base.SRTT, base.MinRTT)
 	}
-	if slow.MinRTT < 40*time.Millisecond || slow.SRTT < 40*time.Millisecond || slow.SRTT > 100*time.Millisecond {
-		t.Errorf("with 20 ms each way: srtt %v, min %v; want 40-100 ms, min >= 40 ms", slow.SRTT, slow.MinRTT)
+	if slow.MinRTT < 40*time.Millisecond || slow.MinRTT > 60*time.Millisecond+base.MinRTT || slow.SRTT < 40*time.Millisecond {
+		t.Errorf("with 20 ms each way: srtt %v, min %v; want min 40 ms + about the direct min (%v), srtt >= 40 ms", slow.SRTT, slow.MinRTT, base.MinRTT)
 	}
 }
 
