@@ -698,11 +698,11 @@ func TestFlowAdoptAndUninstall(t *testing.T) {
 
 // The metrics count by workload and pass promtool's checks.
 func TestFlowMetrics(t *testing.T) {
+	e := newEnv(t)
 	promtool, err := exec.LookPath("promtool")
 	if err != nil {
 		t.Fatal("promtool not found (Debian package prometheus; make deps)")
 	}
-	e := newEnv(t)
 	opts := e.options("n1")
 	reg := prometheus.NewRegistry()
 	opts.Registerer = reg
