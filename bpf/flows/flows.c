@@ -420,7 +420,6 @@ int warren_flows(struct bpf_sock_ops *skops)
 		submit(e);
 		break;
 	}
-
 	}
 	return 1;
 }
