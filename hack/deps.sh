@@ -8,6 +8,7 @@ pkgs=(
   clang llvm libbpf-dev                                                            # bpf2go
   protobuf-compiler                                                                # api/proto (protoc)
   haproxy iperf3                                                                   # benchmarks
+  prometheus                                                                       # promtool (metrics checks in tests)
 )
 missing=()
 for p in "${pkgs[@]}"; do

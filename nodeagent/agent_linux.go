@@ -54,6 +54,8 @@ type AgentConfig struct {
 	Netns NetnsFinder
 	// ShutdownTimeout bounds the API calls of that decision; 5 s if zero.
 	ShutdownTimeout time.Duration
+	// FlowAddr serves the flow stream, gRPC (DefaultFlowAddr if empty; "-" for none).
+	FlowAddr string
 }
 
 func (c *AgentConfig) setDefaults() {
@@ -147,6 +149,12 @@ func RunAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger) (err error
 		log.Info("Warren is being removed: uninstalling from this node", "why", why)
 		err = errors.Join(err, kernel.Uninstall(dctx), UninstallAgent(cfg, log))
 	}()
+	// Kernel flow records (flows_agent_linux.go): after Open, whose maps they share.
+	flows, err := openAgentFlows(cfg, client, reg, log)
+	if err != nil {
+		return err
+	}
+	defer flows.Close()
 
 	ztunnel, err := zds.Listen(cfg.ZtunnelSocket, zds.ServerOptions{Logger: log.With("component", "zds")})
 	if err != nil {
@@ -170,6 +178,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger) (err error
 	g.Go(func() error { return rec.Run(ctx) })
 	g.Go(func() error { return ztunnel.Serve(ctx) })
 	g.Go(func() error { return cni.Serve(ctx) })
+	g.Go(func() error { return flows.Run(ctx) })
 	if cfg.MetricsAddr != "-" {
 		g.Go(func() error { return serveMetrics(ctx, cfg.MetricsAddr, reg, log.With("component", "metrics")) })
 	}

@@ -13,9 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	flowv1 "github.com/warrenmesh/warren/api/proto/flow/v1"
 	"github.com/warrenmesh/warren/internal/netns"
 	"github.com/warrenmesh/warren/internal/zds"
 	"github.com/warrenmesh/warren/nodeagent/cniapi"
@@ -84,6 +87,7 @@ func TestAgentEndToEnd(t *testing.T) {
 		CNI: CNIConfig{Binary: filepath.Join(dir, "warren-cni"), BinDir: filepath.Join(dir, "bin"),
 			ConfDir: filepath.Join(dir, "net.d")},
 		MetricsAddr: freeAddr(t),
+		FlowAddr:    freeAddr(t),
 	}
 	must(t, os.MkdirAll(cfg.CNI.BinDir, 0o755))
 	must(t, os.MkdirAll(cfg.CNI.ConfDir, 0o755))
@@ -148,8 +152,19 @@ func TestAgentEndToEnd(t *testing.T) {
 		t.Fatalf("CNI add: %+v, %v", resp, err)
 	}
 	podNS := mustOpen(t, filepath.Join(netns.RunDir, tp.podName))
+	flows := observeFlows(t, cfg.FlowAddr, &flowv1.Filter{To: tp.peer4.String()})
 	got, err := dial(podNS, "tcp4", ap(tp.peer4, 8080), 0)
 	expectLine(t, "enrolled through CNI", got, err, "tunnel 127.0.0.1:15001")
+	for _, want := range []flowv1.Verdict{flowv1.Verdict_ESTABLISHED, flowv1.Verdict_CLOSED} {
+		ev, err := flows.Recv()
+		if err != nil {
+			t.Fatalf("flow stream: %v", err)
+		}
+		if ev.Verdict != want || ev.Hop != HopApp || ev.Node != "n1" || ev.Destination.Ip != tp.peer4.String() ||
+			ev.Destination.Port != 8080 || ev.Via != "127.0.0.1:15001" || ev.Source.Ip != tp.pod4.String() {
+			t.Errorf("flow event: %v, want %v of the app's connection to %v", ev, want, ap(tp.peer4, 8080))
+		}
+	}
 	want, err := netns.Cookie(podNS)
 	must(t, err)
 	waitFor(t, "the ztunnel got the pod's netns", func() bool { c, ok := zt.cookie(uid); return ok && c == want })
@@ -180,4 +195,24 @@ func TestAgentEndToEnd(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(e.bpffs, "warren", "n1")); !os.IsNotExist(err) {
 		t.Errorf("pins left after uninstall: %v", err)
 	}
+}
+
+// observeFlows opens a flow stream on the agent's flow server, once it listens.
+func observeFlows(t *testing.T, addr string, f *flowv1.Filter) grpc.ServerStreamingClient[flowv1.FlowEvent] {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	must(t, err)
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	var stream grpc.ServerStreamingClient[flowv1.FlowEvent]
+	waitFor(t, "the flow stream", func() bool {
+		stream, err = flowv1.NewFlowsClient(conn).Observe(ctx, &flowv1.ObserveRequest{Filter: f}, grpc.WaitForReady(true))
+		if err != nil {
+			return false
+		}
+		_, err = stream.Header() // the server has the stream
+		return err == nil
+	})
+	return stream
 }

@@ -136,4 +136,8 @@ func TestReconcilerAPIServer(t *testing.T) {
 	mustCreate(err)
 	_, err = client.RbacV1().ClusterRoleBindings().Create(ctx, &binding, metav1.CreateOptions{})
 	mustCreate(err)
+	var observer rbacv1.Role
+	mustCreate(yaml.UnmarshalStrict([]byte(docs[2]), &observer))
+	_, err = client.RbacV1().Roles("warren-system").Create(ctx, &observer, metav1.CreateOptions{})
+	mustCreate(err)
 }

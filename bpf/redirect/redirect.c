@@ -384,8 +384,11 @@ int warren_sockops(struct bpf_sock_ops *skops)
 		else
 			count(PROG_SOCKOPS, ACTION_REDIRECTED);
 		bpf_map_delete_elem(&orig_by_cookie, &cookie);
-		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags &
-							 ~BPF_SOCK_OPS_STATE_CB_FLAG);
+		// Done with its state, unless another program follows it too:
+		// bpf/flows marks the sockets it records with RETRANS_CB.
+		__u32 flags = skops->bpf_sock_ops_cb_flags;
+		if (!(flags & BPF_SOCK_OPS_RETRANS_CB_FLAG))
+			bpf_sock_ops_cb_flags_set(skops, flags & ~BPF_SOCK_OPS_STATE_CB_FLAG);
 		break;
 	}
 

@@ -56,6 +56,7 @@ func run() error {
 	fs.String("metrics-addr", nodeagent.DefaultMetricsAddr, `metrics and health address; "-" for none`)
 	fs.String("pod-name", "", "this agent's pod (downward API): at exit it uninstalls if the pod's DaemonSet or namespace is being deleted; never if empty")
 	fs.String("pod-namespace", "", "this agent's pod's namespace (downward API)")
+	fs.String("flow-addr", nodeagent.DefaultFlowAddr, `flow stream (gRPC, warrenctl observe) address; "-" for none`)
 	fs.Bool("uninstall", false, "remove every link, pin and the CNI plugin of this node's agent, and exit")
 	v, log, err := flagenv.Parse(fs, os.Args[1:], "WARREN")
 	if err != nil {
@@ -84,6 +85,7 @@ func run() error {
 		MetricsAddr:  v.GetString("metrics-addr"),
 		PodName:      v.GetString("pod-name"),
 		PodNamespace: v.GetString("pod-namespace"),
+		FlowAddr:     v.GetString("flow-addr"),
 	}
 	if v.GetBool("uninstall") {
 		return nodeagent.UninstallAgent(cfg, log)
