@@ -217,27 +217,9 @@ func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, lo
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	// SO_REUSEPORT: during a rolling update two agents of the node (host
-	// network) serve the port at once.
-	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
-		return errors.Join(err, serr)
-	}}
-	ln, err := lc.Listen(ctx, "tcp", addr)
-	for errors.Is(err, unix.EADDRINUSE) {
-		// Held without SO_REUSEPORT (an older agent, during its upgrade):
-		// serve once it is gone rather than fail the agent.
-		log.Warn("metrics port in use, trying again", "addr", addr)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(2 * time.Second):
-		}
-		ln, err = lc.Listen(ctx, "tcp", addr)
-	}
-	if err != nil {
-		return fmt.Errorf("metrics: %w", err)
+	ln, err := listenReusePort(ctx, addr, "metrics", log)
+	if err != nil || ln == nil {
+		return err
 	}
 	stop := context.AfterFunc(ctx, func() { srv.Close() })
 	defer stop()
@@ -245,6 +227,33 @@ func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, lo
 		return fmt.Errorf("metrics: %w", err)
 	}
 	return nil
+}
+
+// listenReusePort listens on a TCP port of the node with SO_REUSEPORT:
+// during a rolling update two agents of the node (host network) serve the
+// port at once. A port held without it (an older agent, during its upgrade)
+// is tried again until it is free, rather than failing the agent; nil, nil
+// when ctx ends first.
+func listenReusePort(ctx context.Context, addr, what string, log *slog.Logger) (net.Listener, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
+		return errors.Join(err, serr)
+	}}
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	for errors.Is(err, unix.EADDRINUSE) {
+		log.Warn(what+" port in use, trying again", "addr", addr)
+		select {
+		case <-ctx.Done():
+			return nil, nil
+		case <-time.After(2 * time.Second):
+		}
+		ln, err = lc.Listen(ctx, "tcp", addr)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return ln, nil
 }
 
 // UninstallAgent removes what agents of this node left: every pinned link

@@ -113,8 +113,8 @@ func TestReconcilerAPIServer(t *testing.T) {
 	mustCreate(client.CoreV1().Pods("mesh").Delete(ctx, "a", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}))
 	r.eventually("pod deleted")
 
-	// And while an apiserver is up: it takes the agent's manifests as they are.
-	dir := filepath.Join("..", "manifests", "agent")
+	// And while an apiserver is up: it takes the node DaemonSet's manifests as they are.
+	dir := filepath.Join("..", "manifests", "node")
 	_, err = client.CoreV1().Namespaces().Create(ctx, testNS("warren-system", nil), metav1.CreateOptions{})
 	mustCreate(err)
 	var sa corev1.ServiceAccount
@@ -127,17 +127,34 @@ func TestReconcilerAPIServer(t *testing.T) {
 	mustCreate(err)
 	rbac, err := os.ReadFile(filepath.Join(dir, "rbac.yaml"))
 	mustCreate(err)
-	docs := strings.Split(string(rbac), "\n---\n")
-	var role rbacv1.ClusterRole
-	var binding rbacv1.ClusterRoleBinding
-	mustCreate(yaml.UnmarshalStrict([]byte(docs[0]), &role))
-	mustCreate(yaml.UnmarshalStrict([]byte(docs[1]), &binding))
-	_, err = client.RbacV1().ClusterRoles().Create(ctx, &role, metav1.CreateOptions{})
-	mustCreate(err)
-	_, err = client.RbacV1().ClusterRoleBindings().Create(ctx, &binding, metav1.CreateOptions{})
-	mustCreate(err)
-	var observer rbacv1.Role
-	mustCreate(yaml.UnmarshalStrict([]byte(docs[2]), &observer))
-	_, err = client.RbacV1().Roles("warren-system").Create(ctx, &observer, metav1.CreateOptions{})
-	mustCreate(err)
+	kinds := map[string]int{}
+	for _, doc := range strings.Split(string(rbac), "\n---\n") {
+		var meta metav1.TypeMeta
+		mustCreate(yaml.Unmarshal([]byte(doc), &meta))
+		kinds[meta.Kind]++
+		switch meta.Kind {
+		case "ClusterRole":
+			var o rbacv1.ClusterRole
+			mustCreate(yaml.UnmarshalStrict([]byte(doc), &o))
+			_, err = client.RbacV1().ClusterRoles().Create(ctx, &o, metav1.CreateOptions{})
+		case "ClusterRoleBinding":
+			var o rbacv1.ClusterRoleBinding
+			mustCreate(yaml.UnmarshalStrict([]byte(doc), &o))
+			_, err = client.RbacV1().ClusterRoleBindings().Create(ctx, &o, metav1.CreateOptions{})
+		case "Role":
+			var o rbacv1.Role
+			mustCreate(yaml.UnmarshalStrict([]byte(doc), &o))
+			_, err = client.RbacV1().Roles("warren-system").Create(ctx, &o, metav1.CreateOptions{})
+		case "RoleBinding":
+			var o rbacv1.RoleBinding
+			mustCreate(yaml.UnmarshalStrict([]byte(doc), &o))
+			_, err = client.RbacV1().RoleBindings("warren-system").Create(ctx, &o, metav1.CreateOptions{})
+		default:
+			t.Fatalf("rbac.yaml: unexpected kind %q", meta.Kind)
+		}
+		mustCreate(err)
+	}
+	if kinds["ClusterRole"] != 1 || kinds["Role"] != 2 {
+		t.Errorf("rbac.yaml holds %v: want the agent's ClusterRole and binding, its Role and binding, and warren-observer", kinds)
+	}
 }

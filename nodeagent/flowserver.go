@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 
 	"google.golang.org/grpc"
@@ -60,9 +59,9 @@ func (s *FlowServer) Observe(req *flowv1.ObserveRequest, stream grpc.ServerStrea
 
 // ServeFlows serves the flow stream on addr until ctx ends.
 func ServeFlows(ctx context.Context, addr string, srv *FlowServer, log *slog.Logger) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("flow server: %w", err)
+	ln, err := listenReusePort(ctx, addr, "flow server", log)
+	if err != nil || ln == nil {
+		return err
 	}
 	g := grpc.NewServer()
 	flowv1.RegisterFlowsServer(g, srv)
