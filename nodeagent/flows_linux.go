@@ -83,6 +83,14 @@ func OpenFlows(opts FlowOptions) (*FlowCollector, error) {
 			return nil, err
 		}
 		opts.Cgroup = cg
+	} else {
+		// The same directory the redirect programs attach to (a hybrid
+		// host's tree mounted whole: its unified/).
+		cg, err := ResolveCgroup2(opts.Cgroup)
+		if err != nil {
+			return nil, err
+		}
+		opts.Cgroup = cg
 	}
 	if err := ensureBPFFS(opts.BPFFS); err != nil {
 		return nil, err
