@@ -37,6 +37,11 @@ const (
 	DefaultHealthAddr  = ":15016"
 )
 
+// MaxRequestBytes bounds a message to the controller: requests are a Hello,
+// acks and CSRs, a few KiB at most; a larger one is refused with
+// ResourceExhausted before it costs memory.
+const MaxRequestBytes = 64 << 10
+
 // RunConfig is everything warren-controller needs.
 type RunConfig struct {
 	Config
@@ -189,7 +194,7 @@ func Run(ctx context.Context, rc RunConfig) error {
 	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{
 		MinVersion:     tls.VersionTLS13,
 		GetCertificate: authority.ServingCertificate(rc.ServingDNSNames),
-	})))
+	})), grpc.MaxRecvMsgSize(MaxRequestBytes))
 	meshv1.RegisterDistributionServer(gs, srv)
 	if err := mgr.Add(grpcRunnable{gs: gs, lis: lis, ready: rc.Ready}); err != nil {
 		return fmt.Errorf("add gRPC server: %w", err)

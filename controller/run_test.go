@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -397,4 +399,182 @@ func (h *recordingHandler) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (h *recordingHandler) WithGroup(name string) slog.Handler {
 	return &recordingHandler{Handler: h.Handler.WithGroup(name), rec: h.rec}
+}
+
+// TestBadInputOnTheGRPCPort sends what is not a data plane's request to a
+// running controller: each is refused with a reason, and the controller
+// keeps serving.
+func TestBadInputOnTheGRPCPort(t *testing.T) {
+	needEnv(t)
+	cs := kubernetes.NewForConfigOrDie(env.Config)
+	createNodes(t, cs, "n5")
+	createNamespace(t, cs, model.DefaultSystemNamespace, nil)
+	createSA(t, cs, model.DefaultSystemNamespace, "ztunnel")
+	zt := runningPod(t, cs, model.DefaultSystemNamespace, "ztunnel-n5", "ztunnel", "n5", "10.250.0.15")
+
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, RunConfig{Config: Config{Log: testLog(t)}, Rest: env.Config, GRPCListener: lis,
+			MetricsAddr: "0", HealthAddr: "0", Registry: prometheus.NewRegistry()})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Error("Run did not return 20 s after cancel")
+		}
+	})
+	roots := x509.NewCertPool()
+	eventually(t, "roots ConfigMap", func() error {
+		cm, err := cs.CoreV1().ConfigMaps(model.DefaultSystemNamespace).Get(ctx, ca.RootsConfigMap, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if !roots.AppendCertsFromPEM([]byte(cm.Data[ca.RootsKey])) {
+			return fmt.Errorf("no roots")
+		}
+		return nil
+	})
+	tlsConfig := &tls.Config{RootCAs: roots, ServerName: "warren-controller.warren-system.svc", MinVersion: tls.VersionTLS13}
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	cl := meshv1.NewDistributionClient(cc)
+	token := podToken(t, cs, zt)
+	serving := func(t *testing.T) {
+		t.Helper()
+		sctx, scancel := context.WithTimeout(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token), 20*time.Second)
+		defer scancel()
+		st, err := cl.Subscribe(sctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Send(&meshv1.SubscribeRequest{Kind: &meshv1.SubscribeRequest_Hello{Hello: &meshv1.Hello{Node: "n5"}}}); err != nil {
+			t.Fatal(err)
+		}
+		if u, err := st.Recv(); err != nil || !u.Snapshot {
+			t.Fatalf("the controller no longer serves: %v, %v", u, err)
+		}
+	}
+	serving(t)
+
+	// Not TLS: the handshake fails and the connection is closed, whatever
+	// the bytes.
+	for name, junk := range map[string]string{
+		"raw bytes": "\x00\x01\x02\x03\xff\xfe garbage \x16\x03",
+		"HTTP/1":    "GET / HTTP/1.1\r\nHost: warren-controller\r\n\r\n",
+		"HTTP/2":    "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			c, err := net.Dial("tcp", lis.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := c.Write([]byte(junk)); err != nil {
+				t.Fatal(err)
+			}
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			got, err := io.ReadAll(c)
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Fatalf("connection still open 10 s after %q", junk)
+			}
+			if strings.Contains(string(got), "HTTP/") {
+				t.Errorf("answered in plaintext: %q", got)
+			}
+		})
+	}
+	// TLS that does not speak gRPC: an unknown protocol is refused in the
+	// handshake, by name; HTTPS (which TLS lets in, as if it offered no
+	// protocol) is closed unanswered.
+	t.Run("TLS, unknown protocol", func(t *testing.T) {
+		c, err := tls.Dial("tcp", lis.Addr().String(), &tls.Config{RootCAs: roots, ServerName: tlsConfig.ServerName, NextProtos: []string{"warren/0"}})
+		if err == nil {
+			c.Close()
+			t.Fatal("handshake succeeded")
+		}
+		if !strings.Contains(err.Error(), "no application protocol") {
+			t.Errorf("handshake error %v, want no application protocol", err)
+		}
+	})
+	t.Run("HTTPS", func(t *testing.T) {
+		c, err := tls.Dial("tcp", lis.Addr().String(), &tls.Config{RootCAs: roots, ServerName: tlsConfig.ServerName, NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			return // refused in the handshake: fine too
+		}
+		defer c.Close()
+		_, _ = c.Write([]byte("GET / HTTP/1.1\r\nHost: warren-controller\r\n\r\n"))
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(c)
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatal("connection still open 10 s after an HTTPS request")
+		}
+		if len(got) > 0 {
+			t.Errorf("answered: %q", got)
+		}
+	})
+	// gRPC over TLS, but no valid token.
+	tr, err := cs.CoreV1().ServiceAccounts(model.DefaultSystemNamespace).CreateToken(ctx, "ztunnel", &authnv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unbound := tr.Status.Token // the ztunnel's service account, but no pod
+	for name, md := range map[string][]string{
+		"no token":      nil,
+		"garbage token": {"authorization", "Bearer not-a-token"},
+		"not bearer":    {"authorization", "Basic " + token},
+		"unbound token": {"authorization", "Bearer " + unbound},
+		"two tokens":    {"authorization", "Bearer " + token, "authorization", "Bearer " + token},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cctx, ccancel := context.WithTimeout(metadata.AppendToOutgoingContext(ctx, md...), 20*time.Second)
+			defer ccancel()
+			_, err := cl.SignCertificate(cctx, &meshv1.SignRequest{Csr: csrFor(t, "spiffe://cluster.local/ns/warren-system/sa/ztunnel")})
+			if status.Code(err) != codes.Unauthenticated || status.Convert(err).Message() == "" {
+				t.Errorf("SignCertificate: %v, want Unauthenticated with a reason", err)
+			}
+			st, err := cl.Subscribe(cctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = st.Send(&meshv1.SubscribeRequest{Kind: &meshv1.SubscribeRequest_Hello{Hello: &meshv1.Hello{Node: "n5"}}})
+			if _, err := st.Recv(); status.Code(err) != codes.Unauthenticated || status.Convert(err).Message() == "" {
+				t.Errorf("Subscribe: %v, want Unauthenticated with a reason", err)
+			}
+		})
+	}
+	// Oversized messages are refused before they are read whole.
+	t.Run("oversized", func(t *testing.T) {
+		cctx, ccancel := context.WithTimeout(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token), 20*time.Second)
+		defer ccancel()
+		_, err := cl.SignCertificate(cctx, &meshv1.SignRequest{Csr: make([]byte, MaxRequestBytes+1)})
+		if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "larger than max") {
+			t.Errorf("SignCertificate: %v, want ResourceExhausted", err)
+		}
+		st, err := cl.Subscribe(cctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = st.Send(&meshv1.SubscribeRequest{Kind: &meshv1.SubscribeRequest_Hello{Hello: &meshv1.Hello{Node: strings.Repeat("n", 1<<20)}}})
+		if _, err := st.Recv(); status.Code(err) != codes.ResourceExhausted {
+			t.Errorf("Subscribe: %v, want ResourceExhausted", err)
+		}
+	})
+	serving(t)
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned: %v", err)
+	default:
+	}
 }
