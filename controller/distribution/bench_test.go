@@ -54,6 +54,7 @@ func BenchmarkPush(b *testing.B) {
 
 	heapMB := func() float64 {
 		runtime.GC()
+		runtime.GC() // and what sync.Pools held
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
 		return float64(ms.HeapAlloc) / (1 << 20)

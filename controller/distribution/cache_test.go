@@ -176,15 +176,15 @@ func TestDeltasAddUpToSnapshots(t *testing.T) {
 // (convert.go), or subscribers keep a stale resource.
 func TestEqualitiesCoverEveryField(t *testing.T) {
 	for typ, want := range map[reflect.Type]string{
-		reflect.TypeFor[model.Peer]():         "UID Namespace Name Node IPs Identity",
-		reflect.TypeFor[model.Service]():      "Namespace Name VIPs Ports Endpoints",
-		reflect.TypeFor[model.Endpoint]():     "Addr Node WorkloadUID Ready Ports Enrolled Identity",
-		reflect.TypeFor[model.NodeWorkload](): "Workload Mode",
-		reflect.TypeFor[model.Workload]():     "UID Namespace Name Node ServiceAccount Identity IPs Labels Running Enrolled",
-		reflect.TypeFor[model.Policy]():       "Namespace Name Selector Action Rules",
-		reflect.TypeFor[model.Rule]():         "From To",
-		reflect.TypeFor[model.Source]():       "Principals Namespaces",
-		reflect.TypeFor[model.Destination]():  "Ports",
+		reflect.TypeFor[model.Peer]():        "UID Namespace Name Node IPs Identity",
+		reflect.TypeFor[model.Service]():     "Namespace Name VIPs Ports Endpoints",
+		reflect.TypeFor[model.Endpoint]():    "Addr Node WorkloadUID Ready Ports Enrolled Identity",
+		reflect.TypeFor[model.LocalRef]():    "Workload Mode",
+		reflect.TypeFor[model.Workload]():    "UID Namespace Name Node ServiceAccount Identity IPs Labels Running Enrolled",
+		reflect.TypeFor[model.Policy]():      "Namespace Name Selector Action Rules",
+		reflect.TypeFor[model.Rule]():        "From To",
+		reflect.TypeFor[model.Source]():      "Principals Namespaces",
+		reflect.TypeFor[model.Destination](): "Ports",
 	} {
 		var got []string
 		for f := range typ.Fields() {

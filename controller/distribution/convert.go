@@ -121,10 +121,11 @@ func endpointEqual(a, b model.Endpoint) bool {
 		a.Enrolled == b.Enrolled && a.Identity == b.Identity && maps.Equal(a.Ports, b.Ports)
 }
 
-func workloadEqual(a, b *model.NodeWorkload) bool {
+// workloadEqual compares a local workload; its mode is compared apart.
+func workloadEqual(a, b *model.Workload) bool {
 	return a.UID == b.UID && a.Namespace == b.Namespace && a.Name == b.Name && a.Node == b.Node &&
 		a.ServiceAccount == b.ServiceAccount && a.Identity == b.Identity && slices.Equal(a.IPs, b.IPs) &&
-		maps.Equal(a.Labels, b.Labels) && a.Running == b.Running && a.Enrolled == b.Enrolled && a.Mode == b.Mode
+		maps.Equal(a.Labels, b.Labels) && a.Running == b.Running && a.Enrolled == b.Enrolled
 }
 
 // policyOrder is the model's order of policies: by namespace and name.

@@ -311,8 +311,8 @@ type sharedSet struct {
 	// entries are sorted by key: the peers ("peer/" + UID, so by UID, as
 	// peers are), then the services.
 	entries  []entry
-	peers    []model.Peer   // by UID; peers[i] made entries[i]
-	services []keyedService // by key; services[i] made entries[len(peers)+i]
+	peers    []*model.Workload // by UID; peers[i] made entries[i]
+	services []keyedService    // by key; services[i] made entries[len(peers)+i]
 }
 
 type keyedService struct {
@@ -339,16 +339,19 @@ func (s *Server) shared(m *model.Model, version uint64) (*sharedSet, error) {
 	if prev == nil {
 		prev = &sharedSet{}
 	}
-	peers := m.Peers()
+	peers := m.PeerWorkloads()
 	set := &sharedSet{version: version, peers: peers, entries: make([]entry, 0, len(peers)+len(m.Services))}
 	j := 0
-	for _, p := range peers {
-		for j < len(prev.peers) && prev.peers[j].UID < p.UID {
+	for _, w := range peers {
+		for j < len(prev.peers) && prev.peers[j].UID < w.UID {
 			j++
 		}
-		if j < len(prev.peers) && peerEqual(&prev.peers[j], &p) {
-			set.entries = append(set.entries, prev.entries[j])
-			continue
+		p := w.Peer()
+		if j < len(prev.peers) && prev.peers[j].UID == w.UID {
+			if old := prev.peers[j].Peer(); prev.peers[j] == w || peerEqual(&old, &p) {
+				set.entries = append(set.entries, prev.entries[j])
+				continue
+			}
 		}
 		e, err := s.entry(peerResource(p), p.Node)
 		if err != nil {
@@ -433,27 +436,27 @@ func diffEntries(from, to []entry) (upserts, removals []entry) {
 // policies with the model values they came from, so that the next version
 // converts only what differs.
 type localCache struct {
-	workloads []model.NodeWorkload // by UID
+	workloads []model.LocalRef // by UID
 	wEntries  []entry
-	policies  []model.Policy // as in the model: by namespace and name
+	policies  []*model.Policy // as in the model: by namespace and name
 	pEntries  []entry
 }
 
 // update converts ws and ps, reusing the entries of equal values, and
 // returns the entries sorted by key.
-func (c *localCache) update(s *Server, ws []model.NodeWorkload, ps []model.Policy) ([]entry, error) {
+func (c *localCache) update(s *Server, ws []model.LocalRef, ps []*model.Policy) ([]entry, error) {
 	wEntries := make([]entry, 0, len(ws))
 	j := 0
-	for i := range ws {
-		w := &ws[i]
+	for _, w := range ws {
 		for j < len(c.workloads) && c.workloads[j].UID < w.UID {
 			j++
 		}
-		if j < len(c.workloads) && workloadEqual(&c.workloads[j], w) {
+		if j < len(c.workloads) && c.workloads[j].Mode == w.Mode &&
+			(c.workloads[j].Workload == w.Workload || workloadEqual(c.workloads[j].Workload, w.Workload)) {
 			wEntries = append(wEntries, c.wEntries[j])
 			continue
 		}
-		e, err := s.entry(workloadResource(*w), "")
+		e, err := s.entry(workloadResource(model.NodeWorkload{Workload: *w.Workload, Mode: w.Mode}), "")
 		if err != nil {
 			return nil, err
 		}
@@ -461,12 +464,11 @@ func (c *localCache) update(s *Server, ws []model.NodeWorkload, ps []model.Polic
 	}
 	pEntries := make([]entry, 0, len(ps))
 	j = 0
-	for i := range ps {
-		p := &ps[i]
-		for j < len(c.policies) && policyOrder(&c.policies[j], p) < 0 {
+	for _, p := range ps {
+		for j < len(c.policies) && policyOrder(c.policies[j], p) < 0 {
 			j++
 		}
-		if j < len(c.policies) && policyEqual(&c.policies[j], p) {
+		if j < len(c.policies) && (c.policies[j] == p || policyEqual(c.policies[j], p)) {
 			pEntries = append(pEntries, c.pEntries[j])
 			continue
 		}
@@ -495,7 +497,7 @@ func (s *Server) next(node string, acked *clientState, cache *localCache) (*pend
 	if err != nil {
 		return nil, err
 	}
-	ws, ps := m.Local(node)
+	ws, ps := m.LocalRefs(node)
 	local, err := cache.update(s, ws, ps)
 	if err != nil {
 		return nil, err
