@@ -199,3 +199,30 @@ func TestEqualitiesCoverEveryField(t *testing.T) {
 		t.Error("model.ServicePort is no longer comparable")
 	}
 }
+
+// TestOlderVersionDoesNotReplaceCurrent: a subscriber that read the model
+// before a Publish converts its version after another converted the newer
+// one; it gets the older set, and the newer stays current.
+func TestOlderVersionDoesNotReplaceCurrent(t *testing.T) {
+	s, err := New(Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Authn: authn, Callers: []string{"warren-system/ztunnel"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m1 := build(pod("web", "n1", "10.244.1.5", nil))
+	m2 := build(pod("web", "n1", "10.244.1.6", nil))
+	s2, err := s.shared(m2, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s1, err := s.shared(m1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.sharedCur != s2 || s1.version != 1 {
+		t.Fatalf("current set is version %d, want 2", s.sharedCur.version)
+	}
+	ups, _ := diffEntries(s1.entries, s2.entries)
+	if len(ups) != 1 || ups[0].res.GetPeer().GetIps()[0] != "10.244.1.6" {
+		t.Errorf("version 1 to 2: %v", ups)
+	}
+}

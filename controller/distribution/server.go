@@ -315,6 +315,13 @@ type sharedSet struct {
 	services []keyedService    // by key; services[i] made entries[len(peers)+i]
 }
 
+func (s *sharedSet) getVersion() uint64 {
+	if s == nil {
+		return 0
+	}
+	return s.version
+}
+
 type keyedService struct {
 	key string
 	svc *model.Service
@@ -380,7 +387,12 @@ func (s *Server) shared(m *model.Model, version uint64) (*sharedSet, error) {
 		}
 		set.entries = append(set.entries, e)
 	}
-	s.sharedCur, s.diffs = set, map[*sharedSet]*sharedDiff{}
+	// A subscriber that read the model just before a Publish asks for the
+	// older version after another asked for the newer: it gets its set, the
+	// newer one stays current.
+	if version > s.sharedCur.getVersion() {
+		s.sharedCur, s.diffs = set, map[*sharedSet]*sharedDiff{}
+	}
 	return set, nil
 }
 
