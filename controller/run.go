@@ -37,6 +37,11 @@ const (
 	DefaultHealthAddr  = ":15016"
 )
 
+// MaxRequestBytes bounds a message to the controller: requests are a Hello,
+// acks and CSRs, a few KiB at most; a larger one is refused with
+// ResourceExhausted before it costs memory.
+const MaxRequestBytes = 64 << 10
+
 // RunConfig is everything warren-controller needs.
 type RunConfig struct {
 	Config
@@ -50,6 +55,12 @@ type RunConfig struct {
 	HealthAddr  string
 	// LeaderElection: only the leader writes status; every replica serves.
 	LeaderElection bool
+	// LeaseDuration, RenewDeadline and RetryPeriod tune the election; zero:
+	// controller-runtime's defaults (15 s, 10 s, 2 s).
+	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
+	// Elected, if set, is called when this replica becomes the leader (at
+	// once without LeaderElection).
+	Elected func()
 	// Callers are the "namespace/serviceaccount" names that may subscribe
 	// and request certificates; default the system namespace's ztunnel.
 	Callers []string
@@ -99,6 +110,12 @@ func Run(ctx context.Context, rc RunConfig) error {
 	if err := errors.Join(clientgoscheme.AddToScheme(scheme), v1alpha1.AddToScheme(scheme)); err != nil {
 		return fmt.Errorf("scheme: %w", err)
 	}
+	orDefault := func(d time.Duration) *time.Duration {
+		if d == 0 {
+			return nil
+		}
+		return &d
+	}
 	mgr, err := ctrl.NewManager(rc.Rest, ctrl.Options{
 		Scheme:                  scheme,
 		Logger:                  logr.FromSlogHandler(log.Handler()),
@@ -109,6 +126,9 @@ func Run(ctx context.Context, rc RunConfig) error {
 		LeaderElectionNamespace: rc.SystemNamespace,
 		// Let a successor take over at once when this replica stops.
 		LeaderElectionReleaseOnCancel: true,
+		LeaseDuration:                 orDefault(rc.LeaseDuration),
+		RenewDeadline:                 orDefault(rc.RenewDeadline),
+		RetryPeriod:                   orDefault(rc.RetryPeriod),
 	})
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)
@@ -174,11 +194,23 @@ func Run(ctx context.Context, rc RunConfig) error {
 	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{
 		MinVersion:     tls.VersionTLS13,
 		GetCertificate: authority.ServingCertificate(rc.ServingDNSNames),
-	})))
+	})), grpc.MaxRecvMsgSize(MaxRequestBytes))
 	meshv1.RegisterDistributionServer(gs, srv)
 	if err := mgr.Add(grpcRunnable{gs: gs, lis: lis, ready: rc.Ready}); err != nil {
 		return fmt.Errorf("add gRPC server: %w", err)
 	}
+	go func() {
+		select {
+		case <-mgr.Elected():
+			if rc.LeaderElection {
+				log.Info("elected leader: this replica writes status")
+			}
+			if rc.Elected != nil {
+				rc.Elected()
+			}
+		case <-ctx.Done():
+		}
+	}()
 	log.Info("starting", "grpc", lis.Addr().String(), "leader_election", rc.LeaderElection, "trust_domain", rc.TrustDomain)
 	return mgr.Start(ctx)
 }

@@ -107,9 +107,11 @@ func TestZtunnelClient(t *testing.T) {
 	}
 	waitMesh("local workload web-1", named("web-1"))
 	runningPod(t, cs, "zc", "web-2", "web", "z2", "10.244.32.5")
+	// By namespace too: other tests of the package run a shop/web-2.
 	waitMesh("peer web-2 on z2", func(m ztunnel.Mesh) bool {
-		i := slices.IndexFunc(m.Workloads, func(w ztunnel.Workload) bool { return w.Name == "web-2" })
-		return i >= 0 && m.Workloads[i].Node == "z2" && m.Workloads[i].Namespace == "zc"
+		return slices.ContainsFunc(m.Workloads, func(w ztunnel.Workload) bool {
+			return w.Namespace == "zc" && w.Name == "web-2" && w.Node == "z2"
+		})
 	})
 
 	// A CSR for the local workload's identity is signed; the chain verifies

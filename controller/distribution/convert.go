@@ -1,8 +1,10 @@
 package distribution
 
 import (
+	"cmp"
 	"maps"
 	"net/netip"
+	"slices"
 
 	meshv1 "github.com/warrenmesh/warren/api/proto/mesh/v1"
 	"github.com/warrenmesh/warren/api/v1alpha1"
@@ -24,8 +26,10 @@ func peerResource(p model.Peer) *meshv1.Resource {
 	}}}
 }
 
+func serviceKey(s *model.Service) string { return "service/" + s.Namespace + "/" + s.Name }
+
 func serviceResource(s model.Service) *meshv1.Resource {
-	k := "service/" + s.Namespace + "/" + s.Name
+	k := serviceKey(&s)
 	ps := &meshv1.Service{Namespace: s.Namespace, Name: s.Name, Vips: ips(s.VIPs)}
 	for _, p := range s.Ports {
 		ps.Ports = append(ps.Ports, &meshv1.ServicePort{Name: p.Name, Port: uint32(p.Port), TargetPort: uint32(p.TargetPort), TargetPortName: p.TargetPortName})
@@ -96,4 +100,47 @@ func action(a v1alpha1.AuthorizationAction) meshv1.Action {
 		return meshv1.Action_ACTION_DENY
 	}
 	return meshv1.Action_ACTION_UNSPECIFIED
+}
+
+// The equalities below tell whether a model value converts to the same
+// resource as an earlier one, without converting it: they compare every
+// field of the value (TestEqualitiesCoverEveryField keeps them complete).
+
+func peerEqual(a, b *model.Peer) bool {
+	return a.UID == b.UID && a.Namespace == b.Namespace && a.Name == b.Name && a.Node == b.Node &&
+		a.Identity == b.Identity && slices.Equal(a.IPs, b.IPs)
+}
+
+func serviceEqual(a, b *model.Service) bool {
+	return a.Namespace == b.Namespace && a.Name == b.Name && slices.Equal(a.VIPs, b.VIPs) &&
+		slices.Equal(a.Ports, b.Ports) && slices.EqualFunc(a.Endpoints, b.Endpoints, endpointEqual)
+}
+
+func endpointEqual(a, b model.Endpoint) bool {
+	return a.Addr == b.Addr && a.Node == b.Node && a.WorkloadUID == b.WorkloadUID && a.Ready == b.Ready &&
+		a.Enrolled == b.Enrolled && a.Identity == b.Identity && maps.Equal(a.Ports, b.Ports)
+}
+
+// workloadEqual compares a local workload; its mode is compared apart.
+func workloadEqual(a, b *model.Workload) bool {
+	return a.UID == b.UID && a.Namespace == b.Namespace && a.Name == b.Name && a.Node == b.Node &&
+		a.ServiceAccount == b.ServiceAccount && a.Identity == b.Identity && slices.Equal(a.IPs, b.IPs) &&
+		maps.Equal(a.Labels, b.Labels) && a.Running == b.Running && a.Enrolled == b.Enrolled
+}
+
+// policyOrder is the model's order of policies: by namespace and name.
+func policyOrder(a, b *model.Policy) int {
+	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+}
+
+func policyEqual(a, b *model.Policy) bool {
+	return a.Namespace == b.Namespace && a.Name == b.Name && a.Action == b.Action &&
+		(a.Selector == nil) == (b.Selector == nil) && maps.Equal(a.Selector, b.Selector) &&
+		slices.EqualFunc(a.Rules, b.Rules, ruleEqual)
+}
+
+func ruleEqual(a, b model.Rule) bool {
+	return slices.EqualFunc(a.From, b.From, func(x, y model.Source) bool {
+		return slices.Equal(x.Principals, y.Principals) && slices.Equal(x.Namespaces, y.Namespaces)
+	}) && slices.EqualFunc(a.To, b.To, func(x, y model.Destination) bool { return slices.Equal(x.Ports, y.Ports) })
 }

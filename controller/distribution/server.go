@@ -225,11 +225,12 @@ func (s *Server) Subscribe(stream meshv1.Distribution_SubscribeServer) error {
 		acked    *clientState // what the client holds; nil: nothing yet
 		inflight *pending
 		dirty    bool
+		cache    localCache
 	)
 	for {
 		if dirty && inflight == nil {
 			dirty = false
-			p, err := s.next(node, acked)
+			p, err := s.next(node, acked, &cache)
 			if err != nil {
 				return status.Error(codes.Internal, err.Error())
 			}
@@ -278,10 +279,10 @@ type pending struct {
 
 // clientState is what a client holds: a version of the shared resources
 // (the same for every node, so one diff between two versions serves every
-// subscriber) and its node's own resources by key.
+// subscriber) and its node's own resources, sorted by key.
 type clientState struct {
 	shared *sharedSet
-	local  map[string]uint64
+	local  []entry
 }
 
 // entry is a converted resource and the hash of its encoding.
@@ -299,13 +300,35 @@ func (s *Server) entry(r *meshv1.Resource, node string) (entry, error) {
 	return entry{res: r, hash: maphash.Bytes(s.seed, b), node: node}, nil
 }
 
-// sharedSet is the peers and services of one model version.
+func byKey(a, b entry) int { return strings.Compare(a.res.Key, b.res.Key) }
+
+// sharedSet is the peers and services of one model version, converted.
+// Converting and hashing is most of the cost of a change, so a set keeps
+// the model values its entries came from, and the next version converts
+// only the values that differ: a change costs what changed.
 type sharedSet struct {
 	version uint64
-	entries map[string]entry
+	// entries are sorted by key: the peers ("peer/" + UID, so by UID, as
+	// peers are), then the services.
+	entries  []entry
+	peers    []*model.Workload // by UID; peers[i] made entries[i]
+	services []keyedService    // by key; services[i] made entries[len(peers)+i]
 }
 
-// sharedDiff takes a client from one sharedSet to another.
+func (s *sharedSet) getVersion() uint64 {
+	if s == nil {
+		return 0
+	}
+	return s.version
+}
+
+type keyedService struct {
+	key string
+	svc *model.Service
+}
+
+// sharedDiff takes a client from one sharedSet to another; both lists are
+// sorted by key.
 type sharedDiff struct {
 	upserts  []entry
 	removals []entry
@@ -316,25 +339,60 @@ type sharedDiff struct {
 func (s *Server) shared(m *model.Model, version uint64) (*sharedSet, error) {
 	s.sharedMu.Lock()
 	defer s.sharedMu.Unlock()
-	if s.sharedCur != nil && s.sharedCur.version == version {
-		return s.sharedCur, nil
+	prev := s.sharedCur
+	if prev != nil && prev.version == version {
+		return prev, nil
 	}
-	set := &sharedSet{version: version, entries: map[string]entry{}}
-	for _, p := range m.Peers() {
+	if prev == nil {
+		prev = &sharedSet{}
+	}
+	peers := m.PeerWorkloads()
+	set := &sharedSet{version: version, peers: peers, entries: make([]entry, 0, len(peers)+len(m.Services))}
+	j := 0
+	for _, w := range peers {
+		for j < len(prev.peers) && prev.peers[j].UID < w.UID {
+			j++
+		}
+		p := w.Peer()
+		if j < len(prev.peers) && prev.peers[j].UID == w.UID {
+			if old := prev.peers[j].Peer(); prev.peers[j] == w || peerEqual(&old, &p) {
+				set.entries = append(set.entries, prev.entries[j])
+				continue
+			}
+		}
 		e, err := s.entry(peerResource(p), p.Node)
 		if err != nil {
 			return nil, err
 		}
-		set.entries[e.res.Key] = e
+		set.entries = append(set.entries, e)
 	}
-	for _, svc := range m.SortedServices() {
-		e, err := s.entry(serviceResource(svc), "")
+	set.services = make([]keyedService, 0, len(m.Services))
+	for _, svc := range m.Services {
+		set.services = append(set.services, keyedService{key: serviceKey(svc), svc: svc})
+	}
+	slices.SortFunc(set.services, func(a, b keyedService) int { return strings.Compare(a.key, b.key) })
+	prevSvcs := prev.entries[len(prev.peers):]
+	j = 0
+	for _, ks := range set.services {
+		for j < len(prev.services) && prev.services[j].key < ks.key {
+			j++
+		}
+		if j < len(prev.services) && prev.services[j].key == ks.key && serviceEqual(prev.services[j].svc, ks.svc) {
+			set.entries = append(set.entries, prevSvcs[j])
+			continue
+		}
+		e, err := s.entry(serviceResource(*ks.svc), "")
 		if err != nil {
 			return nil, err
 		}
-		set.entries[e.res.Key] = e
+		set.entries = append(set.entries, e)
 	}
-	s.sharedCur, s.diffs = set, map[*sharedSet]*sharedDiff{}
+	// A subscriber that read the model just before a Publish asks for the
+	// older version after another asked for the newer: it gets its set, the
+	// newer one stays current.
+	if version > s.sharedCur.getVersion() {
+		s.sharedCur, s.diffs = set, map[*sharedSet]*sharedDiff{}
+	}
 	return set, nil
 }
 
@@ -347,25 +405,102 @@ func (s *Server) diff(from, to *sharedSet) *sharedDiff {
 		return d
 	}
 	d := &sharedDiff{}
-	for k, e := range to.entries {
-		if old, ok := from.entries[k]; !ok || old.hash != e.hash {
-			d.upserts = append(d.upserts, e)
-		}
-	}
-	for k, e := range from.entries {
-		if _, ok := to.entries[k]; !ok {
-			d.removals = append(d.removals, e)
-		}
-	}
+	d.upserts, d.removals = diffEntries(from.entries, to.entries)
 	if s.sharedCur == to {
 		s.diffs[from] = d
 	}
 	return d
 }
 
+// diffEntries walks two lists sorted by key: the entries of to that from
+// lacks or holds with another hash, and the entries of from that to lacks.
+func diffEntries(from, to []entry) (upserts, removals []entry) {
+	i, j := 0, 0
+	for i < len(from) || j < len(to) {
+		var c int
+		switch {
+		case i == len(from):
+			c = 1
+		case j == len(to):
+			c = -1
+		default:
+			c = byKey(from[i], to[j])
+		}
+		switch {
+		case c < 0:
+			removals = append(removals, from[i])
+			i++
+		case c > 0:
+			upserts = append(upserts, to[j])
+			j++
+		default:
+			if from[i].hash != to[j].hash {
+				upserts = append(upserts, to[j])
+			}
+			i++
+			j++
+		}
+	}
+	return upserts, removals
+}
+
+// localCache holds a subscriber's last converted local workloads and
+// policies with the model values they came from, so that the next version
+// converts only what differs.
+type localCache struct {
+	workloads []model.LocalRef // by UID
+	wEntries  []entry
+	policies  []*model.Policy // as in the model: by namespace and name
+	pEntries  []entry
+}
+
+// update converts ws and ps, reusing the entries of equal values, and
+// returns the entries sorted by key.
+func (c *localCache) update(s *Server, ws []model.LocalRef, ps []*model.Policy) ([]entry, error) {
+	wEntries := make([]entry, 0, len(ws))
+	j := 0
+	for _, w := range ws {
+		for j < len(c.workloads) && c.workloads[j].UID < w.UID {
+			j++
+		}
+		if j < len(c.workloads) && c.workloads[j].Mode == w.Mode &&
+			(c.workloads[j].Workload == w.Workload || workloadEqual(c.workloads[j].Workload, w.Workload)) {
+			wEntries = append(wEntries, c.wEntries[j])
+			continue
+		}
+		e, err := s.entry(workloadResource(model.NodeWorkload{Workload: *w.Workload, Mode: w.Mode}), "")
+		if err != nil {
+			return nil, err
+		}
+		wEntries = append(wEntries, e)
+	}
+	pEntries := make([]entry, 0, len(ps))
+	j = 0
+	for _, p := range ps {
+		for j < len(c.policies) && policyOrder(c.policies[j], p) < 0 {
+			j++
+		}
+		if j < len(c.policies) && (c.policies[j] == p || policyEqual(c.policies[j], p)) {
+			pEntries = append(pEntries, c.pEntries[j])
+			continue
+		}
+		e, err := s.entry(policyResource(*p), "")
+		if err != nil {
+			return nil, err
+		}
+		pEntries = append(pEntries, e)
+	}
+	c.workloads, c.wEntries, c.policies, c.pEntries = ws, wEntries, ps, pEntries
+	// "policy/" sorts before "workload/"; workloads are by UID already.
+	local := slices.Concat(pEntries, wEntries)
+	slices.SortFunc(local[:len(pEntries)], byKey)
+	return local, nil
+}
+
 // next computes the update that takes a client from acked (nil: nothing,
-// so a snapshot) to the current model; nil when nothing changed.
-func (s *Server) next(node string, acked *clientState) (*pending, error) {
+// so a snapshot) to the current model; nil when nothing changed. cache is
+// the subscriber's own.
+func (s *Server) next(node string, acked *clientState, cache *localCache) (*pending, error) {
 	m, version, changedAt := s.current()
 	if m == nil {
 		return nil, nil
@@ -374,71 +509,66 @@ func (s *Server) next(node string, acked *clientState) (*pending, error) {
 	if err != nil {
 		return nil, err
 	}
-	state := &clientState{shared: shared, local: map[string]uint64{}}
+	ws, ps := m.LocalRefs(node)
+	local, err := cache.update(s, ws, ps)
+	if err != nil {
+		return nil, err
+	}
+	state := &clientState{shared: shared, local: local}
 	u := &meshv1.Update{Version: version, Snapshot: acked == nil}
-
-	var local []entry
-	ws, ps := m.Local(node)
-	for _, w := range ws {
-		e, err := s.entry(workloadResource(w), "")
-		if err != nil {
-			return nil, err
-		}
-		local = append(local, e)
-	}
-	for _, p := range ps {
-		e, err := s.entry(policyResource(p), "")
-		if err != nil {
-			return nil, err
-		}
-		local = append(local, e)
-	}
-	for _, e := range local {
-		state.local[e.res.Key] = e.hash
-		if u.Snapshot {
-			u.Upserts = append(u.Upserts, e.res)
-		} else if old, ok := acked.local[e.res.Key]; !ok || old != e.hash {
-			u.Upserts = append(u.Upserts, e.res)
-		}
-	}
-	if !u.Snapshot {
-		for k := range acked.local {
-			if _, ok := state.local[k]; !ok {
-				u.Removals = append(u.Removals, k)
-			}
-		}
-	}
 
 	// A peer on the subscriber's own node is one of its workloads: it never
 	// gets it as a peer.
+	var sharedUps, sharedRems []entry
 	switch {
 	case u.Snapshot:
-		for _, e := range shared.entries {
-			if e.node != node {
-				u.Upserts = append(u.Upserts, e.res)
-			}
-		}
+		sharedUps = shared.entries
 	case acked.shared != shared:
 		d := s.diff(acked.shared, shared)
-		for _, e := range d.upserts {
-			if e.node != node {
-				u.Upserts = append(u.Upserts, e.res)
-			}
-		}
-		for _, e := range d.removals {
-			if e.node != node {
-				u.Removals = append(u.Removals, e.res.Key)
-			}
-		}
+		sharedUps, sharedRems = d.upserts, d.removals
 	}
-	if !u.Snapshot && len(u.Upserts) == 0 && len(u.Removals) == 0 {
+	localUps, localRems := local, []entry(nil)
+	if !u.Snapshot {
+		localUps, localRems = diffEntries(acked.local, local)
+	}
+	if !u.Snapshot && len(localUps) == 0 && len(localRems) == 0 && !anyFor(sharedUps, node) && !anyFor(sharedRems, node) {
 		// Nothing for this node; it now holds the current shared set too.
 		acked.shared = shared
 		return nil, nil
 	}
-	slices.SortFunc(u.Upserts, func(a, b *meshv1.Resource) int { return strings.Compare(a.Key, b.Key) })
-	slices.Sort(u.Removals)
+	u.Upserts = make([]*meshv1.Resource, 0, len(localUps)+len(sharedUps))
+	mergeByKey(localUps, sharedUps, node, func(e entry) { u.Upserts = append(u.Upserts, e.res) })
+	mergeByKey(localRems, sharedRems, node, func(e entry) { u.Removals = append(u.Removals, e.res.Key) })
 	return &pending{update: u, state: state, changedAt: changedAt}, nil
+}
+
+// anyFor reports whether es holds an entry node gets.
+func anyFor(es []entry, node string) bool {
+	for _, e := range es {
+		if e.node != node {
+			return true
+		}
+	}
+	return false
+}
+
+// mergeByKey calls f in key order for every entry of local and of shared
+// (both sorted by key) that node gets.
+func mergeByKey(local, shared []entry, node string, f func(entry)) {
+	i := 0
+	for _, e := range shared {
+		if e.node == node {
+			continue
+		}
+		for i < len(local) && byKey(local[i], e) < 0 {
+			f(local[i])
+			i++
+		}
+		f(e)
+	}
+	for _, e := range local[i:] {
+		f(e)
+	}
 }
 
 func (m *Metrics) subscribed(d float64) {

@@ -34,8 +34,8 @@ func Build(in Inputs) *Model {
 	m := &Model{
 		TrustDomain:      cmp.Or(in.TrustDomain, identity.DefaultTrustDomain),
 		SystemNamespace:  cmp.Or(in.SystemNamespace, DefaultSystemNamespace),
-		Workloads:        map[types.UID]*Workload{},
-		Services:         map[Key]*Service{},
+		Workloads:        make(map[types.UID]*Workload, len(in.Pods)),
+		Services:         make(map[Key]*Service, len(in.Services)),
 		AuthzVerdicts:    map[Key]Verdict{},
 		PeerAuthVerdicts: map[Key]Verdict{},
 	}

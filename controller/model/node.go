@@ -61,17 +61,40 @@ func (m *Model) ForNode(node string) NodeView {
 // Local is the part of ForNode that differs between nodes: the node's
 // enrolled workloads, sorted by UID, and the policies that apply to them.
 func (m *Model) Local(node string) ([]NodeWorkload, []Policy) {
-	var ws []NodeWorkload
-	for _, w := range m.onNode(node) {
-		if w.Enrolled {
-			mode, _ := m.MTLSMode(w)
-			ws = append(ws, NodeWorkload{Workload: *w, Mode: mode})
-		}
+	refs, prefs := m.LocalRefs(node)
+	ws := make([]NodeWorkload, 0, len(refs))
+	for _, r := range refs {
+		ws = append(ws, NodeWorkload{Workload: *r.Workload, Mode: r.Mode})
 	}
 	var ps []Policy
-	for _, p := range m.Policies {
-		for i := range ws {
-			if p.AppliesTo(&ws[i].Workload, m.SystemNamespace) {
+	for _, p := range prefs {
+		ps = append(ps, *p)
+	}
+	return ws, ps
+}
+
+// LocalRef is a local workload with its effective mTLS mode, not copied.
+type LocalRef struct {
+	*Workload
+	Mode v1alpha1.MTLSMode
+}
+
+// LocalRefs is Local without copies, for a server that calls it for every
+// node on every change: the model's own workloads and policies, read-only.
+func (m *Model) LocalRefs(node string) ([]LocalRef, []*Policy) {
+	on := m.onNode(node)
+	ws := make([]LocalRef, 0, len(on))
+	for _, w := range on {
+		if w.Enrolled {
+			mode, _ := m.MTLSMode(w)
+			ws = append(ws, LocalRef{Workload: w, Mode: mode})
+		}
+	}
+	var ps []*Policy
+	for i := range m.Policies {
+		p := &m.Policies[i]
+		for _, w := range ws {
+			if p.AppliesTo(w.Workload, m.SystemNamespace) {
 				ps = append(ps, p)
 				break
 			}
@@ -83,13 +106,29 @@ func (m *Model) Local(node string) ([]NodeWorkload, []Policy) {
 // Peers returns every enrolled workload, sorted by UID, as other nodes see
 // it; the same for all nodes, so a server can convert it once per model.
 func (m *Model) Peers() []Peer {
-	var ps []Peer
-	for _, w := range m.sortedWorkloads() {
-		if w.Enrolled && len(w.IPs) > 0 { // no address yet: nothing to route to
-			ps = append(ps, Peer{UID: w.UID, Namespace: w.Namespace, Name: w.Name, Node: w.Node, IPs: w.IPs, Identity: w.Identity})
-		}
+	ws := m.PeerWorkloads()
+	ps := make([]Peer, 0, len(ws))
+	for _, w := range ws {
+		ps = append(ps, w.Peer())
 	}
 	return ps
+}
+
+// PeerWorkloads returns the workloads of Peers, sorted by UID, not copied.
+func (m *Model) PeerWorkloads() []*Workload {
+	all := m.sortedWorkloads()
+	ws := make([]*Workload, 0, len(all))
+	for _, w := range all {
+		if w.Enrolled && len(w.IPs) > 0 { // no address yet: nothing to route to
+			ws = append(ws, w)
+		}
+	}
+	return ws
+}
+
+// Peer is w as other nodes see it.
+func (w *Workload) Peer() Peer {
+	return Peer{UID: w.UID, Namespace: w.Namespace, Name: w.Name, Node: w.Node, IPs: w.IPs, Identity: w.Identity}
 }
 
 // SortedServices returns the services by namespace and name.
