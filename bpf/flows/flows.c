@@ -40,7 +40,6 @@
 
 #define AF_INET 2
 
-#define PORT_OUTBOUND 15001
 
 #define MAX_PODS 4096
 #define MAX_CONNS 65536
@@ -394,9 +393,11 @@ int warren_flows(struct bpf_sock_ops *skops)
 		struct flow_event *e = bpf_ringbuf_reserve(&flow_events, sizeof(*e), 0);
 		struct addr local, remote;
 		sockops_addrs(skops, &local, &remote);
-		if (f->hop == HOP_APP && remote.port == PORT_OUTBOUND) {
-			// Redirected: whichever of the two sockops programs runs
-			// first, the original destination is in one of these.
+		if (f->hop == HOP_APP) {
+			// Redirected (to the tunnel's port of the moment, see
+			// redirect's tunnel_ports): whichever of the two sockops
+			// programs runs first, the original destination is in one of
+			// these; a connection that was not redirected is in neither.
 			struct addr *orig = bpf_map_lookup_elem(&orig_by_cookie, &cookie);
 			if (!orig) {
 				struct tuple key = {};
