@@ -120,15 +120,14 @@ func TestObservability(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		defer func() { cancel(); _ = cmd.Wait() }()
 		var wg sync.WaitGroup
+		defer func() { cancel(); wg.Wait(); _ = cmd.Wait() }()
 		wg.Go(func() {
 			for octx.Err() == nil {
 				_ = traffic(octx)
 				time.Sleep(500 * time.Millisecond)
 			}
 		})
-		defer wg.Wait()
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			var e struct {
