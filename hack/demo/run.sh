@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p bin
 go build -o bin/warren-cluster ./hack/cluster
+go build -o bin/warrenctl ./cmd/warrenctl
 cluster=bin/warren-cluster
 $cluster up
 $cluster load-images >/dev/null
@@ -92,6 +93,10 @@ echo "   query: $query"
 echo "$result" | jq -r '.data.result[] | "   \(.metric.source_workload) -> \(.metric.destination_workload): \(.metric.connection_security_policy), \(.value[1]) connections"'
 
 echo
+echo "==> warrenctl observe -n demo: live flows from every node agent, as the kernel saw them (5 s)"
+timeout 5 bin/warrenctl observe --kubeconfig "$kubeconfig" -n demo 2>/dev/null | head -12 || true
+
+echo
 echo "==> 4 requests from a client pod through the echo Service, spread over both nodes:"
 client=$($kubectl -n demo get pods -l app=client -o jsonpath='{.items[0].metadata.name}')
 $kubectl -n demo exec "$client" -- /echo get -n 4 http://echo.demo.svc.cluster.local/ |
@@ -110,6 +115,7 @@ cat <<EOT
    ip netns exec warren-node1 curl -s localhost:15000/config_dump  # what the ztunnel knows
    ip netns exec warren-node1 curl -s localhost:15000/certs        # its workloads' certificates
    ip netns exec warren-node1 curl -s localhost:15024/metrics      # node agent metrics
+   bin/warrenctl observe --kubeconfig $kubeconfig -n demo          # live flows (Ctrl-C to stop)
    $bindir/kubectl label namespace demo warren.dev/mesh-           # leave the mesh (no restart)
    go run ./hack/cluster status          # processes and nodes
    go run ./hack/cluster logs node1/kubelet
