@@ -71,19 +71,33 @@ type PodMeta struct {
 	ServiceAccount string
 	// Identity is the SPIFFE ID of the service account, "" when unknown.
 	Identity string
+	// Service is set instead of the pod's fields when the address is a
+	// Service's cluster IP: its name, with Namespace its namespace. The
+	// endpoint behind it is chosen later, by the ztunnel, so the workload
+	// and identity stay unknown.
+	Service string
 }
 
 // Known says whether the pod was resolved.
 func (p PodMeta) Known() bool { return p.Name != "" }
 
-// PodResolver names the pods behind addresses.
+// ServiceName is "namespace/name" for a Service, else "".
+func (p PodMeta) ServiceName() string {
+	if p.Service == "" {
+		return ""
+	}
+	return p.Namespace + "/" + p.Service
+}
+
+// PodResolver names the pods (or Services, by their cluster IPs) behind addresses.
 type PodResolver interface {
 	PodByIP(ip netip.Addr) (PodMeta, bool)
 }
 
-// SetIdentity fills Identity from the namespace and service account.
+// SetIdentity fills Identity from the namespace and service account; a
+// Service has none.
 func (p *PodMeta) SetIdentity(trustDomain string) {
-	if p.Namespace == "" {
+	if p.Namespace == "" || p.Service != "" {
 		return
 	}
 	sa := p.ServiceAccount
@@ -96,14 +110,17 @@ func (p *PodMeta) SetIdentity(trustDomain string) {
 const unknown = "unknown"
 
 // flowLabels are the labels of every kernel flow metric: bounded by the
-// workloads and service accounts of the cluster, never per pod or per port.
+// workloads, service accounts and Services of the cluster, never per pod,
+// address or port. destination_service is "namespace/name" when the
+// destination is a Service's cluster IP (its workload and identity are then
+// unknown: the ztunnel picks the endpoint), else unknown.
 var flowLabels = []string{"hop",
 	"source_workload", "source_namespace", "source_identity",
-	"destination_workload", "destination_namespace", "destination_identity"}
+	"destination_workload", "destination_namespace", "destination_identity", "destination_service"}
 
 type flowMetrics struct {
 	// series caches each label set's children: resolving them through
-	// the vectors (hashing 8 labels, 5 times per flow) was most of an
+	// the vectors (hashing 9 labels, 5 times per flow) was most of an
 	// event's cost in user space.
 	mu     sync.Mutex
 	series map[flowKey]*flowSeries
@@ -153,7 +170,7 @@ func orUnknown(s string) string {
 }
 
 type flowKey struct {
-	hop, srcWorkload, srcNamespace, srcIdentity, dstWorkload, dstNamespace, dstIdentity string
+	hop, srcWorkload, srcNamespace, srcIdentity, dstWorkload, dstNamespace, dstIdentity, dstService string
 }
 
 type flowSeries struct {
@@ -165,11 +182,12 @@ type flowSeries struct {
 func (m *flowMetrics) seriesFor(e *FlowEvent) *flowSeries {
 	k := flowKey{e.Hop,
 		orUnknown(e.SourcePod.Workload), orUnknown(e.SourcePod.Namespace), orUnknown(e.SourcePod.Identity),
-		orUnknown(e.DestinationPod.Workload), orUnknown(e.DestinationPod.Namespace), orUnknown(e.DestinationPod.Identity)}
+		orUnknown(e.DestinationPod.Workload), orUnknown(e.DestinationPod.Namespace), orUnknown(e.DestinationPod.Identity),
+		orUnknown(e.DestinationPod.ServiceName())}
 	if s := m.series[k]; s != nil {
 		return s
 	}
-	l := []string{k.hop, k.srcWorkload, k.srcNamespace, k.srcIdentity, k.dstWorkload, k.dstNamespace, k.dstIdentity}
+	l := []string{k.hop, k.srcWorkload, k.srcNamespace, k.srcIdentity, k.dstWorkload, k.dstNamespace, k.dstIdentity, k.dstService}
 	with := func(v string) []string { return append(append([]string{}, l...), v) }
 	s := &flowSeries{
 		sent:     m.bytes.WithLabelValues(with("sent")...),

@@ -23,6 +23,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -279,6 +282,54 @@ func TestFlowBytes(t *testing.T) {
 	n, err := c.FlowTableEntries()
 	if err != nil || n != 0 {
 		t.Errorf("flow table: %d entries, %v; want 0 after close", n, err)
+	}
+}
+
+// An app's connection to a Service's cluster IP (held here by the peer, as
+// if it were the endpoint the tunnel picked) is named after the Service by
+// the real PodIndex: destination namespace and Service, in the event, the
+// stream's endpoint and the metrics, with no workload or identity.
+func TestFlowServiceDestination(t *testing.T) {
+	e := newEnv(t)
+	opts := e.options("n1")
+	reg := prometheus.NewRegistry()
+	opts.Registerer = reg
+	k := e.open(opts)
+	tp := newTopo(t)
+	vip := tp.peer4.Next().Next() // 10.77.n.4: neither end's address
+	ip(t, "-n", tp.peerName, "addr", "add", vip.String()+"/32", "dev", "wq")
+	ip(t, "-n", tp.podName, "route", "add", vip.String()+"/32", "via", tp.peer4.String(), "dev", "wp")
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "ns-b", Name: "b"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, ClusterIP: vip.String(), ClusterIPs: []string{vip.String()}}}
+	idx, err := NewPodIndex(fake.NewClientset(kubePod("ns-a", "a-1", "uid-a", "n1", tp.pod4.String()), svc), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancelIdx := context.WithCancel(context.Background())
+	defer cancelIdx()
+	if !idx.Run(ctx, 10*time.Second) {
+		t.Fatal("index not synced")
+	}
+	c := e.openFlows(opts, idx)
+	events, cancel := c.Subscribe(nil)
+	defer cancel()
+	enroll(t, k, tp.Pod("pod-a"))
+	relay(t, tp.pod, k)
+	sink(t, tp.peer, ":8080", 100)
+	dst := netip.AddrPortFrom(vip, 8080)
+	if got, err := transfer(tp.pod, dst.String(), 0, 1000); err != nil || got != 100 {
+		t.Fatalf("transfer: %d bytes, %v", got, err)
+	}
+	ev := waitFlow(t, events, "app hop to the Service", endTo(dst, HopApp))
+	want := PodMeta{Namespace: "ns-b", Service: "b"}
+	if ev.DestinationPod != want || ev.SourcePod.Name != "a-1" {
+		t.Errorf("source %+v, destination %+v; want %+v", ev.SourcePod, ev.DestinationPod, want)
+	}
+	if d := FlowEventProto("n1", &ev).GetDestination(); d.GetService() != "b" || d.GetNamespace() != "ns-b" || d.GetPod() != "" || d.GetIp() != vip.String() {
+		t.Errorf("stream destination %v", d)
+	}
+	if !strings.Contains(exposition(t, reg), `warren_kernel_tcp_connections_total{destination_identity="unknown",destination_namespace="ns-b",destination_service="ns-b/b",destination_workload="unknown",end="closed",hop="app"`) {
+		t.Errorf("no series for the Service\n%s", exposition(t, reg))
 	}
 }
 
@@ -730,7 +781,8 @@ func TestFlowMetrics(t *testing.T) {
 
 	l := prometheus.Labels{"hop": "tunnel",
 		"source_workload": "a", "source_namespace": "ns-a", "source_identity": "spiffe://cluster.local/ns/ns-a/sa/sa-a",
-		"destination_workload": "b", "destination_namespace": "ns-b", "destination_identity": "spiffe://cluster.local/ns/ns-b/sa/default"}
+		"destination_workload": "b", "destination_namespace": "ns-b", "destination_identity": "spiffe://cluster.local/ns/ns-b/sa/default",
+		"destination_service": "unknown"}
 	with := func(k, v string) prometheus.Labels {
 		out := prometheus.Labels{k: v}
 		for k, v := range l {
@@ -752,7 +804,7 @@ func TestFlowMetrics(t *testing.T) {
 			t.Errorf("%s: %v, want %v", what, got[0], got[1])
 		}
 	}
-	if !strings.Contains(exposition(t, reg), `warren_kernel_tcp_rtt_seconds_count{destination_identity="spiffe://cluster.local/ns/ns-b/sa/default",destination_namespace="ns-b",destination_workload="b",hop="tunnel",source_identity="spiffe://cluster.local/ns/ns-a/sa/sa-a",source_namespace="ns-a",source_workload="a"} 3`) {
+	if !strings.Contains(exposition(t, reg), `warren_kernel_tcp_rtt_seconds_count{destination_identity="spiffe://cluster.local/ns/ns-b/sa/default",destination_namespace="ns-b",destination_service="unknown",destination_workload="b",hop="tunnel",source_identity="spiffe://cluster.local/ns/ns-a/sa/sa-a",source_namespace="ns-a",source_workload="a"} 3`) {
 		t.Errorf("rtt: want 3 observations (the failed connection has no RTT)\n%s", exposition(t, reg))
 	}
 	cmd := exec.Command(promtool, "check", "metrics")

@@ -119,7 +119,7 @@ func verdict(e *FlowEvent) flowv1.Verdict {
 
 func endpoint(ap netip.AddrPort, p PodMeta) *flowv1.Endpoint {
 	ep := &flowv1.Endpoint{Port: uint32(ap.Port()), Namespace: p.Namespace, Pod: p.Name,
-		Workload: p.Workload, ServiceAccount: p.ServiceAccount, Identity: p.Identity}
+		Workload: p.Workload, ServiceAccount: p.ServiceAccount, Identity: p.Identity, Service: p.Service}
 	if ap.Addr().IsValid() {
 		ep.Ip = ap.Addr().String()
 	}

@@ -96,8 +96,8 @@ func TestNodeManifests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(b), `resources: ["pods", "namespaces"]`) || !strings.Contains(string(b), `verbs: ["get", "list", "watch"]`) {
-		t.Errorf("rbac.yaml: want get/list/watch on pods and namespaces")
+	if !strings.Contains(string(b), `resources: ["pods", "namespaces", "services"]`) || !strings.Contains(string(b), `verbs: ["get", "list", "watch"]`) {
+		t.Errorf("rbac.yaml: want get/list/watch on pods, namespaces and services (the flows' pod and Service index)")
 	}
 }
 

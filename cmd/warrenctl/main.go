@@ -54,7 +54,7 @@ func runObserve(args []string, out io.Writer) error {
 	fs.StringP("namespace", "n", "", "only flows with an end in this namespace")
 	fs.String("pod", "", "only flows with an end at this pod (namespace/pod or pod)")
 	fs.String("from", "", "only flows from this source (namespace/pod, namespace/, pod or IP)")
-	fs.String("to", "", "only flows to this destination (namespace/pod, namespace/, pod or IP)")
+	fs.String("to", "", "only flows to this destination (namespace/pod, namespace/service, namespace/, pod or IP)")
 	fs.StringSlice("verdict", nil, "only these verdicts: established, closed, reset, failed (repeat or comma-separate)")
 	fs.StringP("output", "o", "table", "table or json (one object per line)")
 	fs.String("agent-namespace", observe.DefaultAgentNamespace, "namespace of the node agents")

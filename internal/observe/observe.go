@@ -275,15 +275,19 @@ func (Table) Format(e *flowv1.FlowEvent) string {
 	)
 }
 
-// Endpoint renders a flow end: "namespace/pod:port" for a known pod, else
-// "ip:port"; a source's ephemeral port is left out.
+// Endpoint renders a flow end: "namespace/pod:port" for a known pod,
+// "namespace/service:port" for a Service's cluster IP, else "ip:port"; a
+// source's ephemeral port is left out.
 func Endpoint(ep *flowv1.Endpoint, withPort bool) string {
 	s := ep.GetIp()
 	if strings.Contains(s, ":") {
 		s = "[" + s + "]"
 	}
-	if ep.GetPod() != "" {
+	switch {
+	case ep.GetPod() != "":
 		s = ep.GetNamespace() + "/" + ep.GetPod()
+	case ep.GetService() != "":
+		s = ep.GetNamespace() + "/" + ep.GetService()
 	}
 	if s == "" {
 		s = "?"

@@ -12,6 +12,8 @@ import (
 
 	"log/slog"
 
+	"google.golang.org/protobuf/proto"
+
 	flowv1 "github.com/warrenmesh/warren/api/proto/flow/v1"
 	"github.com/warrenmesh/warren/nodeagent"
 )
@@ -84,6 +86,8 @@ func TestEndpointAndBytes(t *testing.T) {
 		{&flowv1.Endpoint{Ip: "10.0.0.1", Port: 80}, false, "10.0.0.1"},
 		{&flowv1.Endpoint{Ip: "fd00::1", Port: 443}, true, "[fd00::1]:443"},
 		{&flowv1.Endpoint{Ip: "10.0.0.1", Port: 8080, Namespace: "db", Pod: "pg-0"}, true, "db/pg-0:8080"},
+		{&flowv1.Endpoint{Ip: "10.96.154.233", Port: 80, Namespace: "shop", Service: "web"}, true, "shop/web:80"},
+		{&flowv1.Endpoint{Ip: "fd00:10:96::1", Port: 443, Namespace: "shop", Service: "web"}, true, "shop/web:443"},
 		{nil, true, "?"},
 	} {
 		if got := Endpoint(c.ep, c.port); got != c.want {
@@ -94,6 +98,27 @@ func TestEndpointAndBytes(t *testing.T) {
 		if got := Bytes(n); got != want {
 			t.Errorf("Bytes(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+// A destination that is a Service's cluster IP shows as namespace/service:port.
+func TestTableService(t *testing.T) {
+	e := proto.Clone(sample).(*flowv1.FlowEvent)
+	e.Destination = &flowv1.Endpoint{Ip: "10.96.154.233", Port: 80, Namespace: "db", Service: "pg"}
+	line := Table{}.Format(e)
+	if got, want := strings.Fields(line)[5], "db/pg:80"; got != want {
+		t.Errorf("destination %q, want %q: %q", got, want, line)
+	}
+	if got := strings.Index(line, "db/pg:80"); got != strings.Index(Table{}.Header(), "DESTINATION") {
+		t.Errorf("DESTINATION column at %d, value at %d", strings.Index(Table{}.Header(), "DESTINATION"), got)
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(JSON{}.Format(e)), &m); err != nil {
+		t.Fatal(err)
+	}
+	dst := m["destination"].(map[string]any)
+	if dst["service"] != "pg" || dst["namespace"] != "db" || dst["ip"] != "10.96.154.233" || dst["pod"] != nil {
+		t.Errorf("json destination: %v", dst)
 	}
 }
 
@@ -161,7 +186,7 @@ func TestStream(t *testing.T) {
 	}()
 	out := make(chan *flowv1.FlowEvent, 4)
 	streamErr := make(chan error, 1)
-	filter, _ := FilterFromFlags("shop", "", "", "", []string{"closed"})
+	filter, _ := FilterFromFlags("shop", "", "", "db/", []string{"closed"})
 	deadline := time.Now().Add(10 * time.Second)
 	go func() {
 		for time.Now().Before(deadline) { // until the server listens
@@ -182,21 +207,23 @@ func TestStream(t *testing.T) {
 	base := nodeagent.FlowEvent{Kind: nodeagent.FlowEnd, End: nodeagent.EndClosed, Hop: nodeagent.HopApp,
 		SourceIP: netip.MustParseAddr("10.244.1.5"), Local: netip.MustParseAddrPort("127.0.0.1:40000"),
 		Remote: netip.MustParseAddrPort("127.0.0.1:15001"), Destination: netip.MustParseAddrPort("10.96.0.20:80"),
-		Start: time.Now(), Time: time.Now(), BytesSent: 10}
+		DestinationPod: nodeagent.PodMeta{Namespace: "db", Service: "pg"}, Start: time.Now(), Time: time.Now(), BytesSent: 10}
 	other := base
 	other.BytesSent = 1 // not in namespace shop
 	reset := base
 	reset.SourcePod, reset.End, reset.BytesSent = shop, nodeagent.EndReset, 2
+	toPod := base
+	toPod.SourcePod, toPod.DestinationPod, toPod.BytesSent = shop, nodeagent.PodMeta{Namespace: "shop", Name: "api-1"}, 4 // not to namespace db
 	match := base
 	match.SourcePod, match.BytesSent = shop, 3
-	for _, e := range []nodeagent.FlowEvent{other, reset, match} {
+	for _, e := range []nodeagent.FlowEvent{other, reset, toPod, match} {
 		src.publish(e)
 	}
 	select {
 	case e := <-out:
 		if e.BytesSent != 3 || e.Node != "n1" || e.Source.Pod != "web-1" || e.Source.Ip != "10.244.1.5" || e.Source.Port != 40000 ||
-			e.Destination.Ip != "10.96.0.20" || e.Via != "127.0.0.1:15001" || e.Verdict != flowv1.Verdict_CLOSED {
-			t.Errorf("streamed %v, want only the closed flow of namespace shop", e)
+			e.Destination.Ip != "10.96.0.20" || e.Destination.Service != "pg" || e.Destination.Namespace != "db" || e.Via != "127.0.0.1:15001" || e.Verdict != flowv1.Verdict_CLOSED {
+			t.Errorf("streamed %v, want only the closed flow of namespace shop to Service db/pg", e)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no event")

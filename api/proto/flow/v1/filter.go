@@ -11,7 +11,7 @@ import (
 func (f *Filter) Validate() error {
 	for _, s := range []string{f.GetPod(), f.GetFrom(), f.GetTo()} {
 		if strings.Count(s, "/") > 1 {
-			return fmt.Errorf("filter: %q: want namespace/pod, namespace/, pod or an IP", s)
+			return fmt.Errorf("filter: %q: want namespace/pod, namespace/service, namespace/, pod or an IP", s)
 		}
 	}
 	if strings.Contains(f.GetNamespace(), "/") {
@@ -60,13 +60,20 @@ func matchPod(s string, ep *Endpoint) bool {
 	return ep.GetPod() == s
 }
 
-// matchEndpoint: an IP address, or a pod form.
+// matchEndpoint: an IP address, a pod form, or a Service: "namespace/"
+// matches a Service in the namespace, "namespace/service" that Service.
 func matchEndpoint(s string, ep *Endpoint) bool {
 	if ip, err := netip.ParseAddr(s); err == nil {
 		got, err := netip.ParseAddr(ep.GetIp())
 		return err == nil && got.Unmap() == ip.Unmap()
 	}
-	return matchPod(s, ep)
+	return matchPod(s, ep) || matchService(s, ep)
+}
+
+// matchService: "namespace/service" or "namespace/".
+func matchService(s string, ep *Endpoint) bool {
+	ns, name, ok := strings.Cut(s, "/")
+	return ok && ep.GetService() != "" && ep.GetNamespace() == ns && (name == "" || ep.GetService() == name)
 }
 
 // ParseVerdict reads a verdict by name, in any case: established, closed, reset, failed.

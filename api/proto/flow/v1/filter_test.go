@@ -35,6 +35,30 @@ func TestFilterMatch(t *testing.T) {
 			t.Errorf("%s: Match = %v, want %v", c.name, got, c.want)
 		}
 	}
+	// A destination that is a Service's cluster IP.
+	svc := &FlowEvent{
+		Source:      &Endpoint{Ip: "10.244.1.5", Namespace: "shop", Pod: "web-1"},
+		Destination: &Endpoint{Ip: "10.96.154.233", Port: 80, Namespace: "db", Service: "pg"},
+	}
+	for _, c := range []struct {
+		name string
+		f    *Filter
+		want bool
+	}{
+		{"to namespace/", &Filter{To: "db/"}, true},
+		{"to namespace/service", &Filter{To: "db/pg"}, true},
+		{"to other service", &Filter{To: "db/redis"}, false},
+		{"to service in other namespace", &Filter{To: "shop/pg"}, false},
+		{"to bare name: pods only", &Filter{To: "pg"}, false},
+		{"to cluster ip", &Filter{To: "10.96.154.233"}, true},
+		{"namespace of the service", &Filter{Namespace: "db"}, true},
+		{"pod: a service is no pod", &Filter{Pod: "db/pg"}, false},
+		{"pod namespace/: a service is no pod", &Filter{Pod: "db/"}, false},
+	} {
+		if got := c.f.Match(svc); got != c.want {
+			t.Errorf("service: %s: Match = %v, want %v", c.name, got, c.want)
+		}
+	}
 	// An unknown endpoint matches no pod form, only its IP.
 	unknown := &FlowEvent{Source: &Endpoint{Ip: "10.0.0.1"}, Destination: &Endpoint{Ip: "10.0.0.2"}}
 	if (&Filter{Pod: "x"}).Match(unknown) || (&Filter{Namespace: ""}).Match(unknown) == false || !(&Filter{To: "10.0.0.2"}).Match(unknown) {

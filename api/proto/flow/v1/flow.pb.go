@@ -130,7 +130,9 @@ func (x *ObserveRequest) GetFilter() *Filter {
 }
 
 // Filter selects events; every field set must match (empty: all).
-// Endpoint forms: "namespace/pod", "namespace/" (any pod in it), "pod", or an IP address.
+// Endpoint forms: "namespace/pod", "namespace/" (any pod or Service in it),
+// "pod", or an IP address; from and to also take "namespace/service" (a
+// destination that is the Service's cluster IP).
 type Filter struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Either end is in this namespace.
@@ -217,13 +219,17 @@ type Endpoint struct {
 	// Address and port; for a source, the pod's address and its socket's port.
 	Ip   string `protobuf:"bytes,1,opt,name=ip,proto3" json:"ip,omitempty"`
 	Port uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
-	// Empty when the address is no known pod.
+	// Empty when the address is no known pod or Service.
 	Namespace      string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	Pod            string `protobuf:"bytes,4,opt,name=pod,proto3" json:"pod,omitempty"`
 	Workload       string `protobuf:"bytes,5,opt,name=workload,proto3" json:"workload,omitempty"`
 	ServiceAccount string `protobuf:"bytes,6,opt,name=service_account,json=serviceAccount,proto3" json:"service_account,omitempty"`
 	// SPIFFE ID of the pod's service account.
-	Identity      string `protobuf:"bytes,7,opt,name=identity,proto3" json:"identity,omitempty"`
+	Identity string `protobuf:"bytes,7,opt,name=identity,proto3" json:"identity,omitempty"`
+	// The Service's name when the address is its cluster IP (a destination
+	// the ztunnel has yet to pick an endpoint for); namespace is then the
+	// Service's, and pod, workload, service_account and identity are empty.
+	Service       string `protobuf:"bytes,8,opt,name=service,proto3" json:"service,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -303,6 +309,13 @@ func (x *Endpoint) GetServiceAccount() string {
 func (x *Endpoint) GetIdentity() string {
 	if x != nil {
 		return x.Identity
+	}
+	return ""
+}
+
+func (x *Endpoint) GetService() string {
+	if x != nil {
+		return x.Service
 	}
 	return ""
 }
@@ -504,7 +517,7 @@ const file_flow_proto_rawDesc = "" +
 	"\x03pod\x18\x02 \x01(\tR\x03pod\x12\x12\n" +
 	"\x04from\x18\x03 \x01(\tR\x04from\x12\x0e\n" +
 	"\x02to\x18\x04 \x01(\tR\x02to\x123\n" +
-	"\bverdicts\x18\x05 \x03(\x0e2\x17.warren.flow.v1.VerdictR\bverdicts\"\xbf\x01\n" +
+	"\bverdicts\x18\x05 \x03(\x0e2\x17.warren.flow.v1.VerdictR\bverdicts\"\xd9\x01\n" +
 	"\bEndpoint\x12\x0e\n" +
 	"\x02ip\x18\x01 \x01(\tR\x02ip\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1c\n" +
@@ -512,7 +525,8 @@ const file_flow_proto_rawDesc = "" +
 	"\x03pod\x18\x04 \x01(\tR\x03pod\x12\x1a\n" +
 	"\bworkload\x18\x05 \x01(\tR\bworkload\x12'\n" +
 	"\x0fservice_account\x18\x06 \x01(\tR\x0eserviceAccount\x12\x1a\n" +
-	"\bidentity\x18\a \x01(\tR\bidentity\"\xe2\x04\n" +
+	"\bidentity\x18\a \x01(\tR\bidentity\x12\x18\n" +
+	"\aservice\x18\b \x01(\tR\aservice\"\xe2\x04\n" +
 	"\tFlowEvent\x12$\n" +
 	"\x0etime_unix_nano\x18\x01 \x01(\x03R\ftimeUnixNano\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x121\n" +
