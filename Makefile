@@ -14,8 +14,11 @@ deps: ## install the Debian packages builds and tests need (idempotent)
 	@hack/deps.sh
 
 build: ## build every cmd/ binary, static, into bin/
+# grpcnotrace keeps gRPC from linking golang.org/x/net/trace (unused: no EnableTracing, no
+# /debug/requests) and with it text/template's reflection, which keeps every exported method
+# alive: the ztunnel's binary, and so its resident text, shrinks by 3 MB (issue #4).
 	@mkdir -p $(BIN)
-	@if [ -n "$(CMDS)" ]; then $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ $(addprefix ./cmd/,$(CMDS)); fi
+	@if [ -n "$(CMDS)" ]; then $(GO) build -trimpath -tags grpcnotrace -ldflags '-s -w' -o $(BIN)/ $(addprefix ./cmd/,$(CMDS)); fi
 
 generate: ## regenerate committed code (bpf2go, controller-gen, protobuf)
 	$(GO) generate ./...

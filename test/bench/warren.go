@@ -61,7 +61,8 @@ func (w *warrenL4) Setup(ctx context.Context, env *Env) (Target, error) {
 	}
 	if w.bin == "" {
 		bin := filepath.Join(dir, "ztunnel")
-		out, err := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "github.com/warrenmesh/warren/cmd/ztunnel").CombinedOutput()
+		// Built as make build and the images build it (grpcnotrace: see Makefile).
+		out, err := exec.CommandContext(ctx, "go", "build", "-trimpath", "-tags", "grpcnotrace", "-ldflags", "-s -w", "-o", bin, "github.com/warrenmesh/warren/cmd/ztunnel").CombinedOutput()
 		if err != nil {
 			return Target{}, fmt.Errorf("build ztunnel: %w: %s", err, out)
 		}

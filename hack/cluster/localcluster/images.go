@@ -140,7 +140,8 @@ func (c *Config) buildGoImages(ctx context.Context, pkgs map[string]string) (map
 		return nil, err
 	}
 	names := make([]string, 0, len(pkgs))
-	args := []string{"build", "-trimpath", "-ldflags", "-s -w", "-o", outDir + "/"}
+	// grpcnotrace as in make build (see the Makefile): no golang.org/x/net/trace in the binaries.
+	args := []string{"build", "-trimpath", "-tags", "grpcnotrace", "-ldflags", "-s -w", "-o", outDir + "/"}
 	for n, pkg := range pkgs {
 		if filepath.Base(pkg) != n {
 			return nil, fmt.Errorf("image %s: its package %s must end in %s", n, pkg, n)
