@@ -38,13 +38,10 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-#define AF_INET 2
+// The redirect object's maps, reused by pin, and its address types.
+#include "warren/shared.h"
 
-
-#define MAX_PODS 4096
-#define MAX_CONNS 65536
 #define MAX_FLOWS 65536
-#define UID_LEN 64
 
 // TCP states (include/net/tcp_states.h).
 #define TCP_ESTABLISHED 1
@@ -59,46 +56,6 @@
 
 // Set at load time: the SO_MARK of the tunnel's sockets; 0 treats every socket as an app's.
 volatile const __u32 tunnel_mark = 0;
-
-// As in redirect.c: these maps are the redirect object's, reused by pin.
-struct pod_info {
-	__u32 ip4;
-	__u32 ip6[4];
-	char uid[UID_LEN];
-};
-
-struct addr {
-	__u32 ip6[4];
-	__u16 port;
-	__u16 pad;
-};
-
-struct tuple {
-	__u64 netns;
-	struct addr src;
-	struct addr dst;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_PODS);
-	__type(key, __u64);
-	__type(value, struct pod_info);
-} enrolled SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_CONNS);
-	__type(key, __u64);
-	__type(value, struct addr);
-} orig_by_cookie SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_CONNS);
-	__type(key, struct tuple);
-	__type(value, struct addr);
-} orig_by_tuple SEC(".maps");
 
 enum flow_hop {
 	HOP_APP = 0,
@@ -196,42 +153,6 @@ static __always_inline void stat(enum flow_stat s)
 		*n += 1;
 }
 
-#define CTX_READ(x) (*(volatile typeof(x) *)&(x))
-
-static __always_inline void set_v4(__u32 ip6[4], __u32 ip4)
-{
-	ip6[0] = 0;
-	ip6[1] = 0;
-	ip6[2] = bpf_htonl(0xffff);
-	ip6[3] = ip4;
-}
-
-// As sockops_addrs in redirect.c: ports in host order, IPv4 as v4-mapped.
-static __always_inline void sockops_addrs(struct bpf_sock_ops *skops, struct addr *local,
-					  struct addr *remote)
-{
-	__u32 family = CTX_READ(skops->family);
-	__u32 l4 = CTX_READ(skops->local_ip4);
-	__u32 r4 = CTX_READ(skops->remote_ip4);
-	__u32 l6[4], r6[4];
-	l6[0] = CTX_READ(skops->local_ip6[0]);
-	l6[1] = CTX_READ(skops->local_ip6[1]);
-	l6[2] = CTX_READ(skops->local_ip6[2]);
-	l6[3] = CTX_READ(skops->local_ip6[3]);
-	r6[0] = CTX_READ(skops->remote_ip6[0]);
-	r6[1] = CTX_READ(skops->remote_ip6[1]);
-	r6[2] = CTX_READ(skops->remote_ip6[2]);
-	r6[3] = CTX_READ(skops->remote_ip6[3]);
-	if (family == AF_INET) {
-		set_v4(local->ip6, l4);
-		set_v4(remote->ip6, r4);
-	} else {
-		__builtin_memcpy(local->ip6, l6, sizeof(l6));
-		__builtin_memcpy(remote->ip6, r6, sizeof(r6));
-	}
-	local->port = (__u16)CTX_READ(skops->local_port);
-	remote->port = (__u16)bpf_ntohl(CTX_READ(skops->remote_port));
-}
 
 // Loopback or the pod's own address: both ends are in the pod's netns.
 static __always_inline int is_local(const struct addr *a, const struct pod_info *pod)

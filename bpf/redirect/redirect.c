@@ -26,8 +26,10 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-// From the socket headers, which do not compile for the BPF target.
-#define AF_INET 2
+#include "warren/shared.h" // pod_info, addr, tuple, enrolled, orig_by_*, sockops_addrs
+
+// From the socket headers, which do not compile for the BPF target (AF_INET
+// is in warren/shared.h).
 #define SOCK_STREAM 1
 #define IPPROTO_TCP 6
 
@@ -35,39 +37,13 @@
 #define PORT_INBOUND 15006
 #define PORT_HBONE 15008
 
-#define MAX_PODS 4096
-#define MAX_CONNS 65536
-#define UID_LEN 64
-
 // Set at load time. A socket with this mark (SO_MARK) belongs to the tunnel
 // and is never redirected; 0 disables the check.
 volatile const __u32 tunnel_mark = 0;
 
-// An enrolled pod, by the cookie of its network namespace.
-struct pod_info {
-	__u32 ip4;    // network order; 0 when the pod has no IPv4 address
-	__u32 ip6[4]; // network order; all zero when the pod has no IPv6 address
-	char uid[UID_LEN];
-};
-
-// An address as IPv6, IPv4 as v4-mapped (::ffff:a.b.c.d); port in host order.
-struct addr {
-	__u32 ip6[4];
-	__u16 port;
-	__u16 pad;
-};
-
 // An IP address as IPv6, IPv4 as v4-mapped.
 struct ip {
 	__u32 ip6[4];
-};
-
-// A connection as the tunnel sees it from its accepted socket: src is the
-// client (the peer), dst is the tunnel's listener.
-struct tuple {
-	__u64 netns;
-	struct addr src;
-	struct addr dst;
 };
 
 enum sock_kind {
@@ -95,13 +71,6 @@ enum action {
 	ACTION_ERROR = 2,
 	ACTION_MAX = 3,
 };
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_PODS);
-	__type(key, __u64);
-	__type(value, struct pod_info);
-} enrolled SEC(".maps");
 
 // Enrolled pods' addresses, to their netns cookie: how sk_lookup, which has no
 // netns cookie, tells an enrolled pod's traffic.
@@ -144,22 +113,6 @@ struct {
 	__type(key, __u64);
 	__type(value, struct outbound_ports);
 } tunnel_ports SEC(".maps");
-
-// Original destination by socket cookie, from connect() to ACTIVE_ESTABLISHED.
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_CONNS);
-	__type(key, __u64);
-	__type(value, struct addr);
-} orig_by_cookie SEC(".maps");
-
-// Original destination by (netns, tunnel-side 4-tuple), for the tunnel.
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_CONNS);
-	__type(key, struct tuple);
-	__type(value, struct addr);
-} orig_by_tuple SEC(".maps");
 
 // The tunnel's listeners inside each enrolled pod's netns.
 struct {
@@ -220,14 +173,6 @@ static __always_inline __u16 outbound_port(__u64 netns, int v6)
 		return PORT_OUTBOUND;
 	__u16 port = v6 ? p->port6 : p->port4;
 	return port ? port : PORT_OUTBOUND;
-}
-
-static __always_inline void set_v4(__u32 ip6[4], __u32 ip4)
-{
-	ip6[0] = 0;
-	ip6[1] = 0;
-	ip6[2] = bpf_htonl(0xffff);
-	ip6[3] = ip4;
 }
 
 SEC("cgroup/connect4")
@@ -309,38 +254,6 @@ int warren_connect6(struct bpf_sock_addr *ctx)
 	ctx->user_port = bpf_htons(outbound_port(netns, !mapped));
 	count(PROG_CONNECT6, ACTION_REDIRECTED);
 	return 1;
-}
-
-// Reads a context field exactly once, where written: clang otherwise merges
-// loads from different fields into one through a computed context pointer,
-// which the verifier refuses.
-#define CTX_READ(x) (*(volatile typeof(x) *)&(x))
-
-// The socket's local and remote addresses, ports in host order.
-static __always_inline void sockops_addrs(struct bpf_sock_ops *skops, struct addr *local,
-					  struct addr *remote)
-{
-	__u32 family = CTX_READ(skops->family);
-	__u32 l4 = CTX_READ(skops->local_ip4);
-	__u32 r4 = CTX_READ(skops->remote_ip4);
-	__u32 l6[4], r6[4];
-	l6[0] = CTX_READ(skops->local_ip6[0]);
-	l6[1] = CTX_READ(skops->local_ip6[1]);
-	l6[2] = CTX_READ(skops->local_ip6[2]);
-	l6[3] = CTX_READ(skops->local_ip6[3]);
-	r6[0] = CTX_READ(skops->remote_ip6[0]);
-	r6[1] = CTX_READ(skops->remote_ip6[1]);
-	r6[2] = CTX_READ(skops->remote_ip6[2]);
-	r6[3] = CTX_READ(skops->remote_ip6[3]);
-	if (family == AF_INET) {
-		set_v4(local->ip6, l4);
-		set_v4(remote->ip6, r4);
-	} else {
-		__builtin_memcpy(local->ip6, l6, sizeof(l6));
-		__builtin_memcpy(remote->ip6, r6, sizeof(r6));
-	}
-	local->port = (__u16)CTX_READ(skops->local_port);
-	remote->port = (__u16)bpf_ntohl(CTX_READ(skops->remote_port));
 }
 
 SEC("sockops")
