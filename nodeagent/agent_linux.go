@@ -8,17 +8,16 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sys/unix"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/warrenmesh/warren/internal/reuseport"
 	"github.com/warrenmesh/warren/internal/zds"
 	"github.com/warrenmesh/warren/nodeagent/cniapi"
 )
@@ -235,21 +234,7 @@ func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, lo
 // is tried again until it is free, rather than failing the agent; nil, nil
 // when ctx ends first.
 func listenReusePort(ctx context.Context, addr, what string, log *slog.Logger) (net.Listener, error) {
-	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
-		return errors.Join(err, serr)
-	}}
-	ln, err := lc.Listen(ctx, "tcp", addr)
-	for errors.Is(err, unix.EADDRINUSE) {
-		log.Warn(what+" port in use, trying again", "addr", addr)
-		select {
-		case <-ctx.Done():
-			return nil, nil
-		case <-time.After(2 * time.Second):
-		}
-		ln, err = lc.Listen(ctx, "tcp", addr)
-	}
+	ln, err := reuseport.Wait(ctx, addr, 2*time.Second, func() { log.Warn(what+" port in use, trying again", "addr", addr) })
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}

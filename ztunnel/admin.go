@@ -9,12 +9,11 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"sort"
-	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/warrenmesh/warren/internal/reuseport"
 )
 
 // serveAdmin starts the node-side HTTP servers: admin (config dump,
@@ -50,15 +49,6 @@ func (t *Tunnel) serveAdmin(ctx context.Context) ([]*http.Server, error) {
 		// starts on the node before the first stops, and must bind the
 		// same ports. Both answer while both run; these are read-only
 		// endpoints, so which one answers does not matter.
-		lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
-			var serr error
-			if err := rc.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-			}); err != nil {
-				return err
-			}
-			return serr
-		}}
 		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}
 		servers = append(servers, srv)
 		serve := func(ln net.Listener) {
@@ -66,26 +56,20 @@ func (t *Tunnel) serveAdmin(ctx context.Context) ([]*http.Server, error) {
 				t.log.Warn("admin server stopped", "addr", s.addr, "err", err)
 			}
 		}
-		ln, err := lc.Listen(ctx, "tcp", s.addr)
+		ln, err := reuseport.Listen(ctx, s.addr)
 		switch {
 		case err == nil:
 			go serve(ln)
-		case errors.Is(err, syscall.EADDRINUSE):
+		case reuseport.Held(err):
 			// Held without SO_REUSEPORT: a ztunnel from before it was set,
 			// which the rollout stops soon. Serve once it lets go.
 			t.log.Warn("port held by another process, retrying", "addr", s.addr)
 			go func() {
-				for {
-					select {
-					case <-ctx.Done():
-						return
-					case <-time.After(time.Second):
-					}
-					if ln, err := lc.Listen(ctx, "tcp", s.addr); err == nil {
-						t.log.Info("port free, serving", "addr", s.addr)
-						serve(ln)
-						return
-					}
+				if ln, err := reuseport.Wait(ctx, s.addr, time.Second, nil); ln != nil {
+					t.log.Info("port free, serving", "addr", s.addr)
+					serve(ln)
+				} else if err != nil {
+					t.log.Warn("admin listener", "addr", s.addr, "err", err)
 				}
 			}()
 		default:
