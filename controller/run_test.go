@@ -44,28 +44,7 @@ func TestRun(t *testing.T) {
 	createSA(t, cs, "run", "app")
 	zt := runningPod(t, cs, model.DefaultSystemNamespace, "ztunnel-n3", "ztunnel", "n3", "10.250.0.13")
 
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	log := testLog(t)
-	go func() {
-		done <- Run(ctx, RunConfig{Config: Config{Log: log}, Rest: env.Config, GRPCListener: lis,
-			MetricsAddr: "0", HealthAddr: "0", LeaderElection: true, Registry: prometheus.NewRegistry()})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("Run did not return 20 s after cancel")
-		}
-	})
+	ctx, addr, _, _ := runController(t, true)
 
 	// The data plane trusts the mesh roots the controller publishes in a
 	// ConfigMap (the same as the CA Secret's) and names the controller by its
@@ -87,7 +66,7 @@ func TestRun(t *testing.T) {
 		roots.AppendCertsFromPEM([]byte(cm.Data[ca.RootsKey]))
 		return nil
 	})
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
 		RootCAs: roots, ServerName: "warren-controller.warren-system.svc", MinVersion: tls.VersionTLS13})))
 	if err != nil {
 		t.Fatal(err)
@@ -412,27 +391,7 @@ func TestBadInputOnTheGRPCPort(t *testing.T) {
 	createSA(t, cs, model.DefaultSystemNamespace, "ztunnel")
 	zt := runningPod(t, cs, model.DefaultSystemNamespace, "ztunnel-n5", "ztunnel", "n5", "10.250.0.15")
 
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, RunConfig{Config: Config{Log: testLog(t)}, Rest: env.Config, GRPCListener: lis,
-			MetricsAddr: "0", HealthAddr: "0", Registry: prometheus.NewRegistry()})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("Run did not return 20 s after cancel")
-		}
-	})
+	ctx, addr, exited, runErr := runController(t, false)
 	roots := x509.NewCertPool()
 	eventually(t, "roots ConfigMap", func() error {
 		cm, err := cs.CoreV1().ConfigMaps(model.DefaultSystemNamespace).Get(ctx, ca.RootsConfigMap, metav1.GetOptions{})
@@ -445,7 +404,7 @@ func TestBadInputOnTheGRPCPort(t *testing.T) {
 		return nil
 	})
 	tlsConfig := &tls.Config{RootCAs: roots, ServerName: "warren-controller.warren-system.svc", MinVersion: tls.VersionTLS13}
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)))
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -477,7 +436,7 @@ func TestBadInputOnTheGRPCPort(t *testing.T) {
 		"HTTP/2":    "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
 	} {
 		t.Run(name, func(t *testing.T) {
-			c, err := net.Dial("tcp", lis.Addr().String())
+			c, err := net.Dial("tcp", addr)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -499,7 +458,7 @@ func TestBadInputOnTheGRPCPort(t *testing.T) {
 	// handshake, by name; HTTPS (which TLS lets in, as if it offered no
 	// protocol) is closed unanswered.
 	t.Run("TLS, unknown protocol", func(t *testing.T) {
-		c, err := tls.Dial("tcp", lis.Addr().String(), &tls.Config{RootCAs: roots, ServerName: tlsConfig.ServerName, NextProtos: []string{"warren/0"}})
+		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, ServerName: tlsConfig.ServerName, NextProtos: []string{"warren/0"}})
 		if err == nil {
 			c.Close()
 			t.Fatal("handshake succeeded")
@@ -509,7 +468,7 @@ func TestBadInputOnTheGRPCPort(t *testing.T) {
 		}
 	})
 	t.Run("HTTPS", func(t *testing.T) {
-		c, err := tls.Dial("tcp", lis.Addr().String(), &tls.Config{RootCAs: roots, ServerName: tlsConfig.ServerName, NextProtos: []string{"http/1.1"}})
+		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, ServerName: tlsConfig.ServerName, NextProtos: []string{"http/1.1"}})
 		if err != nil {
 			return // refused in the handshake: fine too
 		}
@@ -573,8 +532,42 @@ func TestBadInputOnTheGRPCPort(t *testing.T) {
 	})
 	serving(t)
 	select {
-	case err := <-done:
-		t.Fatalf("Run returned: %v", err)
+	case <-exited:
+		t.Fatalf("Run returned: %v", *runErr)
 	default:
 	}
+}
+
+// runController runs the whole controller (Run) against the test apiserver
+// with its gRPC API on a loopback port, and stops it when the test ends,
+// failing the test if Run fails or does not return. It returns a context
+// that ends with the test, the gRPC address, and a channel closed when Run
+// returns (its error in *runErr).
+func runController(t *testing.T, leaderElection bool) (ctx context.Context, addr string, exited <-chan struct{}, runErr *error) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	var rerr error
+	log := testLog(t)
+	go func() {
+		defer close(done)
+		rerr = Run(ctx, RunConfig{Config: Config{Log: log}, Rest: env.Config, GRPCListener: lis,
+			MetricsAddr: "0", HealthAddr: "0", LeaderElection: leaderElection, Registry: prometheus.NewRegistry()})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+			if rerr != nil {
+				t.Errorf("Run: %v", rerr)
+			}
+		case <-time.After(20 * time.Second):
+			t.Error("Run did not return 20 s after cancel")
+		}
+	})
+	return ctx, lis.Addr().String(), done, &rerr
 }

@@ -1,18 +1,15 @@
 package controller
 
 import (
-	"context"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -38,24 +35,7 @@ func TestZtunnelClient(t *testing.T) {
 	zt := runningPod(t, cs, model.DefaultSystemNamespace, "ztunnel-z1", "ztunnel", "z1", "10.250.0.31")
 	runningPod(t, cs, "zc", "web-1", "web", "z1", "10.244.31.5")
 
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, RunConfig{Config: Config{Log: testLog(t)}, Rest: env.Config, GRPCListener: lis,
-			MetricsAddr: "0", HealthAddr: "0", Registry: prometheus.NewRegistry()})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			t.Error("Run did not return 20 s after cancel")
-		}
-	})
+	ctx, addr, _, _ := runController(t, false)
 
 	var rootsPEM string
 	eventually(t, "roots ConfigMap", func() error {
@@ -72,7 +52,7 @@ func TestZtunnelClient(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte(podToken(t, cs, zt)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cp := &ztunnel.ControlPlane{Addr: lis.Addr().String(), ServerName: "warren-controller.warren-system.svc", TokenFile: tokenFile,
+	cp := &ztunnel.ControlPlane{Addr: addr, ServerName: "warren-controller.warren-system.svc", TokenFile: tokenFile,
 		Node: "z1", TrustDomain: "cluster.local", Roots: identity.NewRoots(pool), Log: testLog(t)}
 	defer cp.Close()
 
