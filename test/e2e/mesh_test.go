@@ -169,6 +169,25 @@ func captureWhile(t *testing.T, node, filter string, f func()) (text string, pac
 	return capt.Stop(t)
 }
 
+// waitPlaintext requests url from a pod until a capture on node2 shows the request, marked
+// by marker, in plaintext.
+func waitPlaintext(t *testing.T, timeout time.Duration, ns, pod, url, marker string) {
+	t.Helper()
+	cluster.Eventually(t, timeout, "the request "+marker+" in plaintext on the wire", func(ctx context.Context) error {
+		var reqErr error
+		text, _ := captureWhile(t, "node2", "tcp port 8080", func() {
+			_, reqErr = get(ctx, ns, pod, url)
+		})
+		if reqErr != nil {
+			return reqErr
+		}
+		if !strings.Contains(text, "GET /"+marker) {
+			return fmt.Errorf("the capture does not show the request in plaintext:\n%s", text)
+		}
+		return nil
+	})
+}
+
 // TestMesh installs Warren through manifests/ and checks the L4 mesh as a user meets it.
 func TestMesh(t *testing.T) {
 	ctx := context.Background()
@@ -226,19 +245,7 @@ func TestMesh(t *testing.T) {
 
 	t.Run("a namespace outside the mesh is untouched", func(t *testing.T) {
 		marker := "plain-" + plainNs
-		cluster.Eventually(t, 30*time.Second, "the plaintext request on the wire", func(ctx context.Context) error {
-			var reqErr error
-			text, _ := captureWhile(t, "node2", "tcp port 8080", func() {
-				_, reqErr = get(ctx, plainNs, plainClients["node1"].Name, podURL(plainServers["node2"], marker))
-			})
-			if reqErr != nil {
-				return reqErr
-			}
-			if !strings.Contains(text, "GET /"+marker) {
-				return fmt.Errorf("the capture does not show the plaintext request of a namespace outside the mesh:\n%s", text)
-			}
-			return nil
-		})
+		waitPlaintext(t, 30*time.Second, plainNs, plainClients["node1"].Name, podURL(plainServers["node2"], marker), marker)
 		for _, node := range []string{"node1", "node2"} {
 			lines, err := ztunnelMetrics(ctx, node, "warren_ztunnel_tcp_connections_opened_total")
 			if err != nil {
@@ -327,19 +334,7 @@ spec:
 	t.Run("removing the label returns the pods to plaintext without restarts", func(t *testing.T) {
 		cluster.Label(t, meshNs, "warren.dev/mesh", "")
 		marker := "left-" + meshNs
-		cluster.Eventually(t, time.Minute, "plaintext on the wire again", func(ctx context.Context) error {
-			var reqErr error
-			text, _ := captureWhile(t, "node2", "tcp port 8080", func() {
-				_, reqErr = get(ctx, meshNs, clients["node1"].Name, podURL(servers["node2"], marker))
-			})
-			if reqErr != nil {
-				return reqErr
-			}
-			if !strings.Contains(text, "GET /"+marker) {
-				return fmt.Errorf("the request is not on the wire in plaintext yet")
-			}
-			return nil
-		})
+		waitPlaintext(t, time.Minute, meshNs, clients["node1"].Name, podURL(servers["node2"], marker), marker)
 		samePods(t, meshNs, before)
 	})
 }
