@@ -205,6 +205,12 @@ func TestTwoReplicas(t *testing.T) {
 		return p
 	}
 	policy("first")
+	eventually(t, "the leader records the write of ha/first", func() error {
+		if leader.writes.count("ha/first") == 0 {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
 	time.Sleep(time.Second) // room for a second, unwanted write
 	if got, other := leader.writes.count("ha/first"), follower.writes.count("ha/first"); got != 1 || other != 0 {
 		t.Errorf("status of ha/first written %d times by the leader, %d by the follower; want 1 and 0", got, other)
@@ -299,6 +305,16 @@ func TestTwoReplicas(t *testing.T) {
 		t.Fatal("the follower did not take over in 20 s")
 	}
 	policy("second")
+	// The status is visible on the apiserver a moment before the writer has
+	// its response and logs the write: wait for the record, then give a
+	// second, unwanted write time to show.
+	eventually(t, "the new leader records the write of ha/second", func() error {
+		if got := follower.writes.count("ha/second"); got == 0 {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+	time.Sleep(time.Second)
 	if got := follower.writes.count("ha/second"); got != 1 {
 		t.Errorf("status of ha/second written %d times by the new leader, want 1", got)
 	}
