@@ -44,6 +44,10 @@ type podState struct {
 	ips     []netip.Addr
 	nodeIPs []netip.Addr
 	link    link.Link // sk_lookup in the pod's netns
+	// netns is the path the pod was enrolled with, for unenroll to undo the
+	// source routing there; empty for a pod adopted from pins until it is
+	// enrolled again.
+	netns string
 }
 
 var _ Dataplane = (*Kernel)(nil)
@@ -57,6 +61,7 @@ var pinnedMaps = []string{
 	redirect.RedirectMapOrigByTuple,
 	redirect.RedirectMapSockets,
 	redirect.RedirectMapTunnelPorts,
+	redirect.RedirectMapTunnelSyns,
 	redirect.RedirectMapCounters,
 }
 
@@ -348,6 +353,8 @@ func (k *Kernel) enrollLocked(pod Pod) error {
 	}
 	if p := k.pods[pod.UID]; p != nil {
 		if p.cookie == cookie {
+			p.netns = pod.Netns
+			k.sourceRouting(ns, pod)
 			return k.updateIPs(pod.UID, p, pod.IPs, pod.NodeIPs)
 		}
 		// A new sandbox for the same pod: start over.
@@ -358,7 +365,8 @@ func (k *Kernel) enrollLocked(pod Pod) error {
 
 	// In this order, each step harmless without the next: sk_lookup acts
 	// only on addresses in pod_ips, connect4/6 only on enrolled netns.
-	p := &podState{cookie: cookie}
+	k.sourceRouting(ns, pod)
+	p := &podState{cookie: cookie, netns: pod.Netns}
 	pin := filepath.Join(k.opts.PinDir, linksDir, skLookupPrefix+pod.UID)
 	l, err := link.AttachNetNs(int(ns.Fd()), k.objs.WarrenSkLookup)
 	if err != nil {
@@ -375,6 +383,21 @@ func (k *Kernel) enrollLocked(pod Pod) error {
 	}
 	k.log.Info("pod enrolled", "uid", pod.UID, "netns", pod.Netns, "netns_cookie", cookie, "ips", pod.IPs, "node_ips", pod.NodeIPs)
 	return nil
+}
+
+// sourceRouting sets up the pod's routing for the tunnel's connections from
+// a client's address (internal/podroute). A pod where that fails is still
+// enrolled: the tunnel then connects to its app from the pod's own address.
+func (k *Kernel) sourceRouting(ns *os.File, pod Pod) {
+	if k.opts.NoSourceAddress {
+		return
+	}
+	ipv6 := slices.ContainsFunc(pod.IPs, func(ip netip.Addr) bool { return ip.Is6() && !ip.Is4In6() })
+	if err := setupSourceRouting(ns, k.opts.TunnelMark, ipv6); err != nil {
+		k.metrics.fail("source_routing")
+		k.log.Warn("pod enrolled without source-address routing: its app will see the pod's own address as the client's",
+			"uid", pod.UID, "netns", pod.Netns, "err", err)
+	}
 }
 
 // updateIPs writes the pod's addresses to pod_ips, node_ips and its enrolled
@@ -465,6 +488,16 @@ func (k *Kernel) unenrollLocked(uid string) error {
 		}
 	} else {
 		_ = os.Remove(filepath.Join(k.opts.PinDir, linksDir, skLookupPrefix+uid))
+	}
+	// Last: the tunnel may be finishing a connection to the app until the
+	// steering above is gone. A pod whose netns is gone has nothing left.
+	if !k.opts.NoSourceAddress && p.netns != "" {
+		if ns, err := openNetns(p.netns); err == nil {
+			if err := teardownSourceRouting(ns, k.opts.TunnelMark); err != nil {
+				k.log.Warn("pod unenrolled, but its source-address routing stays", "uid", uid, "netns", p.netns, "err", err)
+			}
+			ns.Close()
+		}
 	}
 	delete(k.pods, uid)
 	if err := errors.Join(errs...); err != nil {
@@ -653,6 +686,8 @@ func (k *Kernel) mapByName(name string) *ebpf.Map {
 		return k.objs.Sockets
 	case redirect.RedirectMapTunnelPorts:
 		return k.objs.TunnelPorts
+	case redirect.RedirectMapTunnelSyns:
+		return k.objs.TunnelSyns
 	case redirect.RedirectMapCounters:
 		return k.objs.Counters
 	}

@@ -131,6 +131,7 @@ warren_agent_bpf_map_entries{map="orig_by_tuple"} 0
 warren_agent_bpf_map_entries{map="pod_ips"} 2
 warren_agent_bpf_map_entries{map="sockets"} 0
 warren_agent_bpf_map_entries{map="tunnel_ports"} 0
+warren_agent_bpf_map_entries{map="tunnel_syns"} 0
 `), "warren_agent_enrolled_pods", "warren_agent_bpf_map_entries")
 	if err != nil {
 		t.Error(err)

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/warrenmesh/warren/internal/podroute"
 )
 
 // DefaultBPFFS is where the agent expects (and if needed mounts) a bpffs.
@@ -33,7 +35,13 @@ type Options struct {
 	// "unified" (a hybrid host's /sys/fs/cgroup) means that one.
 	Cgroup string
 	// TunnelMark is the SO_MARK of the tunnel's own sockets; DefaultTunnelMark if zero.
+	// Its bit podroute.SourceMarkBit must be clear: with it, the mark is the
+	// one of the tunnel's sockets that use a client's address.
 	TunnelMark uint32
+	// NoSourceAddress leaves enrolled pods without the policy routing that
+	// lets the tunnel connect to their apps from the client's address
+	// (internal/podroute): apps then see the pod's own address as the client's.
+	NoSourceAddress bool
 	// Logger receives the agent's logs; none if nil.
 	Logger *slog.Logger
 	// Registerer receives the agent's metrics; none if nil.
@@ -66,6 +74,9 @@ func (o *Options) Validate() error {
 	rel, err := filepath.Rel(o.BPFFS, o.PinDir)
 	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") {
 		return fmt.Errorf("options: pin dir %s is not inside bpffs %s", o.PinDir, o.BPFFS)
+	}
+	if err := podroute.CheckTunnelMark(o.TunnelMark); err != nil {
+		return fmt.Errorf("options: %w", err)
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/warrenmesh/warren/internal/hbone"
 	"github.com/warrenmesh/warren/internal/identity"
+	"github.com/warrenmesh/warren/internal/podroute"
 	"github.com/warrenmesh/warren/internal/policy"
 )
 
@@ -229,6 +230,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PinDir == "" {
 		bad("pinDir: required")
+	}
+	if err := podroute.CheckTunnelMark(c.Mark); err != nil {
+		bad("mark: %v", err)
 	}
 	if c.NonMesh != NonMeshPassthrough && c.NonMesh != NonMeshRefuse {
 		bad("nonMesh: %q: want passthrough or refuse", c.NonMesh)

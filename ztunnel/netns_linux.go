@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/warrenmesh/warren/internal/podroute"
 )
 
 // nsThread is an OS thread parked in a pod's network namespace: sockets it
@@ -92,12 +94,28 @@ const dialTimeout = 10 * time.Second
 
 // dial connects to dst from inside the netns, so the source address is the
 // pod's, with SO_MARK mark so the eBPF programs do not redirect it again.
-// Only the socket is made on the netns thread; connect waits on the poller.
-func (t *nsThread) dial(ctx context.Context, dst netip.AddrPort, mark uint32) (*net.TCPConn, error) {
+// With a valid src it connects from that address instead (IP_TRANSPARENT,
+// the client's, on the last hop to the pod's app), with the source mark
+// that the pod's policy routing keeps the app's replies in by
+// (internal/podroute). Only the socket is made on the netns thread; connect
+// waits on the poller.
+func (t *nsThread) dial(ctx context.Context, dst netip.AddrPort, mark uint32, src netip.Addr) (*net.TCPConn, error) {
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
 	family, sa := unix.AF_INET, unix.Sockaddr(&unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()})
 	if dst.Addr().Is6() {
 		family, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: int(dst.Port()), Addr: dst.Addr().As16()}
+	}
+	var bind unix.Sockaddr
+	if src = src.Unmap(); src.IsValid() {
+		if src.Is4() != dst.Addr().Is4() {
+			return nil, fmt.Errorf("connect %v from %v: address families differ", dst, src)
+		}
+		mark = podroute.SourceMark(mark)
+		if src.Is4() {
+			bind = &unix.SockaddrInet4{Addr: src.As4()}
+		} else {
+			bind = &unix.SockaddrInet6{Addr: src.As16()}
+		}
 	}
 	fd := -1
 	err := t.do(func() (err error) {
@@ -117,6 +135,21 @@ func (t *nsThread) dial(ctx context.Context, dst netip.AddrPort, mark uint32) (*
 	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("TCP_NODELAY: %w", err)
+	}
+	if bind != nil {
+		level, opt := unix.SOL_IP, unix.IP_TRANSPARENT
+		if family == unix.AF_INET6 {
+			level, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+		}
+		if err := unix.SetsockoptInt(fd, level, opt, 1); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("IP_TRANSPARENT: %w", err)
+		}
+		// Port 0: the kernel picks one that is free for this address.
+		if err := unix.Bind(fd, bind); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("bind %v: %w", src, err)
+		}
 	}
 	if err := unix.Connect(fd, sa); err != nil && !errors.Is(err, unix.EINPROGRESS) {
 		unix.Close(fd)

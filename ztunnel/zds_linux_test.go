@@ -175,8 +175,14 @@ func TestZDSHandOff(t *testing.T) {
 		if err != nil {
 			t.Fatalf("plaintext inbound through the ztunnel: %v", err)
 		}
-		if got != "hello "+clientIP.String() {
-			t.Errorf("inbound greeting %q: want the ztunnel's dial from inside the pod", got)
+		// Delivered from the outsider's address (the agent set up the
+		// pod's routing for it), and counted by the ztunnel.
+		if got != "hello "+outsiderIP.String() {
+			t.Errorf("inbound greeting %q: want the outsider's address", got)
+		}
+		if !hasSeries(t, reg, "warren_ztunnel_tcp_connections_opened_total", map[string]string{
+			"direction": "inbound", "connection_security_policy": "none"}) {
+			t.Error("no inbound plaintext series: the connection did not go through the ztunnel")
 		}
 	})
 	t.Run("delete removes the listeners", func(t *testing.T) {

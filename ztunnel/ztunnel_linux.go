@@ -22,6 +22,7 @@ import (
 
 	"github.com/warrenmesh/warren/internal/hbone"
 	"github.com/warrenmesh/warren/internal/identity"
+	"github.com/warrenmesh/warren/internal/podroute"
 	"github.com/warrenmesh/warren/internal/zds"
 	"github.com/warrenmesh/warren/nodeagent/pins"
 )
@@ -234,6 +235,10 @@ type podProxy struct {
 	wg        sync.WaitGroup
 	connsMu   sync.Mutex
 	conns     map[net.Conn]struct{}
+	// src4 and src6: the pod has the policy routing (internal/podroute) to
+	// deliver to its app from the client's address, per family.
+	src4, src6  atomic.Bool
+	srcFallback sync.Once
 }
 
 // localPod is the pod as the tunnel serves it: the State's own copy when the
@@ -327,7 +332,7 @@ func (t *Tunnel) startPod(ctx context.Context, pod LocalPod) (_ *podProxy, err e
 			if err != nil {
 				return nil, err
 			}
-			return th.dial(ctx, ap, t.cfg.Mark)
+			return th.dial(ctx, ap, t.cfg.Mark, netip.Addr{})
 		},
 		Limits: t.cfg.HBONE,
 		Logger: p.log,
@@ -380,8 +385,26 @@ func (t *Tunnel) startPod(ctx context.Context, pod LocalPod) (_ *podProxy, err e
 	if _, err := t.kernel.setListeners(pl); err != nil {
 		return nil, fmt.Errorf("register listeners: %w", err)
 	}
+	// Whether the pod has the routing to deliver from clients' addresses:
+	// the agent writes it at enrollment (internal/podroute).
+	if err := th.do(func() error {
+		for _, f := range []struct {
+			family int
+			ready  *atomic.Bool
+		}{{unix.AF_INET, &p.src4}, {unix.AF_INET6, &p.src6}} {
+			ok, err := podroute.Ready(f.family, t.cfg.Mark)
+			if err != nil {
+				return err
+			}
+			f.ready.Store(ok)
+		}
+		return nil
+	}); err != nil {
+		p.log.Warn("cannot read the pod's routing rules: its app sees the pod's own address as the client's", "err", err)
+	}
 	p.log.Info("pod served", "uid", sp.UID, "identity", sp.Identity(), "mode", t.state().modeOf(sp),
-		"outbound_port", pl.port4, "outbound_port6", pl.port6, "inbound", in.Addr(), "hbone", hb.Addr())
+		"outbound_port", pl.port4, "outbound_port6", pl.port6, "inbound", in.Addr(), "hbone", hb.Addr(),
+		"client_address_ipv4", p.src4.Load(), "client_address_ipv6", p.src6.Load())
 	return p, nil
 }
 
@@ -528,7 +551,7 @@ func (p *podProxy) outbound(c *net.TCPConn) {
 		t.metrics.refused.WithLabelValues("outbound", "route").Inc()
 		p.log.Info("outbound refused", "dst", orig, "reason", plan.Reason)
 	case PlanPassthrough:
-		up, err := p.ns.dial(p.ctx, plan.Dst, t.cfg.Mark)
+		up, err := p.ns.dial(p.ctx, plan.Dst, t.cfg.Mark, netip.Addr{})
 		if err != nil {
 			t.metrics.refused.WithLabelValues("outbound", "dial").Inc()
 			p.log.Info("passthrough dial failed", "dst", plan.Dst, "err", err)
@@ -566,12 +589,42 @@ func (p *podProxy) inboundHBONE(ctx context.Context, req *hbone.Request) (net.Co
 		p.log.Info("inbound denied", "peer", req.Peer, "port", req.Authority.Port(), "policy", d.Policy, "reason", d.Reason)
 		return nil, hbone.Forbidden(errors.New(d.Reason))
 	}
-	up, err := p.ns.dial(ctx, req.Authority, t.cfg.Mark)
+	up, err := p.dialApp(ctx, req.RemoteAddr, req.Authority)
 	if err != nil {
 		t.metrics.refused.WithLabelValues("inbound", "dial").Inc()
 		return nil, err
 	}
 	return up, nil
+}
+
+// dialApp connects to the pod's app at dst from the client's address when
+// the pod's routing allows (src4, src6), else from the pod's own. The
+// client's address is the connection's peer: the client pod's own (the
+// client's ztunnel dials from inside it), or a non-mesh client's.
+func (p *podProxy) dialApp(ctx context.Context, client net.Addr, dst netip.AddrPort) (*net.TCPConn, error) {
+	mark := p.t.cfg.Mark
+	var src netip.Addr
+	if ap, err := netip.ParseAddrPort(client.String()); err == nil {
+		a := ap.Addr().Unmap()
+		d := dst.Addr().Unmap()
+		if a.Is4() == d.Is4() && a != d && !a.IsLoopback() && !a.IsUnspecified() && ((a.Is4() && p.src4.Load()) || (a.Is6() && p.src6.Load())) {
+			src = a
+		}
+	}
+	if !src.IsValid() {
+		return p.ns.dial(ctx, dst, mark, netip.Addr{})
+	}
+	c, err := p.ns.dial(ctx, dst, mark, src)
+	if err != nil && (errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) || errors.Is(err, unix.EADDRNOTAVAIL)) {
+		// Not allowed here (no CAP_NET_ADMIN): the pod's own address then.
+		p.srcFallback.Do(func() {
+			p.log.Warn("cannot connect from clients' addresses: the app sees the pod's own address as the client's", "err", err)
+		})
+		p.src4.Store(false)
+		p.src6.Store(false)
+		return p.ns.dial(ctx, dst, mark, netip.Addr{})
+	}
+	return c, err
 }
 
 // inboundDone counts a finished HBONE stream.
@@ -607,7 +660,7 @@ func (p *podProxy) inboundPlain(c *net.TCPConn) {
 		p.log.Info("plaintext inbound refused", "client", c.RemoteAddr(), "port", dst.Port(), "reason", d.Reason)
 		return
 	}
-	up, err := p.ns.dial(p.ctx, dst, t.cfg.Mark)
+	up, err := p.dialApp(p.ctx, c.RemoteAddr(), dst)
 	if err != nil {
 		t.metrics.refused.WithLabelValues("inbound", "dial").Inc()
 		return

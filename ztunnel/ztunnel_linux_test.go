@@ -342,14 +342,15 @@ func TestTwoNodes(t *testing.T) {
 	node2 := startNode(t, n, bpffs, "node2", cfg2)
 	node1 := startNode(t, n, bpffs, "node1", cfg1)
 
-	t.Run("pod IP over HBONE", func(t *testing.T) {
+	t.Run("pod IP over HBONE, the app sees the client's address", func(t *testing.T) {
 		got, err := n.exchange("client", netip.AddrPortFrom(serverIP, appPort))
 		if err != nil {
 			t.Fatal(err)
 		}
-		// The last hop is dialed from inside the server pod's netns.
-		if got != "hello "+serverIP.String() {
-			t.Errorf("greeting %q", got)
+		// The last hop is dialed from inside the server pod's netns, from
+		// the client pod's address (the agent set up the pod's routing).
+		if got != "hello "+clientIP.String() {
+			t.Errorf("greeting %q, want the client pod's address", got)
 		}
 	})
 	t.Run("service VIP over HBONE", func(t *testing.T) {
@@ -381,13 +382,13 @@ func TestTwoNodes(t *testing.T) {
 			t.Errorf("greeting %q, want the client pod's address", got)
 		}
 	})
-	t.Run("PERMISSIVE lets a non-mesh client in", func(t *testing.T) {
+	t.Run("PERMISSIVE lets a non-mesh client in, with its address", func(t *testing.T) {
 		got, err := n.exchange("outsider", netip.AddrPortFrom(serverIP, appPort))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got != "hello "+serverIP.String() {
-			t.Errorf("greeting %q", got)
+		if got != "hello "+outsiderIP.String() {
+			t.Errorf("greeting %q, want the outsider's address", got)
 		}
 	})
 	t.Run("STRICT refuses a non-mesh client", func(t *testing.T) {

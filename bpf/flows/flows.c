@@ -18,7 +18,7 @@
 //   hop app     the application's own connect() (no tunnel mark); for a
 //               redirected one the original destination comes from the
 //               redirect object's maps
-//   hop tunnel  the tunnel's dial (SO_MARK tunnel_mark) to another address:
+//   hop tunnel  the tunnel's dial (SO_MARK tunnel_mark, or with SOURCE_MARK_BIT) to another address:
 //               HBONE to the peer's node, or passthrough
 //
 // Not recorded: every passive end (the tunnel's accepted sockets, the apps'
@@ -292,7 +292,7 @@ int warren_flows(struct bpf_sock_ops *skops)
 		f.pod_ip4 = pod->ip4;
 		__builtin_memcpy(f.pod_ip6, pod->ip6, sizeof(f.pod_ip6));
 		struct bpf_sock *sk = skops->sk;
-		if (tunnel_mark != 0 && sk && sk->mark == tunnel_mark) {
+		if (sk && tunnel_marked(sk->mark, tunnel_mark)) {
 			struct addr local, remote;
 			sockops_addrs(skops, &local, &remote);
 			if (is_local(&remote, pod))

@@ -114,6 +114,26 @@ struct {
 	__type(value, struct outbound_ports);
 } tunnel_ports SEC(".maps");
 
+// A connection to a pod's app, from the app's side.
+struct app_conn {
+	struct addr app;    // the pod's address and the app's port
+	struct addr client; // the client's address and port
+};
+
+// The tunnel's connections to apps from a client's address (SO_MARK
+// tunnel_mark | SOURCE_MARK_BIT, IP_TRANSPARENT), from connect() until
+// established or closed: sk_lookup passes their SYN to the app instead of
+// steering it back to the tunnel. sk_lookup has no socket mark to tell them
+// by, nor a way to tell a SYN made in the netns from one that came in: this
+// is the exact 4-tuple of a socket the tunnel holds. LRU: an entry whose
+// close was missed cannot crowd out new ones.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_CONNS);
+	__type(key, struct app_conn);
+	__type(value, __u8);
+} tunnel_syns SEC(".maps");
+
 // The tunnel's listeners inside each enrolled pod's netns.
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
@@ -160,8 +180,17 @@ static __always_inline int is_loopback6(const __u32 ip6[4])
 static __always_inline int is_tunnel(struct bpf_sock_addr *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
-	return tunnel_mark != 0 && sk && sk->mark == tunnel_mark;
+	return sk && tunnel_marked(sk->mark, tunnel_mark);
 }
+
+// Whether a sockops socket is the tunnel's, connecting from a client's address.
+static __always_inline int from_client_address(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	return tunnel_mark != 0 && sk && sk->mark == (tunnel_mark | SOURCE_MARK_BIT);
+}
+
+static const __u8 one = 1;
 
 // The port the current tunnel listens on for this netns: without an entry,
 // 15001, where no tunnel listens any more, so the connection is refused
@@ -275,16 +304,38 @@ int warren_sockops(struct bpf_sock_ops *skops)
 	key.netns = netns;
 
 	switch (op) {
-	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+	case BPF_SOCK_OPS_TCP_CONNECT_CB: {
 		// Follow a redirected socket's state only until it is
 		// established, to drop its entry if it never is.
 		cookie = bpf_get_socket_cookie(skops);
 		if (bpf_map_lookup_elem(&orig_by_cookie, &cookie))
 			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
 								BPF_SOCK_OPS_STATE_CB_FLAG);
+		// The tunnel connecting to an app from a client's address: its
+		// SYN is about to leave (see tunnel_syns).
+		if (from_client_address(skops)) {
+			struct app_conn conn = {};
+			sockops_addrs(skops, &conn.client, &conn.app);
+			if (bpf_map_update_elem(&tunnel_syns, &conn, &one, BPF_ANY)) {
+				count(PROG_SOCKOPS, ACTION_ERROR);
+				break;
+			}
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+								BPF_SOCK_OPS_STATE_CB_FLAG);
+		}
 		break;
+	}
 
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
+		if (from_client_address(skops)) {
+			struct app_conn conn = {};
+			sockops_addrs(skops, &conn.client, &conn.app);
+			bpf_map_delete_elem(&tunnel_syns, &conn);
+			__u32 flags = skops->bpf_sock_ops_cb_flags;
+			if (!(flags & BPF_SOCK_OPS_RETRANS_CB_FLAG))
+				bpf_sock_ops_cb_flags_set(skops, flags & ~BPF_SOCK_OPS_STATE_CB_FLAG);
+			break;
+		}
 		// Runs before the handshake's last ACK leaves, so the entry is
 		// there before the tunnel can accept the connection.
 		cookie = bpf_get_socket_cookie(skops);
@@ -336,6 +387,14 @@ int warren_sockops(struct bpf_sock_ops *skops)
 		bpf_map_delete_elem(&orig_by_tuple, &key);
 		cookie = bpf_get_socket_cookie(skops);
 		bpf_map_delete_elem(&orig_by_cookie, &cookie);
+		// Or the tunnel's connection from a client's address that never
+		// got established.
+		if (from_client_address(skops)) {
+			struct app_conn conn = {};
+			conn.client = key.dst;
+			conn.app = key.src;
+			bpf_map_delete_elem(&tunnel_syns, &conn);
+		}
 		break;
 	}
 	return 1;
@@ -372,6 +431,22 @@ int warren_sk_lookup(struct bpf_sk_lookup *ctx)
 	// The pod's connections to itself stay as they are (its loopback ones
 	// never get here: 127.0.0.1 and ::1 are no pod's address).
 	if (ctx->protocol != IPPROTO_TCP || own) {
+		count(PROG_SK_LOOKUP, ACTION_BYPASSED);
+		return SK_PASS;
+	}
+	// So do the tunnel's, from a client's address: see tunnel_syns.
+	struct app_conn conn = {};
+	conn.app.ip6[0] = local.ip6[0];
+	conn.app.ip6[1] = local.ip6[1];
+	conn.app.ip6[2] = local.ip6[2];
+	conn.app.ip6[3] = local.ip6[3];
+	conn.app.port = (__u16)ctx->local_port;
+	conn.client.ip6[0] = remote.ip.ip6[0];
+	conn.client.ip6[1] = remote.ip.ip6[1];
+	conn.client.ip6[2] = remote.ip.ip6[2];
+	conn.client.ip6[3] = remote.ip.ip6[3];
+	conn.client.port = bpf_ntohs(ctx->remote_port);
+	if (bpf_map_lookup_elem(&tunnel_syns, &conn)) {
 		count(PROG_SK_LOOKUP, ACTION_BYPASSED);
 		return SK_PASS;
 	}

@@ -20,6 +20,12 @@ type RedirectAddr struct {
 	Pad  uint16
 }
 
+type RedirectAppConn struct {
+	_      structs.HostLayout
+	App    RedirectAddr
+	Client RedirectAddr
+}
+
 type RedirectIp struct {
 	_   structs.HostLayout
 	Ip6 [4]uint32
@@ -77,6 +83,7 @@ const (
 	RedirectMapPodIps          = "pod_ips"
 	RedirectMapSockets         = "sockets"
 	RedirectMapTunnelPorts     = "tunnel_ports"
+	RedirectMapTunnelSyns      = "tunnel_syns"
 	RedirectProgWarrenConnect4 = "warren_connect4"
 	RedirectProgWarrenConnect6 = "warren_connect6"
 	RedirectProgWarrenSkLookup = "warren_sk_lookup"
@@ -144,6 +151,7 @@ type RedirectMapSpecs struct {
 	PodIps       *ebpf.MapSpec `ebpf:"pod_ips"`
 	Sockets      *ebpf.MapSpec `ebpf:"sockets"`
 	TunnelPorts  *ebpf.MapSpec `ebpf:"tunnel_ports"`
+	TunnelSyns   *ebpf.MapSpec `ebpf:"tunnel_syns"`
 }
 
 // RedirectVariableSpecs contains global variables before they are loaded into the kernel.
@@ -181,6 +189,7 @@ type RedirectMaps struct {
 	PodIps       *ebpf.Map `ebpf:"pod_ips"`
 	Sockets      *ebpf.Map `ebpf:"sockets"`
 	TunnelPorts  *ebpf.Map `ebpf:"tunnel_ports"`
+	TunnelSyns   *ebpf.Map `ebpf:"tunnel_syns"`
 }
 
 func (m *RedirectMaps) Close() error {
@@ -193,6 +202,7 @@ func (m *RedirectMaps) Close() error {
 		m.PodIps,
 		m.Sockets,
 		m.TunnelPorts,
+		m.TunnelSyns,
 	)
 }
 

@@ -45,7 +45,8 @@ func run() error {
 	fs.String("bpffs", nodeagent.DefaultBPFFS, "bpffs mount point (mounted if it is not one)")
 	fs.String("pin-dir", "", "pin directory; <bpffs>/warren/<node-name> if empty")
 	fs.String("cgroup", "", "cgroup2 directory to attach to, or a directory holding it at unified/ (a hybrid host's /sys/fs/cgroup); the cgroup2 root if empty")
-	fs.Uint32("tunnel-mark", nodeagent.DefaultTunnelMark, "SO_MARK of the ztunnel's own sockets")
+	fs.Uint32("tunnel-mark", nodeagent.DefaultTunnelMark, "SO_MARK of the ztunnel's own sockets (bit 0x10000 reserved)")
+	fs.Bool("source-address", true, "set up enrolled pods' routing so that apps see the client's address, not the pod's own, on connections the ztunnel delivers")
 	fs.String("ztunnel-socket", zds.DefaultPath, "Unix socket the ztunnel connects to")
 	fs.String("cni-socket", cniapi.DefaultSocket, "Unix socket the warren-cni plugin calls")
 	fs.Bool("install-cni", true, "chain warren-cni into the node's CNI configuration")
@@ -68,10 +69,11 @@ func run() error {
 		Node:       v.GetString("node-name"),
 		Kubeconfig: v.GetString("kubeconfig"),
 		Kernel: nodeagent.Options{
-			BPFFS:      v.GetString("bpffs"),
-			PinDir:     v.GetString("pin-dir"),
-			Cgroup:     v.GetString("cgroup"),
-			TunnelMark: v.GetUint32("tunnel-mark"),
+			BPFFS:           v.GetString("bpffs"),
+			PinDir:          v.GetString("pin-dir"),
+			Cgroup:          v.GetString("cgroup"),
+			TunnelMark:      v.GetUint32("tunnel-mark"),
+			NoSourceAddress: !v.GetBool("source-address"),
 		},
 		ZtunnelSocket: v.GetString("ztunnel-socket"),
 		CNISocket:     v.GetString("cni-socket"),

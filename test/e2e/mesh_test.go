@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -240,6 +241,28 @@ func TestMesh(t *testing.T) {
 		if !hasLine(lines, `connection_security_policy="mutual_tls"`, `direction="outbound"`,
 			`source_workload="`+clients["node2"].Name+`"`, `destination_workload="`+servers["node2"].Name+`"`) {
 			t.Errorf("node2's ztunnel does not count the same-node connection as mutual_tls:\n%s", strings.Join(lines, "\n"))
+		}
+	})
+
+	t.Run("the app sees the client's own address, as without a mesh", func(t *testing.T) {
+		for _, c := range []struct {
+			what string
+			ns   string
+			pod  corev1.Pod
+		}{
+			{"a mesh client on the other node (HBONE)", meshNs, clients["node1"]},
+			{"a mesh client on the same node (HBONE)", meshNs, clients["node2"]},
+			{"a client outside the mesh (PERMISSIVE plaintext)", plainNs, plainClients["node1"]},
+		} {
+			r, err := get(ctx, c.ns, c.pod.Name, podURL(servers["node2"], "who"))
+			if err != nil {
+				t.Errorf("%s: %v", c.what, err)
+				continue
+			}
+			host, _, err := net.SplitHostPort(r.RemoteAddr)
+			if err != nil || host != c.pod.Status.PodIP {
+				t.Errorf("%s: the app saw the request from %q, want the client pod's address %s", c.what, r.RemoteAddr, c.pod.Status.PodIP)
+			}
 		}
 	})
 

@@ -64,6 +64,17 @@ struct {
 // which the verifier refuses.
 #define CTX_READ(x) (*(volatile typeof(x) *)&(x))
 
+// A tunnel socket connecting from a client's address (IP_TRANSPARENT, the
+// last hop to an app) carries the tunnel's mark with this bit added, so the
+// pod's policy routing can keep the app's replies in (internal/podroute).
+#define SOURCE_MARK_BIT 0x10000
+
+// Whether a socket mark is the tunnel's (tunnel: its mark, 0 for none).
+static __always_inline int tunnel_marked(__u32 mark, __u32 tunnel)
+{
+	return tunnel != 0 && (mark == tunnel || mark == (tunnel | SOURCE_MARK_BIT));
+}
+
 #ifndef AF_INET
 #define AF_INET 2 // from the socket headers, which do not compile for BPF
 #endif
