@@ -393,7 +393,7 @@ func (k *Kernel) sourceRouting(ns *os.File, pod Pod) {
 		return
 	}
 	ipv6 := slices.ContainsFunc(pod.IPs, func(ip netip.Addr) bool { return ip.Is6() && !ip.Is4In6() })
-	if err := setupSourceRouting(ns, k.opts.TunnelMark, ipv6); err != nil {
+	if err := setupSourceRouting(ns, k.opts.ProcSys, k.opts.TunnelMark, ipv6); err != nil {
 		k.metrics.fail("source_routing")
 		k.log.Warn("pod enrolled without source-address routing: its app will see the pod's own address as the client's",
 			"uid", pod.UID, "netns", pod.Netns, "err", err)
@@ -493,7 +493,7 @@ func (k *Kernel) unenrollLocked(uid string) error {
 	// steering above is gone. A pod whose netns is gone has nothing left.
 	if !k.opts.NoSourceAddress && p.netns != "" {
 		if ns, err := openNetns(p.netns); err == nil {
-			if err := teardownSourceRouting(ns, k.opts.TunnelMark); err != nil {
+			if err := teardownSourceRouting(ns, k.opts.ProcSys, k.opts.TunnelMark); err != nil {
 				k.log.Warn("pod unenrolled, but its source-address routing stays", "uid", uid, "netns", p.netns, "err", err)
 			}
 			ns.Close()

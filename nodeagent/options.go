@@ -42,6 +42,11 @@ type Options struct {
 	// lets the tunnel connect to their apps from the client's address
 	// (internal/podroute): apps then see the pod's own address as the client's.
 	NoSourceAddress bool
+	// ProcSys is a proc/sys directory the agent can write: the pods'
+	// sysctls for the source-address routing are set through it, from
+	// inside each pod's netns. "/proc/sys" if empty; in a container, whose
+	// own is read-only, the host's mounted elsewhere.
+	ProcSys string
 	// Logger receives the agent's logs; none if nil.
 	Logger *slog.Logger
 	// Registerer receives the agent's metrics; none if nil.
@@ -57,6 +62,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.TunnelMark == 0 {
 		o.TunnelMark = DefaultTunnelMark
+	}
+	if o.ProcSys == "" {
+		o.ProcSys = "/proc/sys"
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

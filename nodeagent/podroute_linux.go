@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -19,27 +20,40 @@ import (
 // fwmark_reflect ones give the kernel's own replies (a RST from a closed
 // port) the mark of the packet they answer, so that a refusal reaches the
 // tunnel at once.
+//
+// They are paths below a proc/sys directory: a process's /proc/sys/net shows
+// the network namespace of the thread that opens it, so written from a
+// thread inside the pod's netns they are the pod's. A container's own
+// /proc/sys is read-only; the agent's DaemonSet mounts the host's at
+// /host/proc/sys (Options.ProcSys).
 const (
-	fwmarkAccept   = "/proc/sys/net/ipv4/tcp_fwmark_accept"
-	fwmarkReflect4 = "/proc/sys/net/ipv4/fwmark_reflect"
-	fwmarkReflect6 = "/proc/sys/net/ipv6/fwmark_reflect"
+	fwmarkAccept   = "net/ipv4/tcp_fwmark_accept"
+	fwmarkReflect4 = "net/ipv4/fwmark_reflect"
+	fwmarkReflect6 = "net/ipv6/fwmark_reflect"
 )
 
-func sysctls(ipv6 bool) []string {
+func sysctls(procSys string, ipv6 bool) []string {
+	names := []string{fwmarkAccept, fwmarkReflect4}
 	if ipv6 {
-		return []string{fwmarkAccept, fwmarkReflect4, fwmarkReflect6}
+		names = append(names, fwmarkReflect6)
 	}
-	return []string{fwmarkAccept, fwmarkReflect4}
+	for i, n := range names {
+		names[i] = filepath.Join(procSys, n)
+	}
+	return names
 }
 
 // setupSourceRouting writes the pod's policy routing for the tunnel's
 // connections from a client's address (see internal/podroute): the sysctl,
 // the table's routes, then the rules, which tell the tunnel it is all there.
 // Idempotent.
-func setupSourceRouting(ns *os.File, tunnelMark uint32, ipv6 bool) error {
+func setupSourceRouting(ns *os.File, procSys string, tunnelMark uint32, ipv6 bool) error {
 	return netns.Do(ns, func() error {
-		for _, f := range sysctls(ipv6) {
+		for _, f := range sysctls(procSys, ipv6) {
 			if err := os.WriteFile(f, []byte("1"), 0); err != nil {
+				if errors.Is(err, unix.EROFS) {
+					return fmt.Errorf("sysctl %s: %w (mount the host's /proc/sys and pass its path in --proc-sys)", f, err)
+				}
 				return fmt.Errorf("sysctl %s: %w", f, err)
 			}
 		}
@@ -65,7 +79,7 @@ func setupSourceRouting(ns *os.File, tunnelMark uint32, ipv6 bool) error {
 // teardownSourceRouting removes what setupSourceRouting wrote, rules first.
 // What is already gone is not an error. The sysctls go back to 0, their
 // default, when a rule was there (the pod had the routing).
-func teardownSourceRouting(ns *os.File, tunnelMark uint32) error {
+func teardownSourceRouting(ns *os.File, procSys string, tunnelMark uint32) error {
 	return netns.Do(ns, func() error {
 		var errs []error
 		had := false
@@ -88,7 +102,7 @@ func teardownSourceRouting(ns *os.File, tunnelMark uint32) error {
 			}
 		}
 		if had {
-			for _, f := range sysctls(true) {
+			for _, f := range sysctls(procSys, true) {
 				if err := os.WriteFile(f, []byte("0"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
 					errs = append(errs, fmt.Errorf("sysctl %s: %w", f, err))
 				}
@@ -100,7 +114,7 @@ func teardownSourceRouting(ns *os.File, tunnelMark uint32) error {
 
 // sourceRoutingState reads what of the pod's source routing is there: for
 // tests and debugging.
-func sourceRoutingState(ns *os.File, tunnelMark uint32) (rules, routes int, sysctlsOn int, err error) {
+func sourceRoutingState(ns *os.File, procSys string, tunnelMark uint32) (rules, routes int, sysctlsOn int, err error) {
 	err = netns.Do(ns, func() error {
 		for _, fam := range sourceFamilies(true) {
 			rs, err := netlink.RuleListFiltered(fam, &netlink.Rule{Table: podroute.Table}, netlink.RT_FILTER_TABLE)
@@ -118,7 +132,7 @@ func sourceRoutingState(ns *os.File, tunnelMark uint32) (rules, routes int, sysc
 			}
 			routes += len(rts)
 		}
-		for _, f := range sysctls(true) {
+		for _, f := range sysctls(procSys, true) {
 			b, err := os.ReadFile(f)
 			if err != nil {
 				return err

@@ -34,7 +34,7 @@ func TestSourceRouting(t *testing.T) {
 	}
 	expect := func(what string, ns *os.File, rules, routes, sysctls int) {
 		t.Helper()
-		r, rt, s, err := sourceRoutingState(ns, mark)
+		r, rt, s, err := sourceRoutingState(ns, k.opts.ProcSys, mark)
 		if err != nil {
 			t.Fatal(err)
 		}

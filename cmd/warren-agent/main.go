@@ -46,6 +46,7 @@ func run() error {
 	fs.String("pin-dir", "", "pin directory; <bpffs>/warren/<node-name> if empty")
 	fs.String("cgroup", "", "cgroup2 directory to attach to, or a directory holding it at unified/ (a hybrid host's /sys/fs/cgroup); the cgroup2 root if empty")
 	fs.Uint32("tunnel-mark", nodeagent.DefaultTunnelMark, "SO_MARK of the ztunnel's own sockets (bit 0x10000 reserved)")
+	fs.String("proc-sys", "/proc/sys", "a writable proc/sys (a container's own is read-only: mount the host's) for the pods' source-address sysctls")
 	fs.Bool("source-address", true, "set up enrolled pods' routing so that apps see the client's address, not the pod's own, on connections the ztunnel delivers")
 	fs.String("ztunnel-socket", zds.DefaultPath, "Unix socket the ztunnel connects to")
 	fs.String("cni-socket", cniapi.DefaultSocket, "Unix socket the warren-cni plugin calls")
@@ -74,6 +75,7 @@ func run() error {
 			Cgroup:          v.GetString("cgroup"),
 			TunnelMark:      v.GetUint32("tunnel-mark"),
 			NoSourceAddress: !v.GetBool("source-address"),
+			ProcSys:         v.GetString("proc-sys"),
 		},
 		ZtunnelSocket: v.GetString("ztunnel-socket"),
 		CNISocket:     v.GetString("cni-socket"),
