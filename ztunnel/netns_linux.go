@@ -101,8 +101,11 @@ const dialTimeout = 10 * time.Second
 // waits on the poller.
 func (t *nsThread) dial(ctx context.Context, dst netip.AddrPort, mark uint32, src netip.Addr) (*net.TCPConn, error) {
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
-	family, sa := unix.AF_INET, unix.Sockaddr(&unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()})
-	if dst.Addr().Is6() {
+	var family int
+	var sa unix.Sockaddr
+	if dst.Addr().Is4() {
+		family, sa = unix.AF_INET, &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
+	} else {
 		family, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: int(dst.Port()), Addr: dst.Addr().As16()}
 	}
 	var bind unix.Sockaddr

@@ -51,7 +51,14 @@ var (
 	strictIP             = ip("10.78.4.2") // enrolled, node2, STRICT
 	outsiderIP           = ip("10.78.3.2") // not in the mesh, node1
 	serviceVIP           = ip("10.96.78.1")
+	// IPv6 (fd78::/16): the client, the server and the outsider are dual-stack.
+	clientIP6   = ip("fd78:1::2")
+	serverIP6   = ip("fd78:2::2")
+	outsiderIP6 = ip("fd78:3::2")
 )
+
+// ip6Of is a dual-stack pod's IPv6 address, by its IPv4 one.
+var ip6Of = map[netip.Addr]netip.Addr{clientIP: clientIP6, serverIP: serverIP6, outsiderIP: outsiderIP6}
 
 const (
 	appPort    = 8080
@@ -110,13 +117,26 @@ func newTestNet(tb testing.TB) *testNet {
 		run(tb, "ip", "-n", n.names[p.role], "addr", "add", p.ip.String()+"/24", "dev", "eth0")
 		run(tb, "ip", "-n", n.names[p.role], "link", "set", "eth0", "up")
 		run(tb, "ip", "-n", n.names[p.role], "route", "add", "default", "via", gwIP)
+		if v6, ok := ip6Of[p.ip]; ok {
+			gw6 := v6.As16()
+			gw6[15] = 1
+			gw6IP := netip.AddrFrom16(gw6).String()
+			run(tb, "ip", "-n", n.names[p.node], "addr", "add", gw6IP+"/64", "dev", p.role, "nodad")
+			run(tb, "ip", "-n", n.names[p.role], "addr", "add", v6.String()+"/64", "dev", "eth0", "nodad")
+			run(tb, "ip", "-n", n.names[p.role], "-6", "route", "add", "default", "via", gw6IP)
+		}
 	}
+	run(tb, "ip", "-n", n.names["node1"], "addr", "add", "fd79::1/64", "dev", "to-node2", "nodad")
+	run(tb, "ip", "-n", n.names["node2"], "addr", "add", "fd79::2/64", "dev", "to-node1", "nodad")
+	run(tb, "ip", "-n", n.names["node1"], "-6", "route", "add", "fd78:2::/64", "via", "fd79::2")
+	run(tb, "ip", "-n", n.names["node2"], "-6", "route", "add", "fd78:1::/64", "via", "fd79::1")
+	run(tb, "ip", "-n", n.names["node2"], "-6", "route", "add", "fd78:3::/64", "via", "fd79::1")
 	run(tb, "ip", "-n", n.names["node1"], "route", "add", "10.78.2.0/24", "via", node2Link)
 	run(tb, "ip", "-n", n.names["node1"], "route", "add", "10.78.4.0/24", "via", node2Link)
 	run(tb, "ip", "-n", n.names["node2"], "route", "add", "10.78.1.0/24", "via", node1Link)
 	run(tb, "ip", "-n", n.names["node2"], "route", "add", "10.78.3.0/24", "via", node1Link)
 	for _, node := range []string{"node1", "node2"} {
-		run(tb, "ip", "netns", "exec", n.names[node], "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+		run(tb, "ip", "netns", "exec", n.names[node], "sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 	}
 	return n
 }
@@ -262,7 +282,11 @@ func (w testWriter) Write(p []byte) (int, error) {
 // mesh returns the two nodes' configurations over one CA.
 func mesh(n *testNet, caCert, caKey string) (node1, node2 *Config) {
 	wl := func(name, sa string, ip netip.Addr, node string, enrolled bool) Workload {
-		return Workload{Name: name, Namespace: "demo", ServiceAccount: sa, IPs: []netip.Addr{ip}, Node: node, Enrolled: enrolled}
+		ips := []netip.Addr{ip}
+		if v6, ok := ip6Of[ip]; ok {
+			ips = append(ips, v6)
+		}
+		return Workload{Name: name, Namespace: "demo", ServiceAccount: sa, IPs: ips, Node: node, Enrolled: enrolled}
 	}
 	client := wl("client", "client", clientIP, "node1", true)
 	server := wl("server", "server", serverIP, "node2", true)
@@ -351,6 +375,24 @@ func TestTwoNodes(t *testing.T) {
 		// the client pod's address (the agent set up the pod's routing).
 		if got != "hello "+clientIP.String() {
 			t.Errorf("greeting %q, want the client pod's address", got)
+		}
+	})
+	t.Run("IPv6: pod IP over HBONE, the app sees the client's address", func(t *testing.T) {
+		got, err := n.exchange("client", netip.AddrPortFrom(serverIP6, appPort))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != "hello "+clientIP6.String() {
+			t.Errorf("greeting %q, want the client pod's IPv6 address", got)
+		}
+	})
+	t.Run("IPv6: a non-mesh client is let in with its address", func(t *testing.T) {
+		got, err := n.exchange("outsider", netip.AddrPortFrom(serverIP6, appPort))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != "hello "+outsiderIP6.String() {
+			t.Errorf("greeting %q, want the outsider's IPv6 address", got)
 		}
 	})
 	t.Run("service VIP over HBONE", func(t *testing.T) {
