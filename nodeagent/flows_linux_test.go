@@ -387,14 +387,26 @@ func TestFlowRetransmits(t *testing.T) {
 	sink(t, tp.peer, ":8080", 10)
 	dst := netip.AddrPortFrom(tp.peer4, 8080)
 
-	// Clean first: no retransmits.
+	// Clean first: no retransmits. A CPU starved by other work can still
+	// make TCP retransmit on a clean veth (a spurious timeout): up to three
+	// tries for a transfer that shows the counter does not invent them.
 	const send = 2_000_000
-	if _, err := transfer(tp.pod, dst.String(), DefaultTunnelMark, send); err != nil {
-		t.Fatal(err)
-	}
-	ev := waitFlow(t, events, "clean", endTo(dst, HopTunnel))
-	if ev.Retransmits != 0 || ev.BytesSent != send {
-		t.Errorf("clean path: %d retransmits, %d bytes sent; want 0, %d", ev.Retransmits, ev.BytesSent, send)
+	var ev FlowEvent
+	for try := 1; ; try++ {
+		if _, err := transfer(tp.pod, dst.String(), DefaultTunnelMark, send); err != nil {
+			t.Fatal(err)
+		}
+		ev = waitFlow(t, events, "clean", endTo(dst, HopTunnel))
+		if ev.BytesSent != send {
+			t.Fatalf("clean path: %d bytes sent, want %d", ev.BytesSent, send)
+		}
+		if ev.Retransmits == 0 {
+			break
+		}
+		if try == 3 {
+			t.Fatalf("clean path: %d retransmits in each of 3 transfers, want 0", ev.Retransmits)
+		}
+		t.Logf("clean path, try %d: %d retransmits (the machine is busy?); again", try, ev.Retransmits)
 	}
 	dropSome(t, tp.peer, "wq")
 	if _, err := transfer(tp.pod, dst.String(), DefaultTunnelMark, send); err != nil {
