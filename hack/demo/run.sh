@@ -97,10 +97,12 @@ echo "==> warrenctl observe -n demo: live flows from every node agent, as the ke
 timeout 5 bin/warrenctl observe --kubeconfig "$kubeconfig" -n demo 2>/dev/null | head -12 || true
 
 echo
-echo "==> 4 requests from a client pod through the echo Service, spread over both nodes:"
+echo "==> 4 requests from a client pod through the echo Service, spread over both nodes;"
 client=$($kubectl -n demo get pods -l app=client -o jsonpath='{.items[0].metadata.name}')
+client_ip=$($kubectl -n demo get pod "$client" -o jsonpath='{.status.podIP}')
+echo "    the servers see the client's own address ($client_ip), as without a mesh:"
 $kubectl -n demo exec "$client" -- /echo get -n 4 http://echo.demo.svc.cluster.local/ |
-  sed -n 's/.*"pod":"\([^"]*\)".*"node":"\([^"]*\)".*/   served by \1 on \2/p'
+  jq -r '"   served by \(.pod) on \(.node), client \(.remoteAddr)"'
 echo
 echo "==> the demo pods were not restarted to join the mesh:"
 $kubectl -n demo get pods -o wide
