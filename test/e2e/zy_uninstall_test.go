@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,10 +15,21 @@ import (
 
 // It runs after the other mesh tests (files run in name order), before the cluster goes down.
 // TestMeshUninstall removes Warren with `kubectl delete -k manifests/` and checks that no node
-// keeps a Warren pin, CNI entry or plugin binary, and that the programs the agents had
-// attached are gone from the kernel.
+// keeps a Warren pin, CNI entry or plugin binary, that the programs the agents had
+// attached are gone from the kernel, and that the pods that were in the mesh keep none of
+// the source-address routing the agents had set up in them.
 func TestMeshUninstall(t *testing.T) {
 	cluster.InstallMesh(t)
+	ns := cluster.Namespace(t, "uninstall", map[string]string{"warren.dev/mesh": "enabled"})
+	deployApps(t, ns)
+	for _, node := range []string{"node1", "node2"} {
+		cluster.Eventually(t, time.Minute, node+"'s enrolled pods have the source-address rule", func(ctx context.Context) error {
+			if n := sourceRules(ctx, t, node); n == 0 {
+				return fmt.Errorf("no pod netns on %s has it", node)
+			}
+			return nil
+		})
+	}
 	var progs []ebpf.ProgramID
 	for _, node := range []string{"node1", "node2"} {
 		ids := pinnedPrograms(t, node)
@@ -35,6 +47,11 @@ func TestMeshUninstall(t *testing.T) {
 			return nil
 		})
 	}
+	for _, node := range []string{"node1", "node2"} {
+		if n := sourceRules(context.Background(), t, node); n != 0 {
+			t.Errorf("%s: %d pod netns keep the source-address rule after uninstall", node, n)
+		}
+	}
 	cluster.Eventually(t, 30*time.Second, "the agents' programs unloaded", func(context.Context) error {
 		for _, id := range progs {
 			if programLoaded(id) {
@@ -43,4 +60,20 @@ func TestMeshUninstall(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// sourceRules counts the network namespaces on a node (the pods', /var/run/netns) that hold
+// the agent's source-address rule (internal/podroute: fwmark 0x15741 lookup 0x5741).
+func sourceRules(ctx context.Context, t *testing.T, node string) int {
+	t.Helper()
+	out, err := cluster.NodeExec(ctx, node, "sh", "-c",
+		`for n in $(ls /var/run/netns 2>/dev/null); do ip -n "$n" rule show 2>/dev/null; ip -n "$n" -6 rule show 2>/dev/null; done | grep -c 'fwmark 0x15741 lookup 22337'; true`)
+	if err != nil {
+		t.Fatalf("%s: %v", node, err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(out))
+	if err != nil {
+		t.Fatalf("%s: rule count %q: %v", node, out, err)
+	}
+	return n
 }
