@@ -33,7 +33,7 @@ const maxErrorRate = 0.001
 // measure drives one scenario once: throughput, then keep-alive latency at a fixed rate, then
 // the connection rate, charging each test with the CPU its proxies used during it and the memory
 // they held: each proxy's peak RSS is reset before every test and read after it, with its
-// anonymous and file-backed pages at the end.
+// anonymous, file-backed and shared pages at the end.
 func measure(ctx context.Context, env *Env, l load, t Target, proxies []*Proc) (report.Sample, error) {
 	s := report.Sample{Values: map[report.Metric]float64{}, Proxies: map[string]map[report.Metric]float64{}}
 	for _, p := range proxies {
@@ -78,7 +78,7 @@ func measure(ctx context.Context, env *Env, l load, t Target, proxies []*Proc) (
 			total += d
 			v := s.Proxies[p.Name]
 			v[m] = per(d, units)
-			v[mt.Peak], v[mt.Anon], v[mt.File] = mib(mem[i].Peak), mib(mem[i].Anon), mib(mem[i].File)
+			v[mt.Peak], v[mt.Anon], v[mt.File], v[mt.Shmem] = mib(mem[i].Peak), mib(mem[i].Anon), mib(mem[i].File), mib(mem[i].Shmem)
 			v[report.RSSMiB] = max(v[report.RSSMiB], v[mt.Peak])
 			if largest < 0 || mem[i].Peak > mem[largest].Peak {
 				largest = i
@@ -86,7 +86,7 @@ func measure(ctx context.Context, env *Env, l load, t Target, proxies []*Proc) (
 		}
 		if largest >= 0 {
 			s.Values[m] = per(total, units)
-			for _, k := range []report.Metric{mt.Peak, mt.Anon, mt.File} {
+			for _, k := range []report.Metric{mt.Peak, mt.Anon, mt.File, mt.Shmem} {
 				s.Values[k] = s.Proxies[proxies[largest].Name][k]
 			}
 		}

@@ -19,6 +19,7 @@ type jsonScenario struct {
 	LatRSSMiB    *float64 `json:"lat_rss_mib"`
 	LatAnonMiB   *float64 `json:"lat_anon_mib"`
 	LatFileMiB   *float64 `json:"lat_file_mib"`
+	LatShmMiB    *float64 `json:"lat_shmem_mib"`
 	P999         *float64 `json:"p999_us"`
 	CPUSecPerGB  *float64 `json:"cpu_s_per_gb"`
 	ConnPerS     *float64 `json:"conn_per_s"`
@@ -28,9 +29,11 @@ type jsonScenario struct {
 	TputRSSMiB   *float64 `json:"tput_rss_mib"`
 	TputAnonMiB  *float64 `json:"tput_anon_mib"`
 	TputFileMiB  *float64 `json:"tput_file_mib"`
+	TputShmMiB   *float64 `json:"tput_shmem_mib"`
 	ConnRSSMiB   *float64 `json:"conn_rss_mib"`
 	ConnAnonMiB  *float64 `json:"conn_anon_mib"`
 	ConnFileMiB  *float64 `json:"conn_file_mib"`
+	ConnShmMiB   *float64 `json:"conn_shmem_mib"`
 	Ran          bool     `json:"ran"`
 	Reason       string   `json:"reason,omitempty"`
 	Runs         int      `json:"runs"`
@@ -66,9 +69,9 @@ func JSON(r Run) ([]byte, error) {
 			Gbps: med(Gbps), P50: med(P50), P90: med(P90), P99: med(P99), CPUUsPerReq: med(CPUUsPerReq),
 			RSSMiB: med(RSSMiB), P999: med(P999), CPUSecPerGB: med(CPUSecPerGB), ConnPerS: med(ConnPerS),
 			ConnP50: med(ConnP50), ConnP99: med(ConnP99), CPUUsPerConn: med(CPUUsPerConn),
-			LatRSSMiB: med(LatRSSMiB), LatAnonMiB: med(LatAnonMiB), LatFileMiB: med(LatFileMiB),
-			TputRSSMiB: med(TputRSSMiB), TputAnonMiB: med(TputAnonMiB), TputFileMiB: med(TputFileMiB),
-			ConnRSSMiB: med(ConnRSSMiB), ConnAnonMiB: med(ConnAnonMiB), ConnFileMiB: med(ConnFileMiB),
+			LatRSSMiB: med(LatRSSMiB), LatAnonMiB: med(LatAnonMiB), LatFileMiB: med(LatFileMiB), LatShmMiB: med(LatShmMiB),
+			TputRSSMiB: med(TputRSSMiB), TputAnonMiB: med(TputAnonMiB), TputFileMiB: med(TputFileMiB), TputShmMiB: med(TputShmMiB),
+			ConnRSSMiB: med(ConnRSSMiB), ConnAnonMiB: med(ConnAnonMiB), ConnFileMiB: med(ConnFileMiB), ConnShmMiB: med(ConnShmMiB),
 		}
 		if s.Ran {
 			j.Min, j.Max = bounds(s.Values)

@@ -20,8 +20,8 @@ func Markdown(r Run) []byte {
 		"hold on a noisy shared machine where absolute figures do not. Proxy CPU is utime+stime of "+
 		"the proxy processes (all of a scenario's proxies summed). Memory is measured per test: each "+
 		"proxy's peak RSS (VmHWM) is reset before the test (clear_refs) and read after it, and its "+
-		"resident pages are split into anonymous (RssAnon: heap, stacks) and file-backed (RssFile: "+
-		"mostly the binary's own text and data) at the test's end; a scenario's figure is its "+
+		"resident pages are split into anonymous (RssAnon: heap, stacks), file-backed (RssFile: "+
+		"mostly the binary's own text and data) and shared (RssShmem) at the test's end; a scenario's figure is its "+
 		"largest proxy's, with that proxy's split. The direct path has no proxy.\n\n", r.Reps)
 	for _, s := range r.Settings {
 		p("- %s\n", s)
@@ -55,6 +55,7 @@ func Markdown(r Run) []byte {
 		{"peak RSS MiB", LatRSSMiB, 1, ""},
 		{"anon MiB", LatAnonMiB, 1, ""},
 		{"file MiB", LatFileMiB, 1, ""},
+		{"shmem MiB", LatShmMiB, 1, ""},
 	})
 
 	p("\n## Connection rate\n\n")
@@ -92,13 +93,15 @@ func Markdown(r Run) []byte {
 	}
 
 	p("\n## Memory\n\n")
-	p("MiB. Peak is VmHWM during the test; anon and file are RssAnon and RssFile at its end. The " +
-		"whole repetition's peak includes start-up.\n\n")
+	p("MiB. Peak is VmHWM during the test, starting from what the process held when it began " +
+		"(the tests run back to back, so a test's peak includes what the one before left resident); " +
+		"anon, file and shmem are RssAnon, RssFile and RssShmem at its end. The whole repetition's " +
+		"peak includes start-up.\n\n")
 	p("| scenario | proxy | whole repetition peak |")
 	for _, t := range MemoryTests {
-		p(" %s peak | anon | file |", t.Name)
+		p(" %s peak | anon | file | shmem |", t.Name)
 	}
-	p("\n| --- | --- | --- |%s\n", strings.Repeat(" --- |", 3*len(MemoryTests)))
+	p("\n| --- | --- | --- |%s\n", strings.Repeat(" --- |", 4*len(MemoryTests)))
 	for _, s := range r.Scenarios {
 		if _, ok := s.Values[RSSMiB]; !ok {
 			continue // no proxy, or not run
@@ -114,7 +117,7 @@ func Markdown(r Run) []byte {
 		for _, row := range rows {
 			p("| %s | %s | %s |", s.Name, row.name, cell(row.v, RSSMiB, 1))
 			for _, t := range MemoryTests {
-				p(" %s | %s | %s |", cell(row.v, t.Peak, 1), cell(row.v, t.Anon, 1), cell(row.v, t.File, 1))
+				p(" %s | %s | %s | %s |", cell(row.v, t.Peak, 1), cell(row.v, t.Anon, 1), cell(row.v, t.File, 1), cell(row.v, t.Shmem, 1))
 			}
 			p("\n")
 		}

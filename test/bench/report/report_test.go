@@ -25,14 +25,14 @@ func testRun() Run {
 	// A scenario's memory figures are its largest proxy's, as measure records them.
 	peer := Summarize("haproxy-pair", "two HAProxies, mTLS", []Sample{
 		{Values: map[Metric]float64{Gbps: 5, P50: 600, P90: 900, P99: 2000, P999: 3000, CPUUsPerReq: 100, RSSMiB: 18, ConnPerS: 2000,
-			TputRSSMiB: 18, LatRSSMiB: 17, LatAnonMiB: 9, LatFileMiB: 7.5},
+			TputRSSMiB: 18, LatRSSMiB: 17, LatAnonMiB: 9, LatFileMiB: 7.5, LatShmMiB: 0.5},
 			Proxies: map[string]map[Metric]float64{
 				"haproxy-node2": {RSSMiB: 16, LatRSSMiB: 15, LatAnonMiB: 7, LatFileMiB: 7.5},
-				"haproxy-node1": {RSSMiB: 18, CPUUsPerReq: 50, TputRSSMiB: 18, LatRSSMiB: 17, LatAnonMiB: 9, LatFileMiB: 7.5},
+				"haproxy-node1": {RSSMiB: 18, CPUUsPerReq: 50, TputRSSMiB: 18, LatRSSMiB: 17, LatAnonMiB: 9, LatFileMiB: 7.5, LatShmMiB: 0.5},
 			}},
 		{Values: map[Metric]float64{Gbps: 4.75, P50: 660, P90: 1000, P99: 1900, P999: 2800, CPUUsPerReq: 90, RSSMiB: 19, ConnPerS: 1800,
-			LatRSSMiB: 19, LatAnonMiB: 10, LatFileMiB: 8},
-			Proxies: map[string]map[Metric]float64{"haproxy-node1": {RSSMiB: 19, CPUUsPerReq: 45, LatRSSMiB: 19, LatAnonMiB: 10, LatFileMiB: 8}}},
+			LatRSSMiB: 19, LatAnonMiB: 10, LatFileMiB: 8, LatShmMiB: 1},
+			Proxies: map[string]map[Metric]float64{"haproxy-node1": {RSSMiB: 19, CPUUsPerReq: 45, LatRSSMiB: 19, LatAnonMiB: 10, LatFileMiB: 8, LatShmMiB: 1}}},
 	})
 	warren := Summarize("warren-l4", "eBPF + two ztunnels", []Sample{
 		{Values: map[Metric]float64{Gbps: 6, P50: 700, P99: 1500, CPUUsPerReq: 80, RSSMiB: 19, LatRSSMiB: 16, LatAnonMiB: 3, LatFileMiB: 13},
@@ -128,14 +128,14 @@ func TestMarkdown(t *testing.T) {
 		"| warren-waypoint | not run | not run |",
 		"**not run**: no waypoint yet",
 		// Latency: p50..p99.9, two ratios, CPU, then peak RSS and its split at the fixed rate.
-		"| haproxy-pair | 630 (600–660) | 950 (900–1000) | 1950 (1900–2000) | 2900 (2800–3000) | 3.32 | 3.55 | 95.0 (90.0–100.0) | 18.0 (17.0–19.0) | 9.5 (9.0–10.0) | 7.8 (7.5–8.0) |",
+		"| haproxy-pair | 630 (600–660) | 950 (900–1000) | 1950 (1900–2000) | 2900 (2800–3000) | 3.32 | 3.55 | 95.0 (90.0–100.0) | 18.0 (17.0–19.0) | 9.5 (9.0–10.0) | 7.8 (7.5–8.0) | 0.8 (0.5–1.0) |",
 		"| warren-l4 | 1.33 | 1.19 | 0.82 | 0.95 | n/a | 0.92 | 0.37 | 1.68 | 1.03 | n/a | n/a |",
 		"| warren-waypoint | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |",
 		"| haproxy-pair | haproxy-node2 | 15.0 | 16.0 | - | - | - |",
 		"| warren-l4 | ztunnel-node2 | 16.2 (15.5–17.0) | 18.2 (18.0–18.5) | - | - | - |",
-		// Memory: whole repetition, then peak, anon, file of each test.
-		"| haproxy-pair | (largest) | 18.5 (18.0–19.0) | 18.0 | - | - | 18.0 (17.0–19.0) | 9.5 (9.0–10.0) | 7.8 (7.5–8.0) | - | - | - |",
-		"| warren-l4 | ztunnel-node1 | 19.0 | - | - | - | 16.2 (16.0–16.5) | 3.2 (3.0–3.5) | 13.0 | - | - | - |",
+		// Memory: whole repetition, then peak, anon, file, shmem of each test.
+		"| haproxy-pair | (largest) | 18.5 (18.0–19.0) | 18.0 | - | - | - | 18.0 (17.0–19.0) | 9.5 (9.0–10.0) | 7.8 (7.5–8.0) | 0.8 (0.5–1.0) | - | - | - | - |",
+		"| warren-l4 | ztunnel-node1 | 19.0 | - | - | - | - | 16.2 (16.0–16.5) | 3.2 (3.0–3.5) | 13.0 | - | - | - | - | - |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
@@ -163,7 +163,7 @@ func TestJSON(t *testing.T) {
 	}
 	for _, s := range got {
 		for _, k := range []string{"name", "gbps", "p50_us", "p90_us", "p99_us", "cpu_us_per_req", "rss_mib",
-			"lat_rss_mib", "lat_anon_mib", "lat_file_mib", "tput_rss_mib", "conn_rss_mib", "ran"} {
+			"lat_rss_mib", "lat_anon_mib", "lat_file_mib", "lat_shmem_mib", "tput_rss_mib", "conn_rss_mib", "ran"} {
 			if _, ok := s[k]; !ok {
 				t.Errorf("%v lacks %q", s["name"], k)
 			}
@@ -180,7 +180,7 @@ func TestJSON(t *testing.T) {
 	if _, ok := h["vs_haproxy"]; ok {
 		t.Error("only Warren's scenarios are compared with the peer")
 	}
-	if h["lat_rss_mib"] != 18.0 || h["lat_anon_mib"] != 9.5 || h["lat_file_mib"] != 7.75 || h["rss_mib"] != 18.5 {
+	if h["lat_rss_mib"] != 18.0 || h["lat_anon_mib"] != 9.5 || h["lat_file_mib"] != 7.75 || h["lat_shmem_mib"] != 0.75 || h["rss_mib"] != 18.5 {
 		t.Errorf("haproxy-pair memory: %v", h)
 	}
 	l4 := got[2]
