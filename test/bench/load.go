@@ -31,14 +31,30 @@ type load struct {
 const maxErrorRate = 0.001
 
 // measure drives one scenario once: throughput, then keep-alive latency at a fixed rate, then
-// the connection rate, charging each test with the CPU its proxies used during it.
+// the connection rate, charging each test with the CPU its proxies used during it and the memory
+// they held: each proxy's peak RSS is reset before every test and read after it, with its
+// anonymous, file-backed and shared pages at the end.
 func measure(ctx context.Context, env *Env, l load, t Target, proxies []*Proc) (report.Sample, error) {
 	s := report.Sample{Values: map[report.Metric]float64{}, Proxies: map[string]map[report.Metric]float64{}}
 	for _, p := range proxies {
 		s.Proxies[p.Name] = map[report.Metric]float64{}
 	}
+	// The peak over the whole repetition starts with the one from start-up, which the first
+	// reset forgets.
+	mem, err := memories(proxies)
+	if err != nil {
+		return s, err
+	}
+	for i, p := range proxies {
+		s.Proxies[p.Name][report.RSSMiB] = mib(mem[i].Peak)
+	}
 	// charge runs a test and divides its proxies' CPU by what the test reports it did.
-	charge := func(test func() (float64, error), per func(time.Duration, float64) float64, m report.Metric) error {
+	charge := func(test func() (float64, error), per func(time.Duration, float64) float64, m report.Metric, mt report.MemoryTest) error {
+		for _, p := range proxies {
+			if err := procstat.ResetPeak(p.PID); err != nil {
+				return fmt.Errorf("%s: reset peak RSS: %w", p.Name, err)
+			}
+		}
 		before, err := cpuTimes(proxies)
 		if err != nil {
 			return err
@@ -51,27 +67,42 @@ func measure(ctx context.Context, env *Env, l load, t Target, proxies []*Proc) (
 		if err != nil {
 			return err
 		}
+		mem, err := memories(proxies)
+		if err != nil {
+			return err
+		}
 		var total time.Duration
+		largest := -1
 		for i, p := range proxies {
 			d := after[i] - before[i]
 			total += d
-			s.Proxies[p.Name][m] = per(d, units)
+			v := s.Proxies[p.Name]
+			v[m] = per(d, units)
+			v[mt.Peak], v[mt.Anon], v[mt.File], v[mt.Shmem] = mib(mem[i].Peak), mib(mem[i].Anon), mib(mem[i].File), mib(mem[i].Shmem)
+			v[report.RSSMiB] = max(v[report.RSSMiB], v[mt.Peak])
+			if largest < 0 || mem[i].Peak > mem[largest].Peak {
+				largest = i
+			}
 		}
-		if len(proxies) > 0 {
+		if largest >= 0 {
 			s.Values[m] = per(total, units)
+			for _, k := range []report.Metric{mt.Peak, mt.Anon, mt.File, mt.Shmem} {
+				s.Values[k] = s.Proxies[proxies[largest].Name][k]
+			}
 		}
 		return nil
 	}
+	tests := report.MemoryTests
 
 	perGB := func(d time.Duration, bytes float64) float64 { return d.Seconds() / (bytes / 1e9) }
-	err := charge(func() (float64, error) {
+	err = charge(func() (float64, error) {
 		r, err := iperf(ctx, env, l, t)
 		if err != nil {
 			return 0, err
 		}
 		s.Values[report.Gbps] = r.Gbps
 		return float64(r.Bytes), nil
-	}, perGB, report.CPUSecPerGB)
+	}, perGB, report.CPUSecPerGB, tests[0])
 	if err != nil {
 		return s, err
 	}
@@ -89,7 +120,7 @@ func measure(ctx context.Context, env *Env, l load, t Target, proxies []*Proc) (
 			s.Values[m] = r.Percentile(p)
 		}
 		return float64(r.Requests), nil
-	}, perReq, report.CPUUsPerReq)
+	}, perReq, report.CPUUsPerReq, tests[1])
 	if err != nil {
 		return s, err
 	}
@@ -106,22 +137,30 @@ func measure(ctx context.Context, env *Env, l load, t Target, proxies []*Proc) (
 		s.Values[report.ConnP50] = r.Percentile(50)
 		s.Values[report.ConnP99] = r.Percentile(99)
 		return float64(r.Requests), nil
-	}, perReq, report.CPUUsPerConn)
+	}, perReq, report.CPUUsPerConn, tests[2])
 	if err != nil {
 		return s, err
 	}
 
 	// Peak RSS over the whole repetition: each repetition starts fresh proxies.
 	for _, p := range proxies {
-		hwm, err := procstat.PeakRSS(p.PID)
-		if err != nil {
-			return s, fmt.Errorf("%s: %w", p.Name, err)
-		}
-		mib := float64(hwm) / (1 << 20)
-		s.Proxies[p.Name][report.RSSMiB] = mib
-		s.Values[report.RSSMiB] = max(s.Values[report.RSSMiB], mib)
+		s.Values[report.RSSMiB] = max(s.Values[report.RSSMiB], s.Proxies[p.Name][report.RSSMiB])
 	}
 	return s, nil
+}
+
+func mib(bytes int64) float64 { return float64(bytes) / (1 << 20) }
+
+func memories(procs []*Proc) ([]procstat.Memory, error) {
+	out := make([]procstat.Memory, len(procs))
+	for i, p := range procs {
+		m, err := procstat.ReadMemory(p.PID)
+		if err != nil {
+			return nil, fmt.Errorf("%s memory: %w", p.Name, err)
+		}
+		out[i] = m
+	}
+	return out, nil
 }
 
 func cpuTimes(procs []*Proc) ([]time.Duration, error) {

@@ -13,7 +13,7 @@ type Scenario interface {
 	Description() string
 	// Setup starts what the scenario needs and says where the client should connect.
 	Setup(ctx context.Context, env *Env) (Target, error)
-	// Proxies are the processes whose CPU and peak RSS the scenario is charged with.
+	// Proxies are the processes whose CPU and memory the scenario is charged with.
 	Proxies() []*Proc
 	// Teardown stops what Setup started. It is called even when Setup failed half-way.
 	Teardown() error

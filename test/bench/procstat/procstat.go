@@ -1,6 +1,8 @@
 // Package procstat reads what the benchmark needs from /proc: a process's CPU time
-// (utime+stime, all its threads), its peak resident memory (VmHWM), and the TCP ports listening
-// in its network namespace, which tells when a server started inside a netns is ready.
+// (utime+stime, all its threads), its resident memory (VmHWM, the peak, which ResetPeak starts
+// afresh, and the current VmRSS split into anonymous, file-backed and shared pages), and the TCP
+// ports listening in its network namespace, which tells when a server started inside a netns is
+// ready.
 package procstat
 
 import (
@@ -40,25 +42,51 @@ func ParseCPU(stat []byte) (time.Duration, error) {
 	return time.Duration(ticks) * time.Second / userHZ, nil
 }
 
-// ParsePeakRSS returns VmHWM in bytes from the content of /proc/PID/status.
-func ParsePeakRSS(status []byte) (int64, error) {
+// Memory is a process's resident memory from /proc/PID/status, in bytes.
+type Memory struct {
+	Peak  int64 // VmHWM: the largest VmRSS since the process started or since ResetPeak
+	RSS   int64 // VmRSS = Anon + File + Shmem
+	Anon  int64 // RssAnon: heap, stacks, other private anonymous mappings
+	File  int64 // RssFile: file-backed pages, the binary's and its libraries' included
+	Shmem int64 // RssShmem: shared memory, tmpfs
+}
+
+// ParseMemory returns the resident memory in the content of /proc/PID/status. Every field of
+// Memory must be present (Linux 4.5 and later have them all).
+func ParseMemory(status []byte) (Memory, error) {
+	var m Memory
+	fields := map[string]*int64{"VmHWM": &m.Peak, "VmRSS": &m.RSS, "RssAnon": &m.Anon, "RssFile": &m.File, "RssShmem": &m.Shmem}
+	seen := map[string]bool{}
 	sc := bufio.NewScanner(bytes.NewReader(status))
 	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:")
-		if !ok {
+		key, rest, ok := strings.Cut(sc.Text(), ":")
+		dst, want := fields[key]
+		if !ok || !want {
 			continue
 		}
+		if seen[key] {
+			return Memory{}, fmt.Errorf("status: %s twice", key)
+		}
+		seen[key] = true
 		f := strings.Fields(rest)
 		if len(f) != 2 || f[1] != "kB" {
-			return 0, fmt.Errorf("status: VmHWM %q", rest)
+			return Memory{}, fmt.Errorf("status: %s %q", key, rest)
 		}
 		kb, err := strconv.ParseInt(f[0], 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("status: VmHWM: %w", err)
+		if err != nil || kb < 0 {
+			return Memory{}, fmt.Errorf("status: %s %q", key, f[0])
 		}
-		return kb * 1024, nil
+		*dst = kb * 1024
 	}
-	return 0, errors.New("status: no VmHWM")
+	if err := sc.Err(); err != nil {
+		return Memory{}, err
+	}
+	for key := range fields {
+		if !seen[key] {
+			return Memory{}, fmt.Errorf("status: no %s", key)
+		}
+	}
+	return m, nil
 }
 
 // ParseListening returns the local ports in LISTEN state in the content of /proc/PID/net/tcp
@@ -95,13 +123,20 @@ func CPU(pid int) (time.Duration, error) {
 	return ParseCPU(b)
 }
 
-// PeakRSS returns the peak resident set size of process pid, in bytes.
-func PeakRSS(pid int) (int64, error) {
+// ReadMemory returns the resident memory of process pid.
+func ReadMemory(pid int) (Memory, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, err
+		return Memory{}, err
 	}
-	return ParsePeakRSS(b)
+	return ParseMemory(b)
+}
+
+// ResetPeak sets process pid's VmHWM back to its current VmRSS (writing 5 to clear_refs, Linux
+// 4.0 and later), so that the next ReadMemory's Peak covers only what happened in between. It
+// needs the right to ptrace the process (root, or the same user).
+func ResetPeak(pid int) error {
+	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
 }
 
 // Listening reports whether something listens on TCP port in the network namespace of pid.

@@ -15,13 +15,25 @@ type jsonScenario struct {
 	P90          *float64 `json:"p90_us"`
 	P99          *float64 `json:"p99_us"`
 	CPUUsPerReq  *float64 `json:"cpu_us_per_req"`
-	RSSMiB       *float64 `json:"rss_mib"`
+	RSSMiB       *float64 `json:"rss_mib"` // the whole repetition's peak
+	LatRSSMiB    *float64 `json:"lat_rss_mib"`
+	LatAnonMiB   *float64 `json:"lat_anon_mib"`
+	LatFileMiB   *float64 `json:"lat_file_mib"`
+	LatShmMiB    *float64 `json:"lat_shmem_mib"`
 	P999         *float64 `json:"p999_us"`
 	CPUSecPerGB  *float64 `json:"cpu_s_per_gb"`
 	ConnPerS     *float64 `json:"conn_per_s"`
 	ConnP50      *float64 `json:"conn_p50_us"`
 	ConnP99      *float64 `json:"conn_p99_us"`
 	CPUUsPerConn *float64 `json:"cpu_us_per_conn"`
+	TputRSSMiB   *float64 `json:"tput_rss_mib"`
+	TputAnonMiB  *float64 `json:"tput_anon_mib"`
+	TputFileMiB  *float64 `json:"tput_file_mib"`
+	TputShmMiB   *float64 `json:"tput_shmem_mib"`
+	ConnRSSMiB   *float64 `json:"conn_rss_mib"`
+	ConnAnonMiB  *float64 `json:"conn_anon_mib"`
+	ConnFileMiB  *float64 `json:"conn_file_mib"`
+	ConnShmMiB   *float64 `json:"conn_shmem_mib"`
 	Ran          bool     `json:"ran"`
 	Reason       string   `json:"reason,omitempty"`
 	Runs         int      `json:"runs"`
@@ -57,6 +69,9 @@ func JSON(r Run) ([]byte, error) {
 			Gbps: med(Gbps), P50: med(P50), P90: med(P90), P99: med(P99), CPUUsPerReq: med(CPUUsPerReq),
 			RSSMiB: med(RSSMiB), P999: med(P999), CPUSecPerGB: med(CPUSecPerGB), ConnPerS: med(ConnPerS),
 			ConnP50: med(ConnP50), ConnP99: med(ConnP99), CPUUsPerConn: med(CPUUsPerConn),
+			LatRSSMiB: med(LatRSSMiB), LatAnonMiB: med(LatAnonMiB), LatFileMiB: med(LatFileMiB), LatShmMiB: med(LatShmMiB),
+			TputRSSMiB: med(TputRSSMiB), TputAnonMiB: med(TputAnonMiB), TputFileMiB: med(TputFileMiB), TputShmMiB: med(TputShmMiB),
+			ConnRSSMiB: med(ConnRSSMiB), ConnAnonMiB: med(ConnAnonMiB), ConnFileMiB: med(ConnFileMiB), ConnShmMiB: med(ConnShmMiB),
 		}
 		if s.Ran {
 			j.Min, j.Max = bounds(s.Values)

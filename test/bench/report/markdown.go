@@ -18,8 +18,11 @@ func Markdown(r Run) []byte {
 	p("%d repetitions, interleaved (each repetition runs every scenario once, in turn). Each cell is "+
 		"the median with min–max in parentheses; ratios are of medians from this run only, so they "+
 		"hold on a noisy shared machine where absolute figures do not. Proxy CPU is utime+stime of "+
-		"the proxy processes (all of a scenario's proxies summed), peak RSS is VmHWM of the largest "+
-		"proxy; the direct path has no proxy.\n\n", r.Reps)
+		"the proxy processes (all of a scenario's proxies summed). Memory is measured per test: each "+
+		"proxy's peak RSS (VmHWM) is reset before the test (clear_refs) and read after it, and its "+
+		"resident pages are split into anonymous (RssAnon: heap, stacks), file-backed (RssFile: "+
+		"mostly the binary's own text and data) and shared (RssShmem) at the test's end; a scenario's figure is its "+
+		"largest proxy's, with that proxy's split. The direct path has no proxy.\n\n", r.Reps)
 	for _, s := range r.Settings {
 		p("- %s\n", s)
 	}
@@ -37,7 +40,7 @@ func Markdown(r Run) []byte {
 		{"Gbit/s", Gbps, 2, ""},
 		{"× " + r.Baseline, Gbps, 2, r.Baseline},
 		{"proxy CPU-s per GB", CPUSecPerGB, 2, ""},
-		{"peak RSS MiB", RSSMiB, 1, ""},
+		{"peak RSS MiB", TputRSSMiB, 1, ""},
 	})
 
 	p("\n## Latency\n\n%s.\n\n", r.LatencyLoad)
@@ -49,6 +52,10 @@ func Markdown(r Run) []byte {
 		{"p50 × " + r.Baseline, P50, 2, r.Baseline},
 		{"p99 × " + r.Baseline, P99, 2, r.Baseline},
 		{"proxy CPU µs per request", CPUUsPerReq, 1, ""},
+		{"peak RSS MiB", LatRSSMiB, 1, ""},
+		{"anon MiB", LatAnonMiB, 1, ""},
+		{"file MiB", LatFileMiB, 1, ""},
+		{"shmem MiB", LatShmMiB, 1, ""},
 	})
 
 	p("\n## Connection rate\n\n")
@@ -58,12 +65,13 @@ func Markdown(r Run) []byte {
 		{"p50 µs", ConnP50, 0, ""},
 		{"p99 µs", ConnP99, 0, ""},
 		{"proxy CPU µs per connection", CPUUsPerConn, 1, ""},
+		{"peak RSS MiB", ConnRSSMiB, 1, ""},
 	})
 
 	p("\n## Warren vs the %s\n\n", r.Peer)
 	p("Warren's median divided by the %s's: above 1 is better for Gbit/s and connections/s, "+
 		"below 1 is better for the rest.\n\n", r.Peer)
-	cols := []Metric{Gbps, P50, P99, CPUUsPerReq, CPUSecPerGB, RSSMiB, ConnPerS, CPUUsPerConn}
+	cols := []Metric{Gbps, P50, P99, CPUUsPerReq, CPUSecPerGB, LatRSSMiB, LatAnonMiB, LatFileMiB, RSSMiB, ConnPerS, CPUUsPerConn}
 	p("| scenario |")
 	for _, m := range cols {
 		p(" %s |", m)
@@ -84,13 +92,44 @@ func Markdown(r Run) []byte {
 		p("\n")
 	}
 
+	p("\n## Memory\n\n")
+	p("MiB. Peak is VmHWM during the test, starting from what the process held when it began " +
+		"(the tests run back to back, so a test's peak includes what the one before left resident); " +
+		"anon, file and shmem are RssAnon, RssFile and RssShmem at its end. The whole repetition's " +
+		"peak includes start-up.\n\n")
+	p("| scenario | proxy | whole repetition peak |")
+	for _, t := range MemoryTests {
+		p(" %s peak | anon | file | shmem |", t.Name)
+	}
+	p("\n| --- | --- | --- |%s\n", strings.Repeat(" --- |", 4*len(MemoryTests)))
+	for _, s := range r.Scenarios {
+		if _, ok := s.Values[RSSMiB]; !ok {
+			continue // no proxy, or not run
+		}
+		type row struct {
+			name string
+			v    map[Metric]stats.Summary
+		}
+		rows := []row{{"(largest)", s.Values}}
+		for _, px := range s.Proxies {
+			rows = append(rows, row{px.Name, px.Values})
+		}
+		for _, row := range rows {
+			p("| %s | %s | %s |", s.Name, row.name, cell(row.v, RSSMiB, 1))
+			for _, t := range MemoryTests {
+				p(" %s | %s | %s | %s |", cell(row.v, t.Peak, 1), cell(row.v, t.Anon, 1), cell(row.v, t.File, 1), cell(row.v, t.Shmem, 1))
+			}
+			p("\n")
+		}
+	}
+
 	p("\n## Each proxy\n\n")
-	p("| scenario | proxy | peak RSS MiB | CPU µs per request | CPU-s per GB | CPU µs per connection |\n")
-	p("| --- | --- | --- | --- | --- | --- |\n")
+	p("| scenario | proxy | peak RSS MiB, latency test | peak RSS MiB, whole repetition | CPU µs per request | CPU-s per GB | CPU µs per connection |\n")
+	p("| --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, s := range r.Scenarios {
 		for _, px := range s.Proxies {
-			p("| %s | %s | %s | %s | %s | %s |\n", s.Name, px.Name,
-				cell(px.Values, RSSMiB, 1), cell(px.Values, CPUUsPerReq, 1),
+			p("| %s | %s | %s | %s | %s | %s | %s |\n", s.Name, px.Name,
+				cell(px.Values, LatRSSMiB, 1), cell(px.Values, RSSMiB, 1), cell(px.Values, CPUUsPerReq, 1),
 				cell(px.Values, CPUSecPerGB, 2), cell(px.Values, CPUUsPerConn, 1))
 		}
 	}

@@ -15,8 +15,13 @@ import (
 // Metric names one measured quantity; the names are the JSON keys.
 type Metric string
 
-// What the benchmark measures. CPU and RSS are of the scenario's proxies: summed over the
-// proxies for a scenario, per process for a proxy.
+// What the benchmark measures. CPU is of the scenario's proxies: summed over the proxies for a
+// scenario, per process for a proxy.
+//
+// Memory is measured per test: each proxy's peak (VmHWM) is reset before the test and read after
+// it, and its resident set (VmRSS) split into anonymous, file-backed and shared pages is read at
+// its end.
+// For a scenario, a test's peak is its largest proxy's, and the split is that same proxy's.
 const (
 	Gbps         Metric = "gbps"            // iperf3, receiver side
 	CPUSecPerGB  Metric = "cpu_s_per_gb"    // proxy CPU seconds per 10^9 bytes carried
@@ -25,15 +30,43 @@ const (
 	P99          Metric = "p99_us"          //
 	P999         Metric = "p999_us"         //
 	CPUUsPerReq  Metric = "cpu_us_per_req"  // proxy CPU µs per keep-alive request
-	RSSMiB       Metric = "rss_mib"         // peak RSS (VmHWM); for a scenario, its largest proxy
+	RSSMiB       Metric = "rss_mib"         // peak RSS over the whole repetition: start-up and all three tests
 	ConnPerS     Metric = "conn_per_s"      // new connection per request, as fast as it goes
 	ConnP50      Metric = "conn_p50_us"     //
 	ConnP99      Metric = "conn_p99_us"     //
 	CPUUsPerConn Metric = "cpu_us_per_conn" // proxy CPU µs per connection (one request each)
+
+	TputRSSMiB  Metric = "tput_rss_mib"   // peak RSS during the throughput test
+	TputAnonMiB Metric = "tput_anon_mib"  // RssAnon at the end of the throughput test
+	TputFileMiB Metric = "tput_file_mib"  // RssFile at the end of the throughput test
+	TputShmMiB  Metric = "tput_shmem_mib" // RssShmem at the end of the throughput test
+	LatRSSMiB   Metric = "lat_rss_mib"    // peak RSS during the latency test (fixed request rate)
+	LatAnonMiB  Metric = "lat_anon_mib"   // RssAnon at the end of the latency test
+	LatFileMiB  Metric = "lat_file_mib"   // RssFile at the end of the latency test
+	LatShmMiB   Metric = "lat_shmem_mib"  // RssShmem at the end of the latency test
+	ConnRSSMiB  Metric = "conn_rss_mib"   // peak RSS during the connection-rate test
+	ConnAnonMiB Metric = "conn_anon_mib"  // RssAnon at the end of the connection-rate test
+	ConnFileMiB Metric = "conn_file_mib"  // RssFile at the end of the connection-rate test
+	ConnShmMiB  Metric = "conn_shmem_mib" // RssShmem at the end of the connection-rate test
 )
 
 // Metrics lists every metric in report order.
-var Metrics = []Metric{Gbps, CPUSecPerGB, P50, P90, P99, P999, CPUUsPerReq, RSSMiB, ConnPerS, ConnP50, ConnP99, CPUUsPerConn}
+var Metrics = []Metric{Gbps, CPUSecPerGB, P50, P90, P99, P999, CPUUsPerReq, RSSMiB, ConnPerS, ConnP50, ConnP99, CPUUsPerConn,
+	TputRSSMiB, TputAnonMiB, TputFileMiB, TputShmMiB, LatRSSMiB, LatAnonMiB, LatFileMiB, LatShmMiB,
+	ConnRSSMiB, ConnAnonMiB, ConnFileMiB, ConnShmMiB}
+
+// MemoryTest is the memory figures of one test: its peak and its end-of-test split.
+type MemoryTest struct {
+	Name                    string // "throughput", "latency", "connection rate"
+	Peak, Anon, File, Shmem Metric
+}
+
+// MemoryTests lists the tests in the order they run.
+var MemoryTests = []MemoryTest{
+	{"throughput", TputRSSMiB, TputAnonMiB, TputFileMiB, TputShmMiB},
+	{"latency", LatRSSMiB, LatAnonMiB, LatFileMiB, LatShmMiB},
+	{"connection rate", ConnRSSMiB, ConnAnonMiB, ConnFileMiB, ConnShmMiB},
+}
 
 // Sample is one repetition of one scenario. A metric a scenario cannot have (proxy CPU on the
 // direct path) is absent.
