@@ -80,7 +80,9 @@ func bench(ctx context.Context, log *slog.Logger, o options) (err error) {
 		return err
 	}
 	all := scenarios()
-	if o.only != "" {
+	if o.only == "" {
+		all = slices.DeleteFunc(all, func(s Scenario) bool { return optional[s.Name()] })
+	} else {
 		want := strings.Split(o.only, ",")
 		all = slices.DeleteFunc(all, func(s Scenario) bool { return !slices.Contains(want, s.Name()) })
 		if len(all) == 0 {

@@ -64,5 +64,9 @@ func scenarios() []Scenario {
 		&direct{"direct-same-node", "client → server, both on node1, no proxy", localIP},
 		&haproxyPair{},
 		&warrenL4{},
+		&warrenL4{podAddress: true},
 	}
 }
+
+// optional scenarios run only when -scenarios names them.
+var optional = map[string]bool{"warren-l4-pod-address": true}

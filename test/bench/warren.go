@@ -42,15 +42,26 @@ const (
 // than Go's default of one per CPU, which spends CPU on waking threads and handing goroutines
 // between them.
 type warrenL4 struct {
-	bin     string // the ztunnel binary, built once per run
+	// podAddress: the agent without source-address routing (--source-address=false), so the
+	// ztunnels deliver from the pod's own address; what keeping the client's address costs.
+	podAddress bool
+	bin        string // the ztunnel binary, built once per run
 	bpffs   string
 	kernels []*nodeagent.Kernel
 	procs   []*Proc
 }
 
-func (w *warrenL4) Name() string { return "warren-l4" }
+func (w *warrenL4) Name() string {
+	if w.podAddress {
+		return "warren-l4-pod-address"
+	}
+	return "warren-l4"
+}
 func (w *warrenL4) Description() string {
-	return "client → eBPF redirect → ztunnel (node1) → HBONE, TLS 1.3 mTLS → ztunnel (node2) → server; each ztunnel with --max-procs 1 (GOMAXPROCS)"
+	if w.podAddress {
+		return "as warren-l4, with the agent's --source-address=false: the server sees the pod's own address, not the client's (run only when named in -scenarios)"
+	}
+	return "client → eBPF redirect → ztunnel (node1) → HBONE, TLS 1.3 mTLS → ztunnel (node2) → server, which sees the client's address; each ztunnel with --max-procs 1 (GOMAXPROCS)"
 }
 func (w *warrenL4) Proxies() []*Proc { return w.procs }
 
@@ -93,7 +104,7 @@ func (w *warrenL4) Setup(ctx context.Context, env *Env) (Target, error) {
 		{"node1", env.Topo.Node1, env.Topo.Client, client, server},
 	}
 	for _, n := range nodes {
-		k, err := nodeagent.Open(ctx, nodeagent.Options{Node: n.name, BPFFS: w.bpffs, Logger: env.Log.With("agent", n.name)})
+		k, err := nodeagent.Open(ctx, nodeagent.Options{Node: n.name, BPFFS: w.bpffs, NoSourceAddress: w.podAddress, Logger: env.Log.With("agent", n.name)})
 		if err != nil {
 			return Target{}, err
 		}
