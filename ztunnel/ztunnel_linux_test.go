@@ -51,6 +51,7 @@ var (
 	strictIP             = ip("10.78.4.2") // enrolled, node2, STRICT
 	outsiderIP           = ip("10.78.3.2") // not in the mesh, node1
 	serviceVIP           = ip("10.96.78.1")
+	clientServiceVIP     = ip("10.96.78.2") // its one endpoint is the client pod
 	// IPv6 (fd78::/16): the client, the server and the outsider are dual-stack.
 	clientIP6   = ip("fd78:1::2")
 	serverIP6   = ip("fd78:2::2")
@@ -293,7 +294,9 @@ func mesh(n *testNet, caCert, caKey string) (node1, node2 *Config) {
 	strictW := wl("strict", "server", strictIP, "node2", true)
 	outsider := wl("outsider", "default", outsiderIP, "node1", false)
 	services := []Service{{Name: "echo", Namespace: "demo", VIPs: []netip.Addr{serviceVIP}, Ports: []ServicePort{{Port: 80, TargetPort: appPort}},
-		Endpoints: []Endpoint{{IP: serverIP, Ready: true}}}}
+		Endpoints: []Endpoint{{IP: serverIP, Ready: true}}},
+		{Name: "client", Namespace: "demo", VIPs: []netip.Addr{clientServiceVIP}, Ports: []ServicePort{{Port: 80, TargetPort: appPort}},
+			Endpoints: []Endpoint{{IP: clientIP, Ready: true}}}}
 	base := func(node string) *Config {
 		return &Config{Node: node, CACert: caCert, CAKey: caKey, Services: services}
 	}
@@ -326,7 +329,7 @@ func TestTwoNodes(t *testing.T) {
 	if err := WriteCA(caCert, caKey); err != nil {
 		t.Fatal(err)
 	}
-	for _, role := range []string{"server", "strict", "outsider"} {
+	for _, role := range []string{"client", "server", "strict", "outsider"} {
 		n.echoServer(role, appPort)
 	}
 	n.echoServer("server", deniedPort)
@@ -398,6 +401,15 @@ func TestTwoNodes(t *testing.T) {
 	t.Run("service VIP over HBONE", func(t *testing.T) {
 		if _, err := n.exchange("client", netip.AddrPortFrom(serviceVIP, 80)); err != nil {
 			t.Fatal(err)
+		}
+	})
+	t.Run("a pod reaching itself through a Service", func(t *testing.T) {
+		got, err := n.exchange("client", netip.AddrPortFrom(clientServiceVIP, 80))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != "hello "+clientIP.String() {
+			t.Errorf("greeting %q, want the pod's own address", got)
 		}
 	})
 	t.Run("DENY policy", func(t *testing.T) {
