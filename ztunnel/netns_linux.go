@@ -148,7 +148,14 @@ func (t *nsThread) dial(ctx context.Context, dst netip.AddrPort, mark uint32, sr
 			unix.Close(fd)
 			return nil, fmt.Errorf("IP_TRANSPARENT: %w", err)
 		}
-		// Port 0: the kernel picks one that is free for this address.
+		// Port 0, chosen at connect for the whole 4-tuple rather than
+		// reserved for the address at bind: otherwise every connection
+		// from one client would need a port of its own, and a busy client
+		// would run out of them.
+		if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("IP_BIND_ADDRESS_NO_PORT: %w", err)
+		}
 		if err := unix.Bind(fd, bind); err != nil {
 			unix.Close(fd)
 			return nil, fmt.Errorf("bind %v: %w", src, err)
