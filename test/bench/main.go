@@ -230,7 +230,7 @@ func settings(l load) []string {
 			l.qps, l.conns, l.latencyTime, echoPayload),
 		fmt.Sprintf("Connection rate: fortio with a new TCP connection for every request (-keepalive=false), "+
 			"%d in parallel, as fast as they go, for %s. Proxy CPU is charged per connection.", l.conns, l.connTime),
-		"Each repetition starts the scenario's proxies afresh. Memory is per test: every proxy's peak RSS (VmHWM) "+
+		"Each repetition starts the scenario's proxies afresh. Memory is per test: every proxy's peak RSS (VmHWM) " +
 			"is reset (clear_refs) before each test and read after it; RssAnon and RssFile are read at each test's end.",
 	}
 }

@@ -46,9 +46,9 @@ type warrenL4 struct {
 	// ztunnels deliver from the pod's own address; what keeping the client's address costs.
 	podAddress bool
 	bin        string // the ztunnel binary, built once per run
-	bpffs   string
-	kernels []*nodeagent.Kernel
-	procs   []*Proc
+	bpffs      string
+	kernels    []*nodeagent.Kernel
+	procs      []*Proc
 }
 
 func (w *warrenL4) Name() string {
