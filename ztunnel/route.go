@@ -83,7 +83,9 @@ const (
 	PlanRefuse PlanKind = iota
 	// PlanHBONE: over mTLS to the destination pod's ztunnel.
 	PlanHBONE
-	// PlanPassthrough: plaintext to a destination outside the mesh.
+	// PlanPassthrough: plaintext to a destination outside the mesh, or to
+	// the source pod itself (reached through a Service), which never leaves
+	// its netns.
 	PlanPassthrough
 )
 
@@ -146,6 +148,14 @@ func Route(st *State, src *Workload, orig netip.AddrPort, seq uint64) Plan {
 		dst = ready[seq%uint64(len(ready))]
 	}
 	p.Dst = dst
+	if src != nil && slices.Contains(src.IPs, dst.Addr()) {
+		// As the pod's own connections to its own address, this one stays
+		// in its netns: HBONE to itself would find no tunnel listener
+		// (sk_lookup leaves a pod's connections to itself alone).
+		p.Kind = PlanPassthrough
+		p.Workload = src
+		return p
+	}
 	w := st.byIP[dst.Addr()]
 	if w != nil && w.Enrolled {
 		p.Kind = PlanHBONE

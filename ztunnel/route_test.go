@@ -72,6 +72,12 @@ func TestRoute(t *testing.T) {
 		{name: "unknown address passes through", orig: "192.0.2.1:443", kind: PlanPassthrough, dst: "192.0.2.1:443"},
 		{name: "unknown address refused by config", mutate: refuseNonMesh, orig: "192.0.2.1:443", kind: PlanRefuse, reason: "outside the mesh"},
 		{name: "mesh still HBONE when non-mesh refused", mutate: refuseNonMesh, orig: "10.0.2.2:8080", kind: PlanHBONE, dst: "10.0.2.2:8080"},
+		{name: "own address, direct", orig: "10.0.1.2:8080", kind: PlanPassthrough, dst: "10.0.1.2:8080"},
+		{name: "own address through a Service, direct even when non-mesh is refused", mutate: func(c *Config) {
+			c.NonMesh = NonMeshRefuse
+			c.Services = append(c.Services, Service{Name: "self", Namespace: "demo", VIPs: []netip.Addr{ip("10.96.0.50")},
+				Ports: []ServicePort{{Port: 80, TargetPort: 8080}}, Endpoints: []Endpoint{{IP: ip("10.0.1.2"), Ready: true}}})
+		}, orig: "10.96.0.50:80", kind: PlanPassthrough, dst: "10.0.1.2:8080"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st := testConfig(t, tc.mutate)

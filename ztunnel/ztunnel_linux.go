@@ -561,23 +561,6 @@ func (p *podProxy) outbound(c *net.TCPConn) {
 		forth, back := relayTCP(c, up)
 		cm.done(forth, back)
 	case PlanHBONE:
-		if slices.Contains(p.pod.IPs, plan.Dst.Addr()) {
-			// The pod reached itself through a Service: as its own
-			// connections to its own address, this one never leaves its
-			// netns, so it goes straight to the app (HBONE to itself would
-			// find no tunnel listener: sk_lookup leaves a pod's
-			// connections to itself alone).
-			up, err := p.ns.dial(p.ctx, plan.Dst, t.cfg.Mark, netip.Addr{})
-			if err != nil {
-				t.metrics.refused.WithLabelValues("outbound", "dial").Inc()
-				p.log.Info("dial to the pod's own app failed", "dst", plan.Dst, "err", err)
-				return
-			}
-			cm := t.metrics.open("outbound", &p.pod.Workload, plan.Workload, plan.Service, false)
-			forth, back := relayTCP(c, up)
-			cm.done(forth, back)
-			return
-		}
 		key := hbone.Key{Src: p.pod.Identity(), Dst: plan.Workload.Identity(), Addr: plan.Tunnel}
 		nc, err := p.pool.Dial(p.ctx, key, plan.Dst.String(), nil)
 		if err != nil {
