@@ -436,15 +436,9 @@ int warren_sk_lookup(struct bpf_sk_lookup *ctx)
 	}
 	// So do the tunnel's, from a client's address: see tunnel_syns.
 	struct app_conn conn = {};
-	conn.app.ip6[0] = local.ip6[0];
-	conn.app.ip6[1] = local.ip6[1];
-	conn.app.ip6[2] = local.ip6[2];
-	conn.app.ip6[3] = local.ip6[3];
+	__builtin_memcpy(conn.app.ip6, local.ip6, sizeof(conn.app.ip6));
 	conn.app.port = (__u16)ctx->local_port;
-	conn.client.ip6[0] = remote.ip.ip6[0];
-	conn.client.ip6[1] = remote.ip.ip6[1];
-	conn.client.ip6[2] = remote.ip.ip6[2];
-	conn.client.ip6[3] = remote.ip.ip6[3];
+	__builtin_memcpy(conn.client.ip6, remote.ip.ip6, sizeof(conn.client.ip6));
 	conn.client.port = bpf_ntohs(ctx->remote_port);
 	if (bpf_map_lookup_elem(&tunnel_syns, &conn)) {
 		count(PROG_SK_LOOKUP, ACTION_BYPASSED);
