@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -110,40 +109,6 @@ func teardownSourceRouting(ns *os.File, procSys string, tunnelMark uint32) error
 		}
 		return errors.Join(errs...)
 	})
-}
-
-// sourceRoutingState reads what of the pod's source routing is there: for
-// tests and debugging.
-func sourceRoutingState(ns *os.File, procSys string, tunnelMark uint32) (rules, routes int, sysctlsOn int, err error) {
-	err = netns.Do(ns, func() error {
-		for _, fam := range sourceFamilies(true) {
-			rs, err := netlink.RuleListFiltered(fam, &netlink.Rule{Table: podroute.Table}, netlink.RT_FILTER_TABLE)
-			if err != nil {
-				return err
-			}
-			for _, r := range rs {
-				if r.Mark == podroute.SourceMark(tunnelMark) {
-					rules++
-				}
-			}
-			rts, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: podroute.Table}, netlink.RT_FILTER_TABLE)
-			if err != nil {
-				return err
-			}
-			routes += len(rts)
-		}
-		for _, f := range sysctls(procSys, true) {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				return err
-			}
-			if strings.TrimSpace(string(b)) == "1" {
-				sysctlsOn++
-			}
-		}
-		return nil
-	})
-	return
 }
 
 func sourceFamilies(ipv6 bool) []int {

@@ -5,8 +5,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/warrenmesh/warren/internal/netns"
@@ -95,4 +97,37 @@ func TestTunnelMarkSourceBitRefused(t *testing.T) {
 	if err := o.Validate(); err == nil {
 		t.Fatal("a tunnel mark with the source-address bit was accepted")
 	}
+}
+
+// sourceRoutingState reads what of the pod's source routing is there.
+func sourceRoutingState(ns *os.File, procSys string, tunnelMark uint32) (rules, routes int, sysctlsOn int, err error) {
+	err = netns.Do(ns, func() error {
+		for _, fam := range sourceFamilies(true) {
+			rs, err := netlink.RuleListFiltered(fam, &netlink.Rule{Table: podroute.Table}, netlink.RT_FILTER_TABLE)
+			if err != nil {
+				return err
+			}
+			for _, r := range rs {
+				if r.Mark == podroute.SourceMark(tunnelMark) {
+					rules++
+				}
+			}
+			rts, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: podroute.Table}, netlink.RT_FILTER_TABLE)
+			if err != nil {
+				return err
+			}
+			routes += len(rts)
+		}
+		for _, f := range sysctls(procSys, true) {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return err
+			}
+			if strings.TrimSpace(string(b)) == "1" {
+				sysctlsOn++
+			}
+		}
+		return nil
+	})
+	return
 }
