@@ -276,8 +276,9 @@ func dial(ns *os.File, network, addr string, mark uint32) (string, error) {
 	return line, err
 }
 
-// dialHere is dial on the current thread's netns.
-func dialHere(network, addr string, mark uint32) (string, error) {
+// markedDialer dials with a 5 s timeout and, if mark is not 0, SO_MARK mark
+// on the socket (the tunnel's mark: the programs leave it alone).
+func markedDialer(mark uint32) net.Dialer {
 	d := net.Dialer{Timeout: 5 * time.Second}
 	if mark != 0 {
 		d.Control = func(_, _ string, rc syscall.RawConn) error {
@@ -286,6 +287,12 @@ func dialHere(network, addr string, mark uint32) (string, error) {
 			return errors.Join(err, serr)
 		}
 	}
+	return d
+}
+
+// dialHere is dial on the current thread's netns.
+func dialHere(network, addr string, mark uint32) (string, error) {
+	d := markedDialer(mark)
 	c, err := d.Dial(network, addr)
 	if err != nil {
 		return "", err

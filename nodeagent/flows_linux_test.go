@@ -103,14 +103,7 @@ func sink(tb testing.TB, ns *os.File, addr string, reply int) {
 func transfer(ns *os.File, addr string, mark uint32, send int) (int, error) {
 	var c net.Conn
 	err := netns.Do(ns, func() error {
-		d := net.Dialer{Timeout: 5 * time.Second}
-		if mark != 0 {
-			d.Control = func(_, _ string, rc syscall.RawConn) error {
-				var serr error
-				err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark)) })
-				return errors.Join(err, serr)
-			}
-		}
+		d := markedDialer(mark)
 		var err error
 		c, err = d.Dial("tcp", addr)
 		return err
@@ -696,9 +689,7 @@ func TestFlowAdoptAndUninstall(t *testing.T) {
 	// A connection opened under the first collector...
 	var conn net.Conn
 	err := netns.Do(tp.pod, func() (err error) {
-		d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-			return rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, DefaultTunnelMark) })
-		}}
+		d := markedDialer(DefaultTunnelMark)
 		conn, err = d.Dial("tcp", dst.String())
 		return err
 	})
@@ -849,9 +840,7 @@ func TestFlowEndsAfterUnenroll(t *testing.T) {
 	dst := netip.AddrPortFrom(tp.peer4, 8080)
 	var conn net.Conn
 	err := netns.Do(tp.pod, func() (err error) {
-		d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-			return rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, DefaultTunnelMark) })
-		}}
+		d := markedDialer(DefaultTunnelMark)
 		conn, err = d.Dial("tcp", dst.String())
 		return err
 	})
