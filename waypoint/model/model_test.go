@@ -306,11 +306,11 @@ func TestMatchPrecedence(t *testing.T) {
 	}{
 		{web, "GET", "/", "", "", "ns/c-old#root"},
 		{web, "GET", "/api/v1", "", "", "ns/b-newer#exact"},
-		{web, "GET", "/api/v1/x", "", "", "ns/c-old#prefix-api-v1"},     // longest prefix
-		{web, "GET", "/api/v10", "", "", "ns/c-old#prefix-api"},         // element-wise: not /api/v1
-		{web, "GET", "/api", "", "", "ns/c-old#prefix-api"},             // trailing / ignored; older route wins the tie
-		{web, "GET", "/apix", "", "", "ns/c-old#root"},                  // not a path element
-		{web, "POST", "/api/x", "", "", "ns/c-old#prefix-api-method"},   // method beats headers
+		{web, "GET", "/api/v1/x", "", "", "ns/c-old#prefix-api-v1"},   // longest prefix
+		{web, "GET", "/api/v10", "", "", "ns/c-old#prefix-api"},       // element-wise: not /api/v1
+		{web, "GET", "/api", "", "", "ns/c-old#prefix-api"},           // trailing / ignored; older route wins the tie
+		{web, "GET", "/apix", "", "", "ns/c-old#root"},                // not a path element
+		{web, "POST", "/api/x", "", "", "ns/c-old#prefix-api-method"}, // method beats headers
 		{web, "POST", "/api/x", "X-Canary=yes", "", "ns/c-old#prefix-api-method"},
 		{web, "GET", "/api/x", "X-Canary=yes", "", "ns/c-old#prefix-api-header"},
 		{web, "GET", "/api/x", "X-Canary=no", "debug=1", "ns/c-old#prefix-api-query"}, // headers beat query, but must match
