@@ -32,6 +32,9 @@ func Compile(cfg *meshv1.WaypointConfig, self string) (*State, error) {
 		fronted:   map[netip.AddrPort]*Port{},
 		services:  map[string]*Service{},
 		Workloads: map[string]*Workload{},
+
+		workloadByIP: map[netip.Addr]*Workload{},
+		endpointByIP: map[netip.Addr]*Endpoint{},
 	}}
 	if self == "" || strings.Count(self, "/") != 1 {
 		c.bad("self %q: want <namespace>/<name>", self)
@@ -92,6 +95,14 @@ func (c *compiler) workload(at string, w *meshv1.Peer) {
 		wl.Identity = id
 	}
 	c.st.Workloads[wl.UID] = wl
+	for _, ip := range w.GetIps() {
+		a, err := netip.ParseAddr(ip)
+		if err != nil || a.Zone() != "" {
+			c.bad("%s (%s): ips: %q is not an IP address", at, w.GetUid(), ip)
+			continue
+		}
+		c.st.workloadByIP[a.Unmap()] = wl
+	}
 }
 
 func (c *compiler) service(at string, s *meshv1.Service) {
@@ -163,6 +174,11 @@ func (c *compiler) service(at string, s *meshv1.Service) {
 			ep.Ports[name] = uint16(n)
 		}
 		ep.Workload = c.st.Workloads[e.GetWorkloadUid()]
+		if other, ok := c.st.endpointByIP[ep.Addr]; ok && (other.Enrolled != ep.Enrolled || other.Identity != ep.Identity) {
+			c.bad("%s: %s is another endpoint's with another identity", eat, ep.Addr)
+			continue
+		}
+		c.st.endpointByIP[ep.Addr] = ep
 		svc.Endpoints = append(svc.Endpoints, ep)
 	}
 }

@@ -17,6 +17,22 @@ type State struct {
 	services map[string]*Service
 	// Workloads by UID, for telemetry names.
 	Workloads map[string]*Workload
+	// byIP: workloads and endpoints by address.
+	workloadByIP map[netip.Addr]*Workload
+	endpointByIP map[netip.Addr]*Endpoint
+}
+
+// WorkloadByIP returns the workload with this address, for telemetry.
+func (s *State) WorkloadByIP(a netip.Addr) (*Workload, bool) {
+	w, ok := s.workloadByIP[a.Unmap()]
+	return w, ok
+}
+
+// Endpoint returns an endpoint of any Service by its address: how the
+// upstream dialer learns which identity to expect.
+func (s *State) Endpoint(a netip.Addr) (*Endpoint, bool) {
+	e, ok := s.endpointByIP[a.Unmap()]
+	return e, ok
 }
 
 // Lookup returns the fronted Service port a tunnel's :authority names.

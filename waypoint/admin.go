@@ -1,0 +1,88 @@
+package waypoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+// Addrs are the waypoint's side ports, as the ztunnel's: admin (config
+// dump, pprof) 127.0.0.1:15000, Prometheus :15020, readiness :15021. An
+// empty address is not served.
+type Addrs struct {
+	Admin, Metrics, Ready string
+}
+
+// ServeSide serves the admin, metrics and readiness endpoints until ctx
+// ends. It returns once the listeners are open.
+func (w *Waypoint) ServeSide(ctx context.Context, a Addrs) error {
+	admin := http.NewServeMux()
+	admin.HandleFunc("GET /config_dump", w.configDump)
+	admin.HandleFunc("/debug/pprof/", pprof.Index)
+	admin.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	admin.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	admin.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	admin.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	metrics := http.NewServeMux()
+	metrics.Handle("GET /metrics", promhttp.HandlerFor(w.reg, promhttp.HandlerOpts{}))
+	ready := http.NewServeMux()
+	ready.HandleFunc("GET /healthz/ready", func(rw http.ResponseWriter, _ *http.Request) {
+		if !w.Ready() {
+			http.Error(rw, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(rw, "ready")
+	})
+	var servers []*http.Server
+	for _, s := range []struct {
+		addr string
+		h    http.Handler
+	}{{a.Admin, admin}, {a.Metrics, metrics}, {a.Ready, ready}} {
+		if s.addr == "" {
+			continue
+		}
+		ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", s.addr)
+		if err != nil {
+			for _, srv := range servers {
+				srv.Close()
+			}
+			return fmt.Errorf("listen %s: %w", s.addr, err)
+		}
+		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}
+		servers = append(servers, srv)
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				w.log.Warn("side server stopped", "addr", s.addr, "err", err)
+			}
+		}()
+	}
+	go func() {
+		<-ctx.Done()
+		for _, srv := range servers {
+			srv.Close()
+		}
+	}()
+	return nil
+}
+
+func (w *Waypoint) configDump(rw http.ResponseWriter, _ *http.Request) {
+	cfg := w.cfg.Load()
+	if cfg == nil {
+		http.Error(rw, "no configuration yet", http.StatusServiceUnavailable)
+		return
+	}
+	b, err := protojson.MarshalOptions{Multiline: true}.Marshal(cfg)
+	if err != nil {
+		http.Error(rw, "cannot encode", http.StatusInternalServerError)
+		return
+	}
+	rw.Header().Set("Content-Type", "application/json")
+	rw.Write(b)
+}
