@@ -13,13 +13,18 @@ import (
 // attempts never share the client's stream. Once more than limit bytes were
 // read, no new view can be made: such a request is not retried.
 type replayBody struct {
-	mu       sync.Mutex
-	src      io.Reader
-	buf      []byte
-	limit    int
+	// readMu serialises reads from the client; mu guards the rest and is
+	// never held across a read, so a retry decision never waits for the
+	// client.
+	readMu     sync.Mutex
+	mu         sync.Mutex
+	src        io.Reader
+	buf        []byte // the first total bytes, unless overflowed
+	total      int
+	limit      int
 	overflowed bool
-	err      error // io.EOF once the client's body ended
-	gen      int
+	err        error // the client's body ended (io.EOF) or failed
+	gen        int
 }
 
 var errStaleView = errors.New("waypoint: request body taken by a newer attempt")
@@ -40,6 +45,13 @@ func (b *replayBody) view() (io.ReadCloser, bool) {
 	return &bodyView{b: b, gen: b.gen}, true
 }
 
+// overflow reports whether the body can no longer be replayed.
+func (b *replayBody) overflow() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.overflowed
+}
+
 // complete returns the whole body when it was read to its end and kept.
 func (b *replayBody) complete() ([]byte, bool) {
 	b.mu.Lock()
@@ -50,43 +62,66 @@ func (b *replayBody) complete() ([]byte, bool) {
 type bodyView struct {
 	b   *replayBody
 	gen int
-	off int
+	off int // position in the body
 }
 
 func (v *bodyView) Read(p []byte) (int, error) {
 	b := v.b
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if v.gen != b.gen {
-		return 0, errStaleView
-	}
-	if v.off < len(b.buf) {
-		n := copy(p, b.buf[v.off:])
-		v.off += n
-		return n, nil
-	}
-	if b.overflowed && v.off != len(b.buf) {
-		return 0, errStaleView
-	}
-	if b.err != nil {
-		return 0, b.err
-	}
-	// The client's next bytes. A retry waits for this read to return.
-	n, err := b.src.Read(p)
-	if n > 0 {
-		if !b.overflowed && len(b.buf)+n <= b.limit {
-			b.buf = append(b.buf, p[:n]...)
+	for {
+		b.mu.Lock()
+		switch {
+		case v.gen != b.gen:
+			b.mu.Unlock()
+			return 0, errStaleView
+		case v.off < len(b.buf):
+			n := copy(p, b.buf[v.off:])
 			v.off += n
-		} else {
-			b.overflowed = true
-			b.buf = nil
-			v.off = 0
+			b.mu.Unlock()
+			return n, nil
+		case v.off != b.total:
+			// Bytes this view has not seen were dropped (overflow).
+			b.mu.Unlock()
+			return 0, errStaleView
+		case b.err != nil:
+			b.mu.Unlock()
+			return 0, b.err
 		}
+		b.mu.Unlock()
+
+		b.readMu.Lock()
+		b.mu.Lock()
+		if v.gen != b.gen || v.off != b.total || b.err != nil {
+			// Another view read meanwhile: look again.
+			b.mu.Unlock()
+			b.readMu.Unlock()
+			continue
+		}
+		b.mu.Unlock()
+		n, err := b.src.Read(p)
+		b.mu.Lock()
+		if n > 0 {
+			if !b.overflowed && len(b.buf)+n <= b.limit {
+				b.buf = append(b.buf, p[:n]...)
+			} else {
+				b.overflowed, b.buf = true, nil
+			}
+			b.total += n
+		}
+		if err != nil {
+			b.err = err
+		}
+		stale := v.gen != b.gen
+		if !stale {
+			v.off += n
+		}
+		b.mu.Unlock()
+		b.readMu.Unlock()
+		if stale {
+			// What was read stays kept for the newer view.
+			return 0, errStaleView
+		}
+		return n, err
 	}
-	if err != nil {
-		b.err = err
-	}
-	return n, err
 }
 
 // Close leaves the client's body open: a retry may still need it. The

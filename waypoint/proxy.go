@@ -218,9 +218,8 @@ func (ex *exchange) proxy(rule *model.Rule, m *model.Match, be *model.Backend) {
 		}
 		res, err := tr.RoundTrip(req)
 		o := outcome(res, err)
-		canReplay := body == nil || !body.overflow()
 		again, wait := retry.Next(rule.Retry, attempt, o, rand.Int64N)
-		if again && canReplay && ctx.Err() == nil {
+		if again && ctx.Err() == nil && (body == nil || !body.overflow()) {
 			if res != nil {
 				res.Body.Close()
 			}
@@ -258,13 +257,6 @@ func (ex *exchange) proxy(rule *model.Rule, m *model.Match, be *model.Backend) {
 		acancel()
 		return
 	}
-}
-
-// overflow reports whether the body can no longer be replayed.
-func (b *replayBody) overflow() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.overflowed
 }
 
 func outcome(res *http.Response, err error) retry.Outcome {
