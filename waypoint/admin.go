@@ -21,8 +21,8 @@ type Addrs struct {
 }
 
 // ServeSide serves the admin, metrics and readiness endpoints until ctx
-// ends. It returns once the listeners are open.
-func (w *Waypoint) ServeSide(ctx context.Context, a Addrs) error {
+// ends. It returns once the listeners are open, with their addresses.
+func (w *Waypoint) ServeSide(ctx context.Context, a Addrs) (Addrs, error) {
 	admin := http.NewServeMux()
 	admin.HandleFunc("GET /config_dump", w.configDump)
 	admin.HandleFunc("/debug/pprof/", pprof.Index)
@@ -42,24 +42,25 @@ func (w *Waypoint) ServeSide(ctx context.Context, a Addrs) error {
 	})
 	var servers []*http.Server
 	for _, s := range []struct {
-		addr string
+		addr *string
 		h    http.Handler
-	}{{a.Admin, admin}, {a.Metrics, metrics}, {a.Ready, ready}} {
-		if s.addr == "" {
+	}{{&a.Admin, admin}, {&a.Metrics, metrics}, {&a.Ready, ready}} {
+		if *s.addr == "" {
 			continue
 		}
-		ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", s.addr)
+		ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", *s.addr)
 		if err != nil {
 			for _, srv := range servers {
 				srv.Close()
 			}
-			return fmt.Errorf("listen %s: %w", s.addr, err)
+			return Addrs{}, fmt.Errorf("listen %s: %w", *s.addr, err)
 		}
+		*s.addr = ln.Addr().String()
 		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}
 		servers = append(servers, srv)
 		go func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				w.log.Warn("side server stopped", "addr", s.addr, "err", err)
+				w.log.Warn("side server stopped", "addr", ln.Addr().String(), "err", err)
 			}
 		}()
 	}
@@ -69,7 +70,7 @@ func (w *Waypoint) ServeSide(ctx context.Context, a Addrs) error {
 			srv.Close()
 		}
 	}()
-	return nil
+	return a, nil
 }
 
 func (w *Waypoint) configDump(rw http.ResponseWriter, _ *http.Request) {

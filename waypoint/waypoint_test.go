@@ -204,6 +204,30 @@ func TestRetry(t *testing.T) {
 	if served > n*6 {
 		t.Errorf("%d attempts for %d requests", served, n)
 	}
+
+	// Bodies are replayed whole on retries.
+	const posts = 300
+	var bad, lost atomic.Int64
+	parallel(t, posts, 4, func(i int) {
+		body := strings.Repeat(fmt.Sprintf("%04d", i), 2048)
+		res, err := c.Post("http://web.shop/flaky", "text/plain", strings.NewReader(body))
+		if err != nil {
+			bad.Add(1)
+			return
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		switch {
+		case res.StatusCode != 200:
+			lost.Add(1)
+		case !strings.Contains(string(b), `"Body":"`+body+`"`):
+			bad.Add(1)
+		}
+	})
+	t.Logf("retry with 8 KiB bodies: %d of %d failed after retries, %d corrupted", lost.Load(), posts, bad.Load())
+	if bad.Load() != 0 || lost.Load() > 3 {
+		t.Errorf("bodies: %d corrupted, %d failed", bad.Load(), lost.Load())
+	}
 }
 
 // TestTimeout: a backend that never answers, behind a 300 ms route
