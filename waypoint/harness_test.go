@@ -24,7 +24,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -262,7 +261,7 @@ func (h *harness) startPod(name string, ip netip.Addr, id identity.ID) {
 	gl := listen()
 	p.apps[grpcPort] = gl.Addr().String()
 	gs := grpc.NewServer()
-	testgrpc.RegisterTestServiceServer(gs, &testService{pod: p})
+	testpb.RegisterTestServiceServer(gs, &testService{pod: p})
 	go gs.Serve(gl)
 	t.Cleanup(gs.Stop)
 
@@ -356,7 +355,7 @@ func (p *pod) httpHandler() http.Handler {
 
 // testService is grpc.testing.TestService: echo with metadata, streams.
 type testService struct {
-	testgrpc.UnimplementedTestServiceServer
+	testpb.UnimplementedTestServiceServer
 	pod *pod
 }
 
@@ -440,7 +439,7 @@ func (h *harness) httpClient(authority string, h2 bool) *http.Client {
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 }
 
-func (h *harness) grpcClient(authority string) testgrpc.TestServiceClient {
+func (h *harness) grpcClient(authority string) testpb.TestServiceClient {
 	cc, err := grpc.NewClient("passthrough:///"+authority,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return h.dial(ctx, authority) }))
@@ -448,7 +447,7 @@ func (h *harness) grpcClient(authority string) testgrpc.TestServiceClient {
 		h.t.Fatal(err)
 	}
 	h.t.Cleanup(func() { cc.Close() })
-	return testgrpc.NewTestServiceClient(cc)
+	return testpb.NewTestServiceClient(cc)
 }
 
 // get sends a GET and returns the status, the header and the echo.

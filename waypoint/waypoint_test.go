@@ -79,6 +79,7 @@ func TestHTTPRouting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	io.Copy(io.Discard, res.Body) // read to its end: the connection stays open
 	res.Body.Close()
 	if res.StatusCode != http.StatusNotFound {
 		t.Errorf("POST /api: %d, want 404", res.StatusCode)
@@ -115,15 +116,23 @@ func TestHTTPRouting(t *testing.T) {
 	}
 
 	// Keep-alive: all of the above went over one tunnel to the waypoint,
-	// and upstream connections are pooled, not one per request.
-	before := h.tunnels.Load()
+	// and upstream connections are pooled, not one per request: once each
+	// v1 endpoint has one, 50 more requests open none.
 	connects := func() (n int64) {
 		for _, p := range h.pods {
 			n += p.connects.Load()
 		}
 		return n
 	}
-	up := connects()
+	for range 20 {
+		if code, _, _ := get(t, c, "/v1/warm", nil); code != 200 {
+			t.Fatalf("status %d", code)
+		}
+	}
+	if h.pods[netip.MustParseAddr("10.1.0.1")].connects.Load() == 0 || h.pods[netip.MustParseAddr("10.1.0.2")].connects.Load() == 0 {
+		t.Fatal("20 requests did not reach both v1 endpoints")
+	}
+	before, up := h.tunnels.Load(), connects()
 	for range 50 {
 		if code, _, _ := get(t, c, "/v1/again", nil); code != 200 {
 			t.Fatalf("status %d", code)
@@ -134,6 +143,9 @@ func TestHTTPRouting(t *testing.T) {
 	}
 	if n := connects() - up; n > 0 {
 		t.Errorf("%d new upstream tunnels for 50 sequential requests, want 0 (pooled)", n)
+	}
+	if h.tunnels.Load() != 1 {
+		t.Errorf("%d tunnels to the waypoint for the whole test, want 1 (keep-alive)", h.tunnels.Load())
 	}
 }
 
