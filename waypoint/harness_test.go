@@ -421,6 +421,20 @@ func (h *harness) dial(ctx context.Context, authority string) (net.Conn, error) 
 	return h.caller.Dial(ctx, hbone.Key{Src: callerID, Dst: waypointID, Addr: h.wpAddr}, authority, nil)
 }
 
+// tunnel is a tunnel to the waypoint for authority, closed at the test's
+// end.
+func (h *harness) tunnel(t testing.TB, authority string) net.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := h.dial(ctx, authority)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
 // httpClient sends every request through tunnels to authority, HTTP/1.1
 // or h2c with prior knowledge.
 func (h *harness) httpClient(authority string, h2 bool) *http.Client {

@@ -413,12 +413,7 @@ func TestGRPC(t *testing.T) {
 
 func TestWebSocket(t *testing.T) {
 	h := newHarness(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := h.dial(ctx, vip+":80")
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := h.tunnel(t, vip+":80")
 	cfg, err := websocket.NewConfig("ws://web.shop/ws", "http://web.shop/")
 	if err != nil {
 		t.Fatal(err)
@@ -442,13 +437,7 @@ func TestWebSocket(t *testing.T) {
 
 func TestTCPPassthrough(t *testing.T) {
 	h := newHarness(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := h.dial(ctx, vip+":5000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := h.tunnel(t, vip+":5000")
 	msg := strings.Repeat("not http at all\r\n", 1000)
 	go io.WriteString(conn, msg)
 	got := make([]byte, len(msg))
@@ -456,6 +445,8 @@ func TestTCPPassthrough(t *testing.T) {
 		t.Fatalf("echo: %v", err)
 	}
 	// A VIP:port the waypoint does not front is refused.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	if c, err := h.dial(ctx, "10.96.0.99:80"); err == nil {
 		c.Close()
 		t.Error("tunnel to an unknown service opened")
@@ -477,12 +468,7 @@ func TestMalformed(t *testing.T) {
 		{"bad request line", "GET /v1 HTTP/1.1 extra\r\nHost: web\r\n\r\n", 400},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			conn, err := h.dial(ctx, vip+":80")
-			if err != nil {
-				t.Fatal(err)
-			}
+			conn := h.tunnel(t, vip+":80")
 			defer conn.Close()
 			go io.WriteString(conn, tc.req)
 			res, err := http.ReadResponse(bufio.NewReader(conn), nil)
@@ -509,12 +495,7 @@ func TestMalformed(t *testing.T) {
 // never a request to /smuggled.
 func TestSmuggling(t *testing.T) {
 	h := newHarness(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := h.dial(ctx, vip+":80")
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := h.tunnel(t, vip+":80")
 	defer conn.Close()
 	hidden := "GET /smuggled HTTP/1.1\r\nHost: web\r\n\r\n"
 	req := "POST /v1 HTTP/1.1\r\nHost: web\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n" +

@@ -99,16 +99,7 @@ routes:
 	case <-time.After(20 * time.Second):
 		t.Fatal("not listening after 20s")
 	}
-	httpGet := func(url string) (int, string) {
-		t.Helper()
-		res, err := http.Get(url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer res.Body.Close()
-		b, _ := io.ReadAll(res.Body)
-		return res.StatusCode, string(b)
-	}
+	httpGet := func(url string) (int, string) { t.Helper(); return fetch(t, http.DefaultClient, url) }
 	if code, _ := httpGet("http://" + a.side.Ready + "/healthz/ready"); code != 200 {
 		t.Errorf("ready: %d", code)
 	}
@@ -126,10 +117,10 @@ routes:
 		return pool.Dial(ctx, hbone.Key{Src: identity.New("shop", "frontend"), Dst: wpID, Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), hboneAddr.Port())}, "10.96.0.10:80", nil)
 	}}}
 	defer client.CloseIdleConnections()
-	if code, body := httpGet2(t, client, "http://web.shop/app/x"); code != 200 || body != "backend saw GET /app/x" {
+	if code, body := fetch(t, client, "http://web.shop/app/x"); code != 200 || body != "backend saw GET /app/x" {
 		t.Errorf("through the waypoint: %d %q", code, body)
 	}
-	if code, _ := httpGet2(t, client, "http://web.shop/other"); code != 404 {
+	if code, _ := fetch(t, client, "http://web.shop/other"); code != 404 {
 		t.Errorf("no route: %d", code)
 	}
 	code, metrics := httpGet("http://" + a.side.Metrics + "/metrics")
@@ -151,7 +142,7 @@ routes:
 	}
 }
 
-func httpGet2(t *testing.T, c *http.Client, url string) (int, string) {
+func fetch(t *testing.T, c *http.Client, url string) (int, string) {
 	t.Helper()
 	res, err := c.Get(url)
 	if err != nil {
