@@ -11,28 +11,66 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/warrenmesh/warren/internal/hbone"
+	"github.com/warrenmesh/warren/internal/identity"
 )
 
 // inboundHBONE decides a tunnel to this pod: the authority must be the pod,
 // the policy must allow the peer, then it dials the app from inside the pod.
+// The stream's connResult is recorded by inboundDone, which hbone.Server
+// calls for every stream, once it ends.
 func (p *podProxy) inboundHBONE(ctx context.Context, req *hbone.Request) (net.Conn, error) {
 	t := p.t
+	res := t.metrics.result(p.log, "inbound", req.RemoteAddr)
+	is := &inboundStream{res: res}
+	p.streams.Store(req, is)
 	if !slices.Contains(p.pod.IPs, req.Authority.Addr()) || p.ports[req.Authority.Port()] {
-		t.metrics.refused.WithLabelValues("inbound", "authority").Inc()
-		return nil, hbone.Forbidden(fmt.Errorf("%v is not this pod", req.Authority))
+		err := fmt.Errorf("%v is not this pod", req.Authority)
+		res.refuse(reasonAuthority, err)
+		return nil, hbone.Forbidden(err)
 	}
-	d := Authorize(t.state(), p.pod, Inbound{Peer: req.Peer, Port: req.Authority.Port()})
-	if !d.Allowed {
-		t.metrics.refused.WithLabelValues("inbound", "policy").Inc()
-		p.log.Info("inbound denied", "peer", req.Peer, "port", req.Authority.Port(), "policy", d.Policy, "reason", d.Reason)
+	in := Inbound{Peer: req.Peer, Port: req.Authority.Port()}
+	st := t.state()
+	if d := Authorize(st, p.pod, in); !d.Allowed {
+		res.refuse(reasonPolicy, fmt.Errorf("peer %s, port %d: %s", req.Peer, in.Port, decisionReason(d)))
 		return nil, hbone.Forbidden(errors.New(d.Reason))
 	}
 	up, err := p.dialApp(ctx, req.RemoteAddr, req.Authority)
 	if err != nil {
-		t.metrics.refused.WithLabelValues("inbound", "dial").Inc()
+		res.refuse(reasonDial, err)
 		return nil, err
 	}
+	is.auth = &authorizedConn{pod: p.pod, in: in, res: res, close: func() { up.Close() }}
+	if why := t.admit(st, is.auth); why != "" {
+		is.auth = nil
+		up.Close()
+		res.refuse(reasonPolicy, fmt.Errorf("peer %s, port %d: %s", req.Peer, in.Port, why))
+		return nil, hbone.Forbidden(errors.New(why))
+	}
+	res.open(p.sourceWorkload(req.RemoteAddr, req.Peer), req.Peer, &p.pod.Workload, nil, true)
 	return up, nil
+}
+
+// inboundStream is what inboundHBONE leaves for inboundDone.
+type inboundStream struct {
+	res  *connResult
+	auth *authorizedConn // registered while the tunnel is open
+}
+
+// inboundDone records a finished HBONE stream: inboundHBONE's outcome, or,
+// for a stream hbone.Server refused before asking it, a bad request.
+func (p *podProxy) inboundDone(req *hbone.Request, st hbone.StreamStats) {
+	v, ok := p.streams.LoadAndDelete(req)
+	if !ok {
+		res := p.t.metrics.result(p.log, "inbound", req.RemoteAddr)
+		res.refuse(reasonBadRequest, st.Err)
+		res.record(0, 0, nil)
+		return
+	}
+	is := v.(*inboundStream)
+	if is.auth != nil {
+		p.t.conns.remove(is.auth)
+	}
+	is.res.record(st.ToUpstream, st.FromUpstream, st.Err)
 }
 
 // dialApp connects to the pod's app at dst from the client's address when
@@ -65,59 +103,64 @@ func (p *podProxy) dialApp(ctx context.Context, client net.Addr, dst netip.AddrP
 	return c, err
 }
 
-// inboundDone counts a finished HBONE stream.
-func (p *podProxy) inboundDone(req *hbone.Request, st hbone.StreamStats) {
-	if st.Status != 200 {
-		return
-	}
-	src := p.sourceWorkload(req.RemoteAddr)
-	if src != nil && src.Identity() != req.Peer {
-		src = nil // the address is not the identity's: trust the identity only
-	}
-	cm := p.t.metrics.open("inbound", src, &p.pod.Workload, nil, true)
-	cm.done(st.ToUpstream, st.FromUpstream)
-}
-
 // inboundPlain handles plaintext from outside the mesh on 15006.
 func (p *podProxy) inboundPlain(c *net.TCPConn) {
 	defer c.Close()
 	t := p.t
+	res := t.metrics.result(p.log, "inbound", c.RemoteAddr())
+	var received, sent int64
+	defer func() { res.record(received, sent, nil) }()
 	dst, err := netip.ParseAddrPort(c.LocalAddr().String())
 	if err != nil {
+		res.refuse(reasonNotSteered, err)
 		return
 	}
 	if p.ports[dst.Port()] {
 		// Not steered here by sk_lookup but dialed at the listener's own
 		// port (from the pod, or the node): it would dial itself.
-		t.metrics.refused.WithLabelValues("inbound", "not_steered").Inc()
+		res.refuse(reasonNotSteered, fmt.Errorf("dialed at the listener's own port %d", dst.Port()))
 		return
 	}
-	d := Authorize(t.state(), p.pod, Inbound{Port: dst.Port(), Plaintext: true})
-	if !d.Allowed {
-		t.metrics.refused.WithLabelValues("inbound", "policy").Inc()
-		p.log.Info("plaintext inbound refused", "client", c.RemoteAddr(), "port", dst.Port(), "reason", d.Reason)
+	in := Inbound{Port: dst.Port(), Plaintext: true}
+	st := t.state()
+	if d := Authorize(st, p.pod, in); !d.Allowed {
+		res.refuse(reasonPolicy, fmt.Errorf("plaintext, port %d: %s", in.Port, decisionReason(d)))
 		return
 	}
 	up, err := p.dialApp(p.ctx, c.RemoteAddr(), dst)
 	if err != nil {
-		t.metrics.refused.WithLabelValues("inbound", "dial").Inc()
+		res.refuse(reasonDial, err)
 		return
 	}
+	defer up.Close()
+	auth := &authorizedConn{pod: p.pod, in: in, res: res, close: func() { c.Close(); up.Close() }}
+	if why := t.admit(st, auth); why != "" {
+		res.refuse(reasonPolicy, fmt.Errorf("plaintext, port %d: %s", in.Port, why))
+		return
+	}
+	defer t.conns.remove(auth)
 	// Plaintext carries no identity: the source is named only when it is a
 	// known workload outside the mesh, never as a principal.
-	src := p.sourceWorkload(c.RemoteAddr())
-	if src != nil && src.Enrolled {
-		src = nil
-	}
-	cm := t.metrics.open("inbound", src, &p.pod.Workload, nil, false)
-	recv, sent := relayTCP(c, up)
-	cm.done(recv, sent)
+	src := p.sourceWorkload(c.RemoteAddr(), identity.ID{})
+	res.open(src, identity.ID{}, &p.pod.Workload, nil, false)
+	received, sent = relayTCP(c, up)
 }
 
-func (p *podProxy) sourceWorkload(a net.Addr) *Workload {
+// sourceWorkload is the workload at a connection's source address, kept only
+// when it is who the connection proved to be: the enrolled workload of
+// peer's identity over mTLS, a workload outside the mesh in plaintext (zero
+// peer). The principal of telemetry is peer itself, found here or not.
+func (p *podProxy) sourceWorkload(a net.Addr, peer identity.ID) *Workload {
 	ap, err := netip.ParseAddrPort(a.String())
 	if err != nil {
 		return nil
 	}
-	return p.t.state().Workload(ap.Addr())
+	w := p.t.state().Workload(ap.Addr())
+	switch {
+	case w == nil:
+		return nil
+	case peer.IsZero() && w.Enrolled, !peer.IsZero() && (!w.Enrolled || w.Identity() != peer):
+		return nil
+	}
+	return w
 }

@@ -39,6 +39,7 @@ type podProxy struct {
 	wg        sync.WaitGroup
 	connsMu   sync.Mutex
 	conns     map[net.Conn]struct{}
+	streams   sync.Map // *hbone.Request → *inboundStream, from inboundHBONE to inboundDone
 	// src4 and src6: the pod has the policy routing (internal/podroute) to
 	// deliver to its app from the client's address, per family.
 	src4, src6  atomic.Bool
@@ -133,7 +134,7 @@ func (t *Tunnel) startPod(ctx context.Context, pod LocalPod) (_ *podProxy, err e
 	if err != nil {
 		return nil, err
 	}
-	p.srv = &hbone.Server{TLSConfig: srvTLS, Handler: p.inboundHBONE, Logger: p.log, Limits: t.cfg.HBONE, IdleTimeout: hbone.DefaultIdleTimeout, OnStreamDone: p.inboundDone}
+	p.srv = &hbone.Server{TLSConfig: t.metrics.countRefusals(srvTLS), Handler: p.inboundHBONE, Logger: p.log, Limits: t.cfg.HBONE, IdleTimeout: hbone.DefaultIdleTimeout, OnStreamDone: p.inboundDone}
 
 	// Ports of this generation's own (see OutboundPort): another ztunnel
 	// may still listen in the pod, draining.

@@ -65,6 +65,8 @@ type Tunnel struct {
 	grace    time.Duration
 	drains   sync.WaitGroup // pods replaced while Run serves
 
+	conns connRegistry // open inbound connections, for SetMesh to check again
+
 	ready  atomic.Bool
 	mu     sync.Mutex
 	active map[string]*podProxy // by UID
@@ -225,8 +227,10 @@ func (t *Tunnel) cert(id identity.ID) (*identity.CertSource, error) {
 
 // SetMesh replaces the mesh view (workloads, services, policies, local
 // pods' modes) the tunnel routes and authorizes with, as one atomic swap:
-// a connection sees either the old view or the new one. An invalid view is
-// refused whole and the old one stays in force.
+// a connection sees either the old view or the new one. Open inbound
+// connections the new view denies (a new DENY, an ALLOW that no longer
+// matches, STRICT for plaintext) are closed. An invalid view is refused
+// whole and the old one stays in force.
 func (t *Tunnel) SetMesh(m Mesh) error {
 	c := *t.state().cfg
 	c.Pods = slices.Clone(c.Pods)
@@ -239,6 +243,9 @@ func (t *Tunnel) SetMesh(m Mesh) error {
 	st.modes = m.Modes
 	t.st.Store(st)
 	t.metrics.meshUpdates.WithLabelValues("acked").Inc()
+	if n := t.revokeDenied(st); n > 0 {
+		t.log.Info("mesh update closed connections it no longer allows", "connections", n)
+	}
 	return nil
 }
 
