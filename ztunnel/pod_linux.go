@@ -115,7 +115,12 @@ func (t *Tunnel) startPod(ctx context.Context, pod LocalPod) (_ *podProxy, err e
 	}()
 	p.pool, err = hbone.NewPool(hbone.PoolOptions{
 		TLSConfig: func(k hbone.Key) (*tls.Config, error) {
-			return identity.ClientConfig(identity.TLSOptions{Certs: cert, Roots: t.roots, Authorize: identity.ExpectID(k.Dst)})
+			c, err := identity.ClientConfig(identity.TLSOptions{Certs: cert.src, Roots: t.roots, Authorize: identity.ExpectID(k.Dst)})
+			if err != nil {
+				return nil, err
+			}
+			c.GetClientCertificate = cert.getClientCertificate
+			return c, nil
 		},
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			ap, err := netip.ParseAddrPort(addr)
@@ -130,10 +135,11 @@ func (t *Tunnel) startPod(ctx context.Context, pod LocalPod) (_ *podProxy, err e
 	if err != nil {
 		return nil, err
 	}
-	srvTLS, err := identity.ServerConfig(identity.TLSOptions{Certs: cert, Roots: t.roots, Authorize: identity.ExpectTrustDomain(t.cfg.TrustDomain)})
+	srvTLS, err := identity.ServerConfig(identity.TLSOptions{Certs: cert.src, Roots: t.roots, Authorize: identity.ExpectTrustDomain(t.cfg.TrustDomain)})
 	if err != nil {
 		return nil, err
 	}
+	srvTLS.GetCertificate = cert.getCertificate
 	p.srv = &hbone.Server{TLSConfig: t.metrics.countRefusals(srvTLS), Handler: p.inboundHBONE, Logger: p.log, Limits: t.cfg.HBONE, IdleTimeout: hbone.DefaultIdleTimeout, OnStreamDone: p.inboundDone}
 
 	// Ports of this generation's own (see OutboundPort): another ztunnel

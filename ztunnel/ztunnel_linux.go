@@ -59,17 +59,19 @@ type Tunnel struct {
 	sign     SignFunc
 	runCtx   context.Context // Run's, for certificate renewals
 	certsMu  sync.Mutex
-	certs    map[identity.ID]*identity.CertSource
-	loadCert func(identity.ID) (*identity.CertSource, error)
+	certs    map[identity.ID]*certEntry
+	loadCert func(identity.ID) (*identity.CertSource, error) // from the configuration's files
+	fromCA   func(identity.ID) bool                          // whether sign gets id's certificate
 	kernel   *kernelMaps
 	grace    time.Duration
 	drains   sync.WaitGroup // pods replaced while Run serves
 
 	conns connRegistry // open inbound connections, for SetMesh to check again
 
-	ready  atomic.Bool
-	mu     sync.Mutex
-	active map[string]*podProxy // by UID
+	ready   atomic.Bool
+	mu      sync.Mutex
+	active  map[string]*podProxy // by UID
+	stopped bool                 // Run is draining: no pod is added any more
 }
 
 // New checks the configuration and loads certificates; Run starts serving.
@@ -100,17 +102,18 @@ func New(cfg *Config, o Options) (*Tunnel, error) {
 	}
 	t := &Tunnel{
 		cfg: cfg, log: o.Logger.With("node", cfg.Node), reg: o.Registry, metrics: m, pods: o.Pods,
-		roots: identity.NewRoots(pool), certs: certs, loadCert: loadCert, active: map[string]*podProxy{},
+		roots: identity.NewRoots(pool), certs: map[identity.ID]*certEntry{}, loadCert: loadCert, active: map[string]*podProxy{},
 		sign: o.Sign, runCtx: context.Background(), grace: o.DrainGrace,
+		fromCA: func(identity.ID) bool { return false },
+	}
+	for id, src := range certs {
+		t.certs[id] = readyCert(src)
 	}
 	t.st.Store(NewState(cfg))
 	if o.Sign != nil {
-		static := loadCert
-		t.loadCert = func(id identity.ID) (*identity.CertSource, error) {
-			if _, ok := cfg.Certs[certKey(id)]; ok || cfg.CAKey != "" {
-				return static(id)
-			}
-			return t.signed(id)
+		t.fromCA = func(id identity.ID) bool {
+			_, ok := cfg.Certs[certKey(id)]
+			return !ok && cfg.CAKey == ""
 		}
 	}
 	return t, nil
@@ -154,6 +157,7 @@ func (t *Tunnel) Run(ctx context.Context) error {
 	t.mu.Lock()
 	pods := t.active
 	t.active = map[string]*podProxy{}
+	t.stopped = true
 	t.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, p := range pods {
@@ -173,17 +177,27 @@ func (t *Tunnel) Run(ctx context.Context) error {
 // pods is served.
 func (t *Tunnel) Synced() {
 	t.ready.Store(true)
-	t.log.Info("ztunnel ready", "pods", len(t.active))
+	t.mu.Lock()
+	n := len(t.active)
+	t.mu.Unlock()
+	t.log.Info("ztunnel ready", "pods", n)
 }
 
 // AddPod implements PodHandler: it opens the pod's listeners in its netns and
-// registers the inbound ones with the kernel.
+// registers them with the kernel. It waits for nothing remote: a certificate
+// the CA has yet to issue comes in the background (see certEntry), so the
+// node agent's ack (zds, 5 s per message) never waits on the CA (up to
+// signTimeout per request). The tunnel's lock covers the map of pods only.
 func (t *Tunnel) AddPod(ctx context.Context, pod LocalPod) error {
+	p, err := t.startPod(ctx, pod)
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	old := t.active[pod.UID]
 	delete(t.active, pod.UID)
-	p, err := t.startPod(ctx, pod)
+	stopped := t.stopped
+	if err == nil && !stopped {
+		t.active[pod.UID] = p
+	}
+	t.mu.Unlock()
 	if old != nil {
 		// The new proxy has taken the pod's listeners over (or failed to:
 		// then the pod fails closed): the old one drains as a whole
@@ -191,10 +205,13 @@ func (t *Tunnel) AddPod(ctx context.Context, pod LocalPod) error {
 		// drops no connection.
 		t.drains.Go(func() { old.drain(t.grace) })
 	}
+	if err == nil && stopped {
+		p.close()
+		err = errors.New("ztunnel stopping")
+	}
 	if err != nil {
 		return fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
-	t.active[pod.UID] = p
 	return nil
 }
 
@@ -210,19 +227,38 @@ func (t *Tunnel) RemovePod(_ context.Context, uid string) error {
 	return nil
 }
 
-// cert returns the certificate of a local identity, loading it the first time.
-func (t *Tunnel) cert(id identity.ID) (*identity.CertSource, error) {
+// cert returns the certificate of a local identity. A configured one is
+// loaded now (a local file: an error refuses the pod); one from the CA is
+// requested in the background the first time (fetchCert) and handshakes wait
+// for it (certEntry). The lock covers the map only.
+func (t *Tunnel) cert(id identity.ID) (*certEntry, error) {
 	t.certsMu.Lock()
-	defer t.certsMu.Unlock()
-	if c := t.certs[id]; c != nil {
-		return c, nil
+	e := t.certs[id]
+	t.certsMu.Unlock()
+	if e != nil {
+		return e, nil
 	}
-	c, err := t.loadCert(id)
-	if err != nil {
-		return nil, err
+	fromCA := t.fromCA(id)
+	if fromCA {
+		e = &certEntry{src: identity.NewCertSource(nil), ready: make(chan struct{})}
+	} else {
+		src, err := t.loadCert(id)
+		if err != nil {
+			return nil, err
+		}
+		e = readyCert(src)
 	}
-	t.certs[id] = c
-	return c, nil
+	t.certsMu.Lock()
+	if prev := t.certs[id]; prev != nil {
+		t.certsMu.Unlock()
+		return prev, nil
+	}
+	t.certs[id] = e
+	t.certsMu.Unlock()
+	if fromCA {
+		go t.fetchCert(id, e)
+	}
+	return e, nil
 }
 
 // SetMesh replaces the mesh view (workloads, services, policies, local

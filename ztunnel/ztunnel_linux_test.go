@@ -497,22 +497,7 @@ func TestTwoNodes(t *testing.T) {
 					before = refusals(node2.tun, "inbound", tc.refused)
 					defer countedOnce(t, "the refused handshake", node2.tun, "inbound", tc.refused, before)
 				}
-				pool, err := hbone.NewPool(hbone.PoolOptions{
-					TLSConfig: func(k hbone.Key) (*tls.Config, error) {
-						return identity.ClientConfig(identity.TLSOptions{Certs: identity.NewCertSource(tc.cert), Roots: good.Roots(), Authorize: identity.ExpectID(k.Dst)})
-					},
-					DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-						return n.dial("outsider", netip.MustParseAddrPort(addr))
-					},
-				})
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer pool.Close()
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				key := hbone.Key{Src: clientID, Dst: tc.expect, Addr: netip.AddrPortFrom(serverIP, hbone.Port)}
-				c, err := pool.Dial(ctx, key, netip.AddrPortFrom(serverIP, appPort).String(), nil)
+				c, err := n.hboneDial(t, 5*time.Second, tc.cert, good.Roots(), clientID, tc.expect, netip.AddrPortFrom(serverIP, appPort))
 				if !tc.ok {
 					if err == nil {
 						c.Close()
@@ -720,4 +705,27 @@ func countedOnce(t *testing.T, what string, tun *Tunnel, direction, reason strin
 	if got := refusals(tun, direction, reason) - before; got != 1 {
 		t.Errorf("%s counted %v times under %s/%s, want once", what, got, direction, reason)
 	}
+}
+
+// hboneDial opens a tunnel to dst over HBONE from the outsider's netns, as
+// src with cert, expecting the server to be expect: a ztunnel's client
+// played by the test.
+func (n *testNet) hboneDial(t *testing.T, timeout time.Duration, cert *tls.Certificate, roots *identity.Roots, src, expect identity.ID, dst netip.AddrPort) (net.Conn, error) {
+	t.Helper()
+	pool, err := hbone.NewPool(hbone.PoolOptions{
+		TLSConfig: func(k hbone.Key) (*tls.Config, error) {
+			return identity.ClientConfig(identity.TLSOptions{Certs: identity.NewCertSource(cert), Roots: roots, Authorize: identity.ExpectID(k.Dst)})
+		},
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return n.dial("outsider", netip.MustParseAddrPort(addr))
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pool.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	key := hbone.Key{Src: src, Dst: expect, Addr: netip.AddrPortFrom(dst.Addr(), hbone.Port)}
+	return pool.Dial(ctx, key, dst.String(), nil)
 }
