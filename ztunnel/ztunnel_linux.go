@@ -16,9 +16,9 @@ import (
 	"github.com/warrenmesh/warren/internal/zds"
 )
 
-// Pod ports of the tunnel, as the pods' connections see them. Since
-// listener handover, no tunnel listens on them: each tunnel generation
-// listens on ports of its own (127.0.0.1:0 and [::1]:0 for outbound, :0 for
+// Pod ports of the tunnel, as the pods' connections see them. No tunnel
+// listens on them, so that two generations can serve a pod during a
+// handover: each generation listens on ports of its own (127.0.0.1:0 and [::1]:0 for outbound, :0 for
 // inbound and HBONE) and tells the kernel (kernelMaps.setListeners), which
 // steers connections to the pod's 15006 and 15008 by socket, and its
 // redirected outbound connections to the current generation's port (15001
