@@ -114,10 +114,7 @@ func TestZDSHandOff(t *testing.T) {
 		}
 	})
 	n := newTestNet(t)
-	caCert, caKey := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca.key")
-	if err := WriteCA(caCert, caKey); err != nil {
-		t.Fatal(err)
-	}
+	ca, certs := meshCA(t, dir, "demo/client")
 	n.echoServer("outsider", appPort)
 	n.echoServer("client", appPort)
 
@@ -141,7 +138,7 @@ func TestZDSHandOff(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cfg := &Config{Node: "node1", CACert: caCert, CAKey: caKey, PinDir: filepath.Join(bpffs, "warren", "node1"),
+	cfg := &Config{Node: "node1", CABundle: ca.Bundle, Certs: certs, PinDir: filepath.Join(bpffs, "warren", "node1"),
 		Workloads: []Workload{{Name: "outsider", Namespace: "demo", IPs: []netip.Addr{outsiderIP}, Node: "node1"}}}
 	src := ZDSPods{Path: sock, Backoff: 20 * time.Millisecond, Logger: testLogger(t, "zds-client")}
 	tun, reg, stopTun := runTunnel(t, "ztunnel", cfg, src)

@@ -96,7 +96,7 @@ func New(cfg *Config, o Options) (*Tunnel, error) {
 	if err != nil {
 		return nil, err
 	}
-	certs, loadCert, err := loadCerts(cfg, time.Now())
+	certs, loadCert, err := loadCerts(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -113,7 +113,7 @@ func New(cfg *Config, o Options) (*Tunnel, error) {
 	if o.Sign != nil {
 		t.fromCA = func(id identity.ID) bool {
 			_, ok := cfg.Certs[certKey(id)]
-			return !ok && cfg.CAKey == ""
+			return !ok
 		}
 	}
 	return t, nil

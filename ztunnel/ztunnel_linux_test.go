@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -32,6 +31,7 @@ import (
 	"github.com/warrenmesh/warren/internal/netns"
 	"github.com/warrenmesh/warren/internal/netns/netnstest"
 	"github.com/warrenmesh/warren/nodeagent"
+	"github.com/warrenmesh/warren/ztunnel/ztunneltest"
 )
 
 // The tunnel switches network namespaces on other threads only.
@@ -284,7 +284,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // mesh returns the two nodes' configurations over one CA.
-func mesh(n *testNet, caCert, caKey string) (node1, node2 *Config) {
+func mesh(n *testNet, bundle string, certs map[string]CertPair) (node1, node2 *Config) {
 	wl := func(name, sa string, ip netip.Addr, node string, enrolled bool) Workload {
 		ips := []netip.Addr{ip}
 		if v6, ok := ip6Of[ip]; ok {
@@ -301,7 +301,7 @@ func mesh(n *testNet, caCert, caKey string) (node1, node2 *Config) {
 		{Name: "client", Namespace: "demo", VIPs: []netip.Addr{clientServiceVIP}, Ports: []ServicePort{{Port: 80, TargetPort: appPort}},
 			Endpoints: []Endpoint{{IP: clientIP, Ready: true}}}}
 	base := func(node string) *Config {
-		return &Config{Node: node, CACert: caCert, CAKey: caKey, Services: services}
+		return &Config{Node: node, CABundle: bundle, Certs: certs, Services: services}
 	}
 	node1 = base("node1")
 	node1.Pods = []LocalPod{{UID: "client-uid", Netns: n.path("client"), Workload: client}}
@@ -328,10 +328,7 @@ func TestTwoNodes(t *testing.T) {
 		}
 	})
 	n := newTestNet(t)
-	caCert, caKey := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca.key")
-	if err := WriteCA(caCert, caKey); err != nil {
-		t.Fatal(err)
-	}
+	ca, certs := meshCA(t, dir, "demo/client", "demo/server")
 	for _, role := range []string{"client", "server", "strict", "outsider"} {
 		n.echoServer(role, appPort)
 	}
@@ -368,7 +365,7 @@ func TestTwoNodes(t *testing.T) {
 		return b
 	}
 
-	cfg1, cfg2 := mesh(n, caCert, caKey)
+	cfg1, cfg2 := mesh(n, ca.Bundle, certs)
 	node2 := startNode(t, n, bpffs, "node2", cfg2)
 	node1 := startNode(t, n, bpffs, "node1", cfg1)
 
@@ -469,11 +466,7 @@ func TestTwoNodes(t *testing.T) {
 		}
 	})
 	t.Run("peer identity checked", func(t *testing.T) {
-		kp, err := tls.LoadX509KeyPair(caCert, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		good := &identitytest.CA{Cert: kp.Leaf, Key: kp.PrivateKey.(*ecdsa.PrivateKey)}
+		good := &identitytest.CA{Cert: ca.Cert, Key: ca.Key}
 		foreign := identitytest.NewCA(t)
 		clientID := identity.MustParse("spiffe://cluster.local/ns/demo/sa/client")
 		serverID := identity.MustParse("spiffe://cluster.local/ns/demo/sa/server")
@@ -728,4 +721,24 @@ func (n *testNet) hboneDial(t *testing.T, timeout time.Duration, cert *tls.Certi
 	defer cancel()
 	key := hbone.Key{Src: src, Dst: expect, Addr: netip.AddrPortFrom(dst.Addr(), hbone.Port)}
 	return pool.Dial(ctx, key, dst.String(), nil)
+}
+
+// meshCA makes a test's mesh CA in dir and an SVID for each service account
+// ("namespace/name"): the configuration's caBundle and certs.
+func meshCA(t *testing.T, dir string, accounts ...string) (*ztunneltest.CA, map[string]CertPair) {
+	t.Helper()
+	ca, err := ztunneltest.NewCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs := map[string]CertPair{}
+	for _, a := range accounts {
+		ns, sa, _ := strings.Cut(a, "/")
+		cert, key, err := ca.WriteSVID(identity.ID{TrustDomain: identity.DefaultTrustDomain, Namespace: ns, ServiceAccount: sa})
+		if err != nil {
+			t.Fatal(err)
+		}
+		certs[a] = CertPair{Cert: cert, Key: key}
+	}
+	return ca, certs
 }
