@@ -81,6 +81,34 @@ func serveZDS(t *testing.T, path string) (srv *zds.Server, stop func()) {
 	return srv, stop
 }
 
+// testBPFFS is a test's bpffs in dir (nodeagent.Open mounts it), unmounted
+// at cleanup.
+func testBPFFS(t *testing.T, dir string) string {
+	bpffs := filepath.Join(dir, "bpffs")
+	t.Cleanup(func() {
+		if err := unix.Unmount(bpffs, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			t.Errorf("unmount %s: %v", bpffs, err)
+		}
+	})
+	return bpffs
+}
+
+// openAgent opens a node's eBPF dataplane (its own pins in bpffs), as its
+// agent would, and uninstalls it at cleanup.
+func openAgent(t *testing.T, bpffs, node string) *nodeagent.Kernel {
+	t.Helper()
+	k, err := nodeagent.Open(context.Background(), nodeagent.Options{Node: node, BPFFS: bpffs, Logger: testLogger(t, node+"-agent")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := k.Uninstall(context.Background()); err != nil {
+			t.Errorf("uninstall %s: %v", node, err)
+		}
+	})
+	return k
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
@@ -107,27 +135,14 @@ func TestZDSHandOff(t *testing.T) {
 	top := t // servers and tunnels started in subtests live as long as the test
 	ctx := context.Background()
 	dir := t.TempDir()
-	bpffs := filepath.Join(dir, "bpffs")
-	t.Cleanup(func() {
-		if err := unix.Unmount(bpffs, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			t.Errorf("unmount %s: %v", bpffs, err)
-		}
-	})
+	bpffs := testBPFFS(t, dir)
 	n := newTestNet(t)
 	ca, certs := meshCA(t, dir, "demo/client")
 	n.echoServer("outsider", appPort)
 	n.echoServer("client", appPort)
 
 	// The agent's side: redirection for the pod, and its zds server.
-	k, err := nodeagent.Open(ctx, nodeagent.Options{Node: "node1", BPFFS: bpffs, Logger: testLogger(t, "agent")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := k.Uninstall(context.Background()); err != nil {
-			t.Errorf("uninstall: %v", err)
-		}
-	})
+	k := openAgent(t, bpffs, "node1")
 	if err := k.Enroll(ctx, nodeagent.Pod{UID: "client-uid", Netns: n.path("client"), IPs: []netip.Addr{clientIP}}); err != nil {
 		t.Fatal(err)
 	}
@@ -372,23 +387,10 @@ func TestZDSSlowCA(t *testing.T) {
 	requireKernel(t)
 	ctx := context.Background()
 	dir := t.TempDir()
-	bpffs := filepath.Join(dir, "bpffs")
-	t.Cleanup(func() {
-		if err := unix.Unmount(bpffs, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			t.Errorf("unmount %s: %v", bpffs, err)
-		}
-	})
+	bpffs := testBPFFS(t, dir)
 	n := newTestNet(t)
 	n.echoServer("server", appPort)
-	k, err := nodeagent.Open(ctx, nodeagent.Options{Node: "node1", BPFFS: bpffs, Logger: testLogger(t, "agent")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := k.Uninstall(context.Background()); err != nil {
-			t.Errorf("uninstall: %v", err)
-		}
-	})
+	k := openAgent(t, bpffs, "node1")
 	srv, _ := serveZDS(t, filepath.Join(dir, "ztunnel.sock"))
 	pods := []zds.Pod{
 		{UID: "client-uid", Namespace: "demo", Name: "client", ServiceAccount: "client", IPs: []netip.Addr{clientIP}},

@@ -224,15 +224,7 @@ type testNode struct {
 // and starts its ztunnel in this process.
 func startNode(t *testing.T, n *testNet, bpffs, name string, cfg *Config) *testNode {
 	t.Helper()
-	k, err := nodeagent.Open(context.Background(), nodeagent.Options{Node: name, BPFFS: bpffs, Logger: testLogger(t, name+"-agent")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := k.Uninstall(context.Background()); err != nil {
-			t.Errorf("uninstall %s: %v", name, err)
-		}
-	})
+	k := openAgent(t, bpffs, name)
 	for _, p := range cfg.Pods {
 		if err := k.Enroll(context.Background(), nodeagent.Pod{UID: p.UID, Netns: p.Netns, IPs: p.IPs}); err != nil {
 			t.Fatal(err)
