@@ -110,8 +110,8 @@ func (t *Tunnel) certsDump(w http.ResponseWriter, _ *http.Request) {
 	var out []certInfo
 	t.certsMu.Lock()
 	defer t.certsMu.Unlock()
-	for id, src := range t.certs {
-		c := src.Load()
+	for id, e := range t.certs {
+		c := e.src.Load()
 		if c == nil || c.Leaf == nil {
 			continue
 		}

@@ -71,13 +71,10 @@ type Config struct {
 	Policies  []Policy   `json:"policies,omitempty"`
 
 	// Certificates: CABundle (PEM file) holds the mesh roots. Certs gives a
-	// certificate and key file per local service account ("ns/sa"); or, for
-	// tests and benchmarks only, CAKey (with CACert) lets the ztunnel mint
-	// its own SVIDs at start: a real node must never hold the CA key.
+	// certificate and key file per local service account ("ns/sa"); without
+	// one, a ztunnel with a CA (Options.Sign) asks it.
 	CABundle string              `json:"caBundle"`
 	Certs    map[string]CertPair `json:"certs,omitempty"`
-	CACert   string              `json:"caCert,omitempty"`
-	CAKey    string              `json:"caKey,omitempty"`
 
 	// HBONE bounds the HTTP/2 connections (windows, frames, streams); zero
 	// fields take internal/hbone's defaults. The receive windows bound what a
@@ -240,11 +237,8 @@ func (c *Config) Validate() error {
 	if !validMode(c.Mode) {
 		bad("mode: %q: want STRICT or PERMISSIVE", c.Mode)
 	}
-	if c.CABundle == "" && c.CACert == "" {
+	if c.CABundle == "" {
 		bad("caBundle: required")
-	}
-	if (c.CAKey == "") != (c.CACert == "") {
-		bad("caKey and caCert: both or neither")
 	}
 	ips := map[netip.Addr]string{}
 	checkWorkload := func(field string, w *Workload) {
@@ -284,7 +278,7 @@ func (c *Config) Validate() error {
 		if p.Mode != "" && !validMode(p.Mode) {
 			bad("pods %s/%s: mode %q: want STRICT or PERMISSIVE", p.Namespace, p.Name, p.Mode)
 		}
-		if p.Enrolled && c.CAKey == "" {
+		if p.Enrolled {
 			if _, ok := c.Certs[p.Identity().Namespace+"/"+p.ServiceAccount]; !ok {
 				bad("certs: no certificate for %s/%s (pod %s)", p.Namespace, p.ServiceAccount, p.Name)
 			}

@@ -35,7 +35,8 @@ const helperEnv = "WARREN_ZTUNNEL_HELPER"
 
 type helperArgs struct {
 	Names              map[string]string
-	CACert, CAKey      string
+	Bundle             string
+	Certs              map[string]CertPair
 	PinDir             string
 	MetricsAddr, Ready string
 }
@@ -50,7 +51,7 @@ func TestZtunnelProcess(t *testing.T) {
 	if err := json.Unmarshal([]byte(raw), &a); err != nil {
 		t.Fatal(err)
 	}
-	cfg, _ := mesh(&testNet{names: a.Names}, a.CACert, a.CAKey)
+	cfg, _ := mesh(&testNet{names: a.Names}, a.Bundle, a.Certs)
 	cfg.PinDir, cfg.MetricsAddr, cfg.ReadyAddr = a.PinDir, a.MetricsAddr, a.Ready
 	tun, err := New(cfg, Options{Logger: testLogger(t, "node1-process"), DrainGrace: time.Second})
 	if err != nil {
@@ -69,13 +70,13 @@ type ztunnelProcess struct {
 
 // startProcess runs node1's ztunnel in a process of its own (TestZtunnelProcess)
 // and waits until it is ready.
-func startProcess(t *testing.T, n *testNet, caCert, caKey, pinDir string) *ztunnelProcess {
+func startProcess(t *testing.T, n *testNet, bundle string, certs map[string]CertPair, pinDir string) *ztunnelProcess {
 	t.Helper()
 	// Its node ports on a loopback address of this test's own: they set
 	// SO_REUSEPORT, so a port another test holds on 127.0.0.1 (a free port
 	// picked, then bound later) would be shared rather than refused.
 	host := fmt.Sprintf("127.78.%d.%d", os.Getpid()>>8&0xff, os.Getpid()&0xff)
-	a := helperArgs{Names: n.names, CACert: caCert, CAKey: caKey, PinDir: pinDir,
+	a := helperArgs{Names: n.names, Bundle: bundle, Certs: certs, PinDir: pinDir,
 		MetricsAddr: host + ":15020", Ready: host + ":15021"}
 	raw, err := json.Marshal(a)
 	if err != nil {
@@ -255,10 +256,7 @@ func TestHandover(t *testing.T) {
 		}
 	})
 	n := newTestNet(t)
-	caCert, caKey := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca.key")
-	if err := WriteCA(caCert, caKey); err != nil {
-		t.Fatal(err)
-	}
+	ca, certs := meshCA(t, dir, "demo/client", "demo/server")
 	n.echoServer("server", appPort)
 	n.echoServer("client", appPort)
 	n.echoServer("outsider", appPort)
@@ -282,7 +280,7 @@ func TestHandover(t *testing.T) {
 		}
 	}
 
-	cfg1, cfg2 := mesh(n, caCert, caKey)
+	cfg1, cfg2 := mesh(n, ca.Bundle, certs)
 	startNode(t, n, bpffs, "node2", cfg2)
 	// node1: its agent's dataplane, and its first ztunnel in this process.
 	k, err := nodeagent.Open(context.Background(), nodeagent.Options{Node: "node1", BPFFS: bpffs, Logger: testLogger(t, "node1-agent")})
@@ -380,7 +378,7 @@ func TestHandover(t *testing.T) {
 	before := l.ok.Load()
 
 	// The new ztunnel, a process of its own, takes the pods' listeners over.
-	proc := startProcess(t, n, caCert, caKey, pinDir)
+	proc := startProcess(t, n, ca.Bundle, certs, pinDir)
 	metrics2 := proc.metrics
 	time.Sleep(300 * time.Millisecond)
 	if err := longLine(); err != nil {

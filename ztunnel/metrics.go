@@ -2,6 +2,8 @@ package ztunnel
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/warrenmesh/warren/internal/identity"
 )
 
 // Security policies of a connection, the connection_security_policy label.
@@ -72,11 +74,17 @@ type connMetrics struct {
 	closed, received, sent prometheus.Counter
 }
 
-// open counts a connection opened and returns its counters for done.
-func (m *metrics) open(direction string, src, dst *Workload, svc *Service, mtls bool) connMetrics {
+// labelValues are a connection's values of connLabels. The source principal
+// is peer, the identity the source's mTLS handshake proved, whenever there
+// is one (it is bounded as workloads are: the mesh CA issues it); without
+// one, the known source workload's.
+func (m *metrics) labelValues(direction string, src *Workload, peer identity.ID, dst *Workload, svc *Service, mtls bool) []string {
 	lv := []string{direction, unknown, unknown, unknown, unknown, unknown, unknown, unknown, secNone}
 	if src != nil {
 		lv[1], lv[2], lv[3] = src.Name, src.Namespace, principal(src)
+	}
+	if !peer.IsZero() {
+		lv[3] = peer.String()
 	}
 	if dst != nil {
 		lv[4], lv[5], lv[6] = dst.Name, dst.Namespace, principal(dst)
@@ -87,6 +95,11 @@ func (m *metrics) open(direction string, src, dst *Workload, svc *Service, mtls 
 	if mtls {
 		lv[8] = secMTLS
 	}
+	return lv
+}
+
+// open counts a connection opened and returns its counters for done.
+func (m *metrics) open(lv []string) connMetrics {
 	m.opened.WithLabelValues(lv...).Inc()
 	return connMetrics{closed: m.closed.WithLabelValues(lv...), received: m.received.WithLabelValues(lv...), sent: m.sent.WithLabelValues(lv...)}
 }

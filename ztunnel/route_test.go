@@ -12,7 +12,7 @@ func testConfig(t *testing.T, mutate func(*Config)) *State {
 	t.Helper()
 	c := &Config{
 		Node: "node1", PinDir: "/sys/fs/bpf/warren/node1", CABundle: "ca.pem",
-		CACert: "ca.pem", CAKey: "ca.key",
+		Certs: map[string]CertPair{"demo/client": {"c.pem", "c.key"}, "demo/server": {"s.pem", "s.key"}},
 		Pods: []LocalPod{
 			{UID: "c1", Netns: "/run/netns/c", Workload: Workload{Name: "client", Namespace: "demo", ServiceAccount: "client", IPs: []netip.Addr{ip("10.0.1.2")}}},
 			{UID: "s1", Netns: "/run/netns/s", Workload: Workload{Name: "server", Namespace: "demo", ServiceAccount: "server", IPs: []netip.Addr{ip("10.0.1.3")}, Labels: map[string]string{"app": "echo"}}},
@@ -169,7 +169,7 @@ func TestValidate(t *testing.T) {
 		{"bad action", withPolicies(Policy{Name: "p", Namespace: "demo", Action: "AUDIT"}), `action "AUDIT"`},
 		{"bad principal", withPolicies(Policy{Name: "p", Namespace: "demo", Action: ActionDeny, Rules: []Rule{{From: []Source{{Principals: []string{"spiffe://x/y"}}}}}}), "principal"},
 		{"empty source", withPolicies(Policy{Name: "p", Namespace: "demo", Action: ActionDeny, Rules: []Rule{{From: []Source{{}}}}}), "principals or namespaces required"},
-		{"no certificate", func(c *Config) { c.CAKey, c.CACert = "", "" }, "certs: no certificate for demo/client"},
+		{"no certificate", func(c *Config) { delete(c.Certs, "demo/client") }, "certs: no certificate for demo/client"},
 		{"no netns", func(c *Config) { c.Pods[0].Netns = "" }, "netns: required"},
 		{"non-mesh knob", func(c *Config) { c.NonMesh = "drop" }, "nonMesh"},
 		{"hbone limits", func(c *Config) { c.HBONE.StreamWindow = 1000 }, "hbone: "},

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/warrenmesh/warren/internal/hbone"
 	"github.com/warrenmesh/warren/internal/identity"
 )
 
@@ -21,37 +22,90 @@ import (
 // ControlPlane.Sign is one.
 type SignFunc func(ctx context.Context, csrPEM []byte) (chainPEM, rootsPEM []byte, err error)
 
-// signTimeout bounds how long serving a new pod waits for its first
-// certificate: the controller may not have seen the pod on this node yet.
+// signTimeout bounds one certificate request to the CA.
 const signTimeout = 20 * time.Second
 
-// signed returns a certificate for a local identity from the CA, and keeps
-// it renewed for as long as the tunnel runs. The key is made here and never
-// leaves the node; only the CSR does.
-func (t *Tunnel) signed(id identity.ID) (*identity.CertSource, error) {
-	ctx, cancel := context.WithTimeout(t.runCtx, signTimeout)
-	defer cancel()
-	var (
-		cert *tls.Certificate
-		err  error
-	)
-	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
-		if cert, err = t.signOnce(ctx, id); err == nil {
+// certWait bounds how long a handshake waits for a certificate still on its
+// way from the CA; then it fails (closed), and the next one waits again.
+const certWait = hbone.DefaultHandshakeTimeout
+
+// certEntry is a local identity's certificate as handshakes use it: ready at
+// once when loaded from a file, or once the CA answered (fetchCert). Until
+// then, handshakes wait for it (certWait at most), so a pod is served, and
+// the node agent acked, before its identity's first certificate is issued.
+type certEntry struct {
+	src   *identity.CertSource
+	ready chan struct{} // closed once src holds a certificate
+}
+
+func readyCert(src *identity.CertSource) *certEntry {
+	e := &certEntry{src: src, ready: make(chan struct{})}
+	close(e.ready)
+	return e
+}
+
+func (e *certEntry) wait(ctx context.Context) error {
+	select {
+	case <-e.ready:
+		return nil
+	default:
+	}
+	timer := time.NewTimer(certWait)
+	defer timer.Stop()
+	select {
+	case <-e.ready:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+		return fmt.Errorf("%w: the CA has not answered yet", identity.ErrNoCertificate)
+	}
+}
+
+// getCertificate is the server's tls.Config.GetCertificate.
+func (e *certEntry) getCertificate(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if err := e.wait(h.Context()); err != nil {
+		return nil, err
+	}
+	return e.src.GetCertificate(h)
+}
+
+// getClientCertificate is the client's tls.Config.GetClientCertificate.
+func (e *certEntry) getClientCertificate(r *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	if err := e.wait(r.Context()); err != nil {
+		return nil, err
+	}
+	return e.src.GetClientCertificate(r)
+}
+
+// fetchCert gets a local identity's first certificate from the CA, retrying
+// until it comes or the tunnel stops (the controller may not have seen a new
+// pod on this node yet), then keeps it renewed. The key is made here and
+// never leaves the node; only the CSR does.
+func (t *Tunnel) fetchCert(id identity.ID, e *certEntry) {
+	ctx := t.runCtx
+	var cert *tls.Certificate
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		sctx, cancel := context.WithTimeout(ctx, signTimeout)
+		c, err := t.signOnce(sctx, id)
+		cancel()
+		if err == nil {
+			cert = c
 			break
 		}
 		t.metrics.certs.WithLabelValues("error").Inc()
-		t.log.Info("certificate request failed, retrying", "identity", id, "err", err)
+		t.log.Info("certificate request failed, retrying", "identity", id, "err", err, "in", wait)
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("certificate for %s: %w", id, err)
+			return
 		case <-time.After(wait):
 		}
 	}
+	e.src.Store(cert)
+	close(e.ready)
 	t.metrics.certs.WithLabelValues("issued").Inc()
-	src := identity.NewCertSource(cert)
 	t.log.Info("certificate issued", "identity", id, "not_after", cert.Leaf.NotAfter)
-	go t.renew(id, src)
-	return src, nil
+	t.renew(id, e.src)
 }
 
 // renew replaces src's certificate at half its lifetime. A failed renewal

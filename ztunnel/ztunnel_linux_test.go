@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -16,12 +15,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 
 	"github.com/warrenmesh/warren/internal/hbone"
@@ -30,6 +31,7 @@ import (
 	"github.com/warrenmesh/warren/internal/netns"
 	"github.com/warrenmesh/warren/internal/netns/netnstest"
 	"github.com/warrenmesh/warren/nodeagent"
+	"github.com/warrenmesh/warren/ztunnel/ztunneltest"
 )
 
 // The tunnel switches network namespaces on other threads only.
@@ -212,6 +214,7 @@ func (n *testNet) exchange(role string, dst netip.AddrPort) (greeting string, er
 
 type testNode struct {
 	kernel *nodeagent.Kernel
+	tun    *Tunnel
 	pinDir string
 	reg    *prometheus.Registry
 	stop   func()
@@ -221,15 +224,7 @@ type testNode struct {
 // and starts its ztunnel in this process.
 func startNode(t *testing.T, n *testNet, bpffs, name string, cfg *Config) *testNode {
 	t.Helper()
-	k, err := nodeagent.Open(context.Background(), nodeagent.Options{Node: name, BPFFS: bpffs, Logger: testLogger(t, name+"-agent")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := k.Uninstall(context.Background()); err != nil {
-			t.Errorf("uninstall %s: %v", name, err)
-		}
-	})
+	k := openAgent(t, bpffs, name)
 	for _, p := range cfg.Pods {
 		if err := k.Enroll(context.Background(), nodeagent.Pod{UID: p.UID, Netns: p.Netns, IPs: p.IPs}); err != nil {
 			t.Fatal(err)
@@ -266,7 +261,7 @@ func startNode(t *testing.T, n *testNet, bpffs, name string, cfg *Config) *testN
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return &testNode{kernel: k, pinDir: cfg.PinDir, reg: reg, stop: stop}
+	return &testNode{kernel: k, tun: tun, pinDir: cfg.PinDir, reg: reg, stop: stop}
 }
 
 func testLogger(t *testing.T, name string) *slog.Logger {
@@ -281,7 +276,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // mesh returns the two nodes' configurations over one CA.
-func mesh(n *testNet, caCert, caKey string) (node1, node2 *Config) {
+func mesh(n *testNet, bundle string, certs map[string]CertPair) (node1, node2 *Config) {
 	wl := func(name, sa string, ip netip.Addr, node string, enrolled bool) Workload {
 		ips := []netip.Addr{ip}
 		if v6, ok := ip6Of[ip]; ok {
@@ -298,7 +293,7 @@ func mesh(n *testNet, caCert, caKey string) (node1, node2 *Config) {
 		{Name: "client", Namespace: "demo", VIPs: []netip.Addr{clientServiceVIP}, Ports: []ServicePort{{Port: 80, TargetPort: appPort}},
 			Endpoints: []Endpoint{{IP: clientIP, Ready: true}}}}
 	base := func(node string) *Config {
-		return &Config{Node: node, CACert: caCert, CAKey: caKey, Services: services}
+		return &Config{Node: node, CABundle: bundle, Certs: certs, Services: services}
 	}
 	node1 = base("node1")
 	node1.Pods = []LocalPod{{UID: "client-uid", Netns: n.path("client"), Workload: client}}
@@ -325,10 +320,7 @@ func TestTwoNodes(t *testing.T) {
 		}
 	})
 	n := newTestNet(t)
-	caCert, caKey := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca.key")
-	if err := WriteCA(caCert, caKey); err != nil {
-		t.Fatal(err)
-	}
+	ca, certs := meshCA(t, dir, "demo/client", "demo/server")
 	for _, role := range []string{"client", "server", "strict", "outsider"} {
 		n.echoServer(role, appPort)
 	}
@@ -365,7 +357,7 @@ func TestTwoNodes(t *testing.T) {
 		return b
 	}
 
-	cfg1, cfg2 := mesh(n, caCert, caKey)
+	cfg1, cfg2 := mesh(n, ca.Bundle, certs)
 	node2 := startNode(t, n, bpffs, "node2", cfg2)
 	node1 := startNode(t, n, bpffs, "node1", cfg1)
 
@@ -413,8 +405,16 @@ func TestTwoNodes(t *testing.T) {
 		}
 	})
 	t.Run("DENY policy", func(t *testing.T) {
+		in, out := refusals(node2.tun, "inbound", reasonPolicy), refusals(node1.tun, "outbound", reasonHBONE)
+		opened := counter(t, node2.reg, "warren_ztunnel_tcp_connections_opened_total", map[string]string{"direction": "inbound"})
 		if got, err := n.exchange("client", netip.AddrPortFrom(serverIP, deniedPort)); err == nil {
 			t.Fatalf("denied port answered %q", got)
+		}
+		// Counted once on each side, and never as opened.
+		countedOnce(t, "the server's refusal", node2.tun, "inbound", reasonPolicy, in)
+		countedOnce(t, "the client's failed tunnel", node1.tun, "outbound", reasonHBONE, out)
+		if got := counter(t, node2.reg, "warren_ztunnel_tcp_connections_opened_total", map[string]string{"direction": "inbound"}); got != opened {
+			t.Errorf("a refused connection was counted as opened (%v, was %v)", got, opened)
 		}
 	})
 	t.Run("closed port on a mesh pod fails fast", func(t *testing.T) {
@@ -446,9 +446,11 @@ func TestTwoNodes(t *testing.T) {
 		}
 	})
 	t.Run("STRICT refuses a non-mesh client", func(t *testing.T) {
+		before := refusals(node2.tun, "inbound", reasonPolicy)
 		if got, err := n.exchange("outsider", netip.AddrPortFrom(strictIP, appPort)); err == nil {
 			t.Fatalf("STRICT pod answered plaintext: %q", got)
 		}
+		countedOnce(t, "STRICT's refusal", node2.tun, "inbound", reasonPolicy, before)
 	})
 	t.Run("STRICT pod reached over HBONE", func(t *testing.T) {
 		if _, err := n.exchange("client", netip.AddrPortFrom(strictIP, appPort)); err != nil {
@@ -456,11 +458,7 @@ func TestTwoNodes(t *testing.T) {
 		}
 	})
 	t.Run("peer identity checked", func(t *testing.T) {
-		kp, err := tls.LoadX509KeyPair(caCert, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		good := &identitytest.CA{Cert: kp.Leaf, Key: kp.PrivateKey.(*ecdsa.PrivateKey)}
+		good := &identitytest.CA{Cert: ca.Cert, Key: ca.Key}
 		foreign := identitytest.NewCA(t)
 		clientID := identity.MustParse("spiffe://cluster.local/ns/demo/sa/client")
 		serverID := identity.MustParse("spiffe://cluster.local/ns/demo/sa/server")
@@ -469,29 +467,22 @@ func TestTwoNodes(t *testing.T) {
 			cert   *tls.Certificate
 			expect identity.ID
 			ok     bool
+			// refused: the reason the server counts its refusal under
+			// (none when the client refuses the server).
+			refused string
 		}{
-			{"right CA and identities", good.Issue(t, clientID), serverID, true},
-			{"foreign CA", foreign.Issue(t, clientID), serverID, false},
-			{"foreign trust domain", good.Issue(t, identity.MustParse("spiffe://evil.local/ns/demo/sa/client")), serverID, false},
-			{"server is not who the client expects", good.Issue(t, clientID), identity.MustParse("spiffe://cluster.local/ns/demo/sa/other"), false},
+			{"right CA and identities", good.Issue(t, clientID), serverID, true, ""},
+			{"foreign CA", foreign.Issue(t, clientID), serverID, false, reasonUntrusted},
+			{"foreign trust domain", good.Issue(t, identity.MustParse("spiffe://evil.local/ns/demo/sa/client")), serverID, false, reasonIdentity},
+			{"server is not who the client expects", good.Issue(t, clientID), identity.MustParse("spiffe://cluster.local/ns/demo/sa/other"), false, ""},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
-				pool, err := hbone.NewPool(hbone.PoolOptions{
-					TLSConfig: func(k hbone.Key) (*tls.Config, error) {
-						return identity.ClientConfig(identity.TLSOptions{Certs: identity.NewCertSource(tc.cert), Roots: good.Roots(), Authorize: identity.ExpectID(k.Dst)})
-					},
-					DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-						return n.dial("outsider", netip.MustParseAddrPort(addr))
-					},
-				})
-				if err != nil {
-					t.Fatal(err)
+				var before float64
+				if tc.refused != "" {
+					before = refusals(node2.tun, "inbound", tc.refused)
+					defer countedOnce(t, "the refused handshake", node2.tun, "inbound", tc.refused, before)
 				}
-				defer pool.Close()
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				key := hbone.Key{Src: clientID, Dst: tc.expect, Addr: netip.AddrPortFrom(serverIP, hbone.Port)}
-				c, err := pool.Dial(ctx, key, netip.AddrPortFrom(serverIP, appPort).String(), nil)
+				c, err := n.hboneDial(t, 5*time.Second, tc.cert, good.Roots(), clientID, tc.expect, netip.AddrPortFrom(serverIP, appPort))
 				if !tc.ok {
 					if err == nil {
 						c.Close()
@@ -509,6 +500,27 @@ func TestTwoNodes(t *testing.T) {
 				}
 			})
 		}
+	})
+	t.Run("no client certificate: refused and counted", func(t *testing.T) {
+		before := refusals(node2.tun, "inbound", reasonNoClientCert)
+		raw, err := n.dial("outsider", netip.AddrPortFrom(serverIP, hbone.Port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer raw.Close()
+		raw.SetDeadline(time.Now().Add(5 * time.Second))
+		// TLS 1.3: the client's side of the handshake completes before the
+		// server has looked at the (missing) certificate; its refusal comes
+		// at the first read.
+		tc := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{identity.ALPN}, MinVersion: tls.VersionTLS13}) //nolint:gosec // the test is the client without a certificate
+		err = tc.Handshake()
+		if err == nil {
+			_, err = tc.Read(make([]byte, 1))
+		}
+		if err == nil {
+			t.Fatal("a client without a certificate was served")
+		}
+		countedOnce(t, "the refused handshake", node2.tun, "inbound", reasonNoClientCert, before)
 	})
 	t.Run("telemetry", func(t *testing.T) {
 		want := map[string]string{
@@ -528,6 +540,84 @@ func TestTwoNodes(t *testing.T) {
 		if !hasSeries(t, node2.reg, "warren_ztunnel_tcp_connections_closed_total", map[string]string{
 			"direction": "inbound", "source_workload": "outsider", "source_principal": "unknown", "connection_security_policy": "none"}) {
 			t.Error("no inbound plaintext series")
+		}
+		// The identity the handshake proved is the principal even where the
+		// source address is no workload of that identity ("peer identity
+		// checked" came from the outsider's address with the client's
+		// certificate).
+		if !hasSeries(t, node2.reg, "warren_ztunnel_tcp_connections_closed_total", map[string]string{
+			"direction": "inbound", "source_workload": "unknown", "source_principal": "spiffe://cluster.local/ns/demo/sa/client", "connection_security_policy": "mutual_tls"}) {
+			t.Error("no inbound mTLS series with the handshake's principal for an unknown source address")
+		}
+		if hasSeries(t, node2.reg, "warren_ztunnel_tcp_connections_opened_total", map[string]string{
+			"source_principal": "unknown", "connection_security_policy": "mutual_tls"}) {
+			t.Error("an mTLS connection was counted without its principal")
+		}
+	})
+	t.Run("a new DENY closes the connections it forbids, and only those", func(t *testing.T) {
+		open := func(role string, dst netip.AddrPort) (net.Conn, *bufio.Reader) {
+			t.Helper()
+			c, err := n.dial(role, dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			r := bufio.NewReader(c)
+			if greeting, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(greeting, "hello") {
+				t.Fatalf("%s: greeting %q, %v", role, greeting, err)
+			}
+			return c, r
+		}
+		echoes := func(c net.Conn, r *bufio.Reader) error {
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := fmt.Fprintf(c, "ping\n"); err != nil {
+				return err
+			}
+			line, err := r.ReadString('\n')
+			if err == nil && line != "ping\n" {
+				err = fmt.Errorf("echo %q", line)
+			}
+			return err
+		}
+		mtlsConn, mtlsR := open("client", netip.AddrPortFrom(serverIP, appPort))
+		plainConn, plainR := open("outsider", netip.AddrPortFrom(serverIP, appPort))
+		for _, c := range []struct {
+			c net.Conn
+			r *bufio.Reader
+		}{{mtlsConn, mtlsR}, {plainConn, plainR}} {
+			if err := echoes(c.c, c.r); err != nil {
+				t.Fatalf("before the DENY: %v", err)
+			}
+		}
+		mesh := Mesh{Workloads: cfg2.Workloads, Services: cfg2.Services, Policies: cfg2.Policies}
+		denyClient := Policy{Name: "deny-client", Namespace: "demo", Action: ActionDeny, Rules: []Rule{{
+			From: []Source{{Principals: []string{"spiffe://cluster.local/ns/demo/sa/client"}}},
+			To:   []Destination{{Ports: []uint16{appPort}}}}}}
+		withDeny := mesh
+		withDeny.Policies = append(slices.Clone(mesh.Policies), denyClient)
+		if err := node2.tun.SetMesh(withDeny); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := node2.tun.SetMesh(mesh); err != nil {
+				t.Error(err)
+			}
+		})
+		// The client's connection ends within a second (the read deadline):
+		// EOF or a reset, not a timeout.
+		mtlsConn.SetReadDeadline(time.Now().Add(time.Second))
+		b, err := io.ReadAll(mtlsR)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("the denied connection is still open a second after the DENY (read %q)", b)
+		}
+		// The plaintext client is not the principal the DENY names.
+		if err := echoes(plainConn, plainR); err != nil {
+			t.Fatalf("a connection the DENY does not cover was broken: %v", err)
+		}
+		if got, err := n.exchange("client", netip.AddrPortFrom(serverIP, appPort)); err == nil {
+			t.Fatalf("a new connection the DENY covers answered %q", got)
 		}
 	})
 	t.Run("killed ztunnel fails closed", func(t *testing.T) {
@@ -584,4 +674,63 @@ func hasSeries(t *testing.T, reg *prometheus.Registry, name string, labels map[s
 		}
 	}
 	return false
+}
+
+// refusals is the tunnel's warren_ztunnel_connections_refused_total for
+// direction and reason.
+func refusals(tun *Tunnel, direction, reason string) float64 {
+	return testutil.ToFloat64(tun.metrics.refused.WithLabelValues(direction, reason))
+}
+
+// countedOnce waits for one refusal more than before, then checks that there
+// was exactly one.
+func countedOnce(t *testing.T, what string, tun *Tunnel, direction, reason string, before float64) {
+	t.Helper()
+	waitFor(t, what+" to be counted", func() bool { return refusals(tun, direction, reason) > before })
+	if got := refusals(tun, direction, reason) - before; got != 1 {
+		t.Errorf("%s counted %v times under %s/%s, want once", what, got, direction, reason)
+	}
+}
+
+// hboneDial opens a tunnel to dst over HBONE from the outsider's netns, as
+// src with cert, expecting the server to be expect: a ztunnel's client
+// played by the test.
+func (n *testNet) hboneDial(t *testing.T, timeout time.Duration, cert *tls.Certificate, roots *identity.Roots, src, expect identity.ID, dst netip.AddrPort) (net.Conn, error) {
+	t.Helper()
+	pool, err := hbone.NewPool(hbone.PoolOptions{
+		TLSConfig: func(k hbone.Key) (*tls.Config, error) {
+			return identity.ClientConfig(identity.TLSOptions{Certs: identity.NewCertSource(cert), Roots: roots, Authorize: identity.ExpectID(k.Dst)})
+		},
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return n.dial("outsider", netip.MustParseAddrPort(addr))
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pool.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	key := hbone.Key{Src: src, Dst: expect, Addr: netip.AddrPortFrom(dst.Addr(), hbone.Port)}
+	return pool.Dial(ctx, key, dst.String(), nil)
+}
+
+// meshCA makes a test's mesh CA in dir and an SVID for each service account
+// ("namespace/name"): the configuration's caBundle and certs.
+func meshCA(t *testing.T, dir string, accounts ...string) (*ztunneltest.CA, map[string]CertPair) {
+	t.Helper()
+	ca, err := ztunneltest.NewCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs := map[string]CertPair{}
+	for _, a := range accounts {
+		ns, sa, _ := strings.Cut(a, "/")
+		cert, key, err := ca.WriteSVID(identity.ID{TrustDomain: identity.DefaultTrustDomain, Namespace: ns, ServiceAccount: sa})
+		if err != nil {
+			t.Fatal(err)
+		}
+		certs[a] = CertPair{Cert: cert, Key: key}
+	}
+	return ca, certs
 }

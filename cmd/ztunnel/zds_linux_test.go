@@ -14,12 +14,13 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/warrenmesh/warren/internal/identity"
 	"github.com/warrenmesh/warren/internal/netns"
 	"github.com/warrenmesh/warren/internal/netns/netnstest"
 	"github.com/warrenmesh/warren/internal/zds"
 	"github.com/warrenmesh/warren/nodeagent"
 	"github.com/warrenmesh/warren/nodeagent/pins"
-	"github.com/warrenmesh/warren/ztunnel"
+	"github.com/warrenmesh/warren/ztunnel/ztunneltest"
 )
 
 func freePort(t *testing.T) int {
@@ -84,12 +85,17 @@ func TestZDSMode(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	caCert, caKey := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca.key")
-	if err := ztunnel.WriteCA(caCert, caKey); err != nil {
+	ca, err := ztunneltest.NewCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key, err := ca.WriteSVID(identity.ID{TrustDomain: identity.DefaultTrustDomain, Namespace: pod.Namespace, ServiceAccount: pod.ServiceAccount})
+	if err != nil {
 		t.Fatal(err)
 	}
 	cfgFile := filepath.Join(dir, "static.yaml")
-	cfg := fmt.Sprintf("node: cmdtest\npinDir: %s\ncaCert: %s\ncaKey: %s\n", filepath.Join(bpffs, "warren", "cmdtest"), caCert, caKey)
+	cfg := fmt.Sprintf("node: cmdtest\npinDir: %s\ncaBundle: %s\ncerts:\n  %s/%s: {cert: %s, key: %s}\n",
+		filepath.Join(bpffs, "warren", "cmdtest"), ca.Bundle, pod.Namespace, pod.ServiceAccount, cert, key)
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -5,8 +5,8 @@
 // both ways, END_STREAM half-closes and RST_STREAM resets.
 //
 // It is a CONNECT-only HTTP/2 peer written on x/net/http2's Framer and hpack
-// rather than x/net's Transport and Server, because those cost about a third
-// of the throughput on the hot path. What makes it lean: one reader goroutine
+// rather than x/net's Transport and Server, which cost throughput on the hot
+// path (make bench; bench/results). What makes it lean: one reader goroutine
 // per connection that writes a DATA payload straight to the destination socket
 // when nothing is queued for that stream, large frames and windows, pooled
 // buffers, and every write's TLS records gathered into one syscall.
@@ -25,10 +25,9 @@ import (
 // Port is the HBONE port on every enrolled pod.
 const Port = 15008
 
-// Defaults for Limits. DefaultStreamWindow was 4 MiB: a stream's queue for a
-// slow reader filled to 3 MiB under one iperf stream and set the ztunnel's
-// peak RSS, while 1 MiB, far above the bandwidth-delay product between nodes,
-// moved as many bytes at less CPU (BenchmarkUpload, BenchmarkDownload).
+// Defaults for Limits. DefaultStreamWindow bounds what one slow reader makes
+// a peer buffer, so it sets a ztunnel's peak memory; it need only exceed the
+// bandwidth-delay product between nodes (BenchmarkUpload, BenchmarkDownload).
 const (
 	DefaultMaxConcurrentStreams = 100
 	DefaultMaxFrameSize         = 256 << 10

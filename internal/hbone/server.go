@@ -92,6 +92,9 @@ type Server struct {
 	wg        sync.WaitGroup
 }
 
+// errStreamGone ends a stream whose client left while the Handler decided.
+var errStreamGone = errors.New("hbone: stream ended before its response")
+
 // ErrServerClosed is returned by Serve after Close or Shutdown.
 var ErrServerClosed = errors.New("hbone: server closed")
 
@@ -350,6 +353,9 @@ func (srv *Server) runStream(c *conn, s *Stream, req *Request) {
 	if gone {
 		up.Close()
 		s.Close()
+		if srv.OnStreamDone != nil {
+			srv.OnStreamDone(req, StreamStats{Duration: time.Since(start), Err: errStreamGone})
+		}
 		return
 	}
 	c.kick()

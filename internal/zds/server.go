@@ -18,7 +18,10 @@ import (
 
 // ServerOptions configure a Server.
 type ServerOptions struct {
-	// AckTimeout bounds the wait for each ack; 5 s if zero.
+	// AckTimeout bounds the wait for each ack; 5 s if zero. The ztunnel
+	// acks an add once the pod's listeners are open and registered, which
+	// takes milliseconds: it waits for nothing remote (a certificate the
+	// mesh CA has yet to issue comes after the ack, see ztunnel.certEntry).
 	AckTimeout time.Duration
 	Logger     *slog.Logger
 }
@@ -30,10 +33,18 @@ type Server struct {
 	opts ServerOptions
 	log  *slog.Logger
 
-	mu     sync.Mutex
-	pods   map[string]*entry
-	conn   *net.UnixConn // the ztunnel, once its snapshot is acked; nil when none
-	closed bool
+	// io serializes the conversations (a snapshot, each delta), so that a
+	// delta follows any snapshot in flight and reaches the connection that
+	// snapshot makes current. A pod's netns descriptor is closed only while
+	// io is held: no message in flight carries a closed one. Order: io, then mu.
+	io sync.Mutex
+	// mu covers the fields below, only for reads and writes of them: no
+	// I/O under it, so Connected and Close never wait for a ztunnel.
+	mu      sync.Mutex
+	pods    map[string]*entry
+	conn    *net.UnixConn          // the ztunnel, once its snapshot is acked; nil when none
+	pending map[*net.UnixConn]bool // connections in their snapshot, for Close
+	closed  bool
 }
 
 type entry struct {
@@ -60,7 +71,7 @@ func Listen(path string, opts ServerOptions) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("zds: listen: %w", err)
 	}
-	return &Server{ln: ln, opts: opts, log: opts.Logger, pods: map[string]*entry{}}, nil
+	return &Server{ln: ln, opts: opts, log: opts.Logger, pods: map[string]*entry{}, pending: map[*net.UnixConn]bool{}}, nil
 }
 
 // Addr is the socket's path.
@@ -100,21 +111,29 @@ func (s *Server) handshake(c *net.UnixConn) {
 		c.Close()
 		return
 	}
+	s.io.Lock()
+	defer s.io.Unlock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
+		s.mu.Unlock()
 		c.Close()
 		return
 	}
-	uids := make([]string, 0, len(s.pods))
-	for uid := range s.pods {
-		uids = append(uids, uid)
+	snapshot := make([]*entry, 0, len(s.pods))
+	for _, e := range s.pods {
+		snapshot = append(snapshot, e)
 	}
-	sort.Strings(uids)
-	for _, uid := range uids {
-		e := s.pods[uid]
+	s.pending[c] = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.pending, c)
+		s.mu.Unlock()
+	}()
+	sort.Slice(snapshot, func(i, j int) bool { return snapshot[i].pod.UID < snapshot[j].pod.UID })
+	for _, e := range snapshot {
 		if err := s.exchange(c, Message{Type: TypeAdd, Pod: &e.pod}, e.netns); err != nil {
-			s.log.Warn("ztunnel snapshot failed", "pod", uid, "err", err)
+			s.log.Warn("ztunnel snapshot failed", "pod", e.pod.UID, "err", err)
 			if !errors.Is(err, ErrRejected) {
 				c.Close()
 				return
@@ -126,20 +145,29 @@ func (s *Server) handshake(c *net.UnixConn) {
 		c.Close()
 		return
 	}
-	if s.conn != nil {
+	s.mu.Lock()
+	prev, closed := s.conn, s.closed
+	if !closed {
+		s.conn = c
+	}
+	s.mu.Unlock()
+	if closed {
+		c.Close()
+		return
+	}
+	if prev != nil {
 		// The new ztunnel holds every pod's listeners now: the previous
 		// one must not come back for them.
-		_ = s.conn.SetDeadline(time.Now().Add(s.opts.AckTimeout))
-		if err := send(s.conn, Message{Type: TypeSuperseded}, nil); err != nil {
+		_ = prev.SetDeadline(time.Now().Add(s.opts.AckTimeout))
+		if err := send(prev, Message{Type: TypeSuperseded}, nil); err != nil {
 			s.log.Info("previous ztunnel not told it was superseded", "err", err)
 		}
-		s.conn.Close()
+		prev.Close()
 	}
-	s.conn = c
-	s.log.Info("ztunnel connected, snapshot sent", "pods", len(uids))
+	s.log.Info("ztunnel connected, snapshot sent", "pods", len(snapshot))
 }
 
-// exchange sends one message and waits for its ack. Call with s.mu held.
+// exchange sends one message and waits for its ack. Call with s.io held.
 func (s *Server) exchange(c *net.UnixConn, m Message, fd *os.File) error {
 	_ = c.SetDeadline(time.Now().Add(s.opts.AckTimeout))
 	if err := send(c, m, fd); err != nil {
@@ -160,16 +188,23 @@ func (s *Server) exchange(c *net.UnixConn, m Message, fd *os.File) error {
 
 // delta sends a message to the connected ztunnel, if any. A broken
 // connection is dropped (the ztunnel gets everything again when it comes
-// back), so only a refusal is an error. Call with s.mu held.
+// back), so only a refusal is an error. Call with s.io held.
 func (s *Server) delta(m Message, fd *os.File) error {
-	if s.conn == nil {
+	s.mu.Lock()
+	c := s.conn
+	s.mu.Unlock()
+	if c == nil {
 		return nil
 	}
-	err := s.exchange(s.conn, m, fd)
+	err := s.exchange(c, m, fd)
 	if err != nil && !errors.Is(err, ErrRejected) {
 		s.log.Warn("ztunnel connection lost", "err", err)
-		s.conn.Close()
-		s.conn = nil
+		s.mu.Lock()
+		if s.conn == c {
+			s.conn = nil
+		}
+		s.mu.Unlock()
+		c.Close()
 		return nil
 	}
 	return err
@@ -186,29 +221,36 @@ func (s *Server) AddPod(ctx context.Context, pod Pod, netnsPath string) error {
 		ns.Close()
 		return fmt.Errorf("zds: pod %s: %s is not a network namespace", pod.UID, netnsPath)
 	}
+	s.io.Lock()
+	defer s.io.Unlock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
+		s.mu.Unlock()
 		ns.Close()
 		return net.ErrClosed
 	}
-	if old := s.pods[pod.UID]; old != nil {
+	old := s.pods[pod.UID]
+	s.pods[pod.UID] = &entry{pod: pod, netns: ns}
+	s.mu.Unlock()
+	if old != nil {
 		old.netns.Close()
 	}
-	s.pods[pod.UID] = &entry{pod: pod, netns: ns}
 	return s.delta(Message{Type: TypeAdd, Pod: &pod}, ns)
 }
 
 // DeletePod forgets the pod and tells the ztunnel. Unknown pods are no error.
 func (s *Server) DeletePod(ctx context.Context, uid string) error {
+	s.io.Lock()
+	defer s.io.Unlock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	e := s.pods[uid]
 	if e == nil || s.closed {
+		s.mu.Unlock()
 		return nil
 	}
-	e.netns.Close()
 	delete(s.pods, uid)
+	s.mu.Unlock()
+	e.netns.Close()
 	return s.delta(Message{Type: TypeDelete, UID: uid}, nil)
 }
 
@@ -219,11 +261,12 @@ func (s *Server) Connected() bool {
 	return s.conn != nil
 }
 
-// Close stops listening, drops the ztunnel and closes every netns.
+// Close stops listening, drops the ztunnel (and any in its snapshot) and
+// closes every netns, once no message is in flight.
 func (s *Server) Close() error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
+		s.mu.Unlock()
 		return nil
 	}
 	s.closed = true
@@ -231,9 +274,20 @@ func (s *Server) Close() error {
 		s.conn.Close()
 		s.conn = nil
 	}
-	for _, e := range s.pods {
+	for c := range s.pending {
+		c.Close() // its snapshot fails at once
+	}
+	pods := s.pods
+	s.pods = nil
+	// Also removes the socket file, unless another agent's replaced it.
+	// Under mu: Serve, which reads closed under mu, returns only once the
+	// file is dealt with, so that a new server may bind the path then.
+	err := s.ln.Close()
+	s.mu.Unlock()
+	s.io.Lock()
+	defer s.io.Unlock()
+	for _, e := range pods {
 		e.netns.Close()
 	}
-	s.pods = nil
-	return s.ln.Close() // also removes the socket file, unless another agent's replaced it
+	return err
 }

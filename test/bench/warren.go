@@ -16,9 +16,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/warrenmesh/warren/internal/identity"
 	"github.com/warrenmesh/warren/internal/netns"
 	"github.com/warrenmesh/warren/nodeagent"
 	"github.com/warrenmesh/warren/ztunnel"
+	"github.com/warrenmesh/warren/ztunnel/ztunneltest"
 )
 
 // The harness enters the nodes' and pods' network namespaces on other threads (nodeagent,
@@ -84,11 +86,9 @@ func (w *warrenL4) Setup(ctx context.Context, env *Env) (Target, error) {
 		}
 		w.bin = bin
 	}
-	caCert, caKey := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca.key")
-	if _, err := os.Stat(caKey); err != nil {
-		if err := ztunnel.WriteCA(caCert, caKey); err != nil {
-			return Target{}, err
-		}
+	ca, err := ztunneltest.NewCA(dir)
+	if err != nil {
+		return Target{}, err
 	}
 	// A fresh bpffs per repetition (nodeagent.Open mounts it), removed at Teardown with
 	// everything pinned in it.
@@ -114,11 +114,15 @@ func (w *warrenL4) Setup(ctx context.Context, env *Env) (Target, error) {
 		if err := k.Enroll(ctx, nodeagent.Pod{UID: uid, Netns: podNetns, IPs: n.pod.IPs}); err != nil {
 			return Target{}, err
 		}
+		cert, key, err := ca.WriteSVID(identity.ID{TrustDomain: identity.DefaultTrustDomain, Namespace: n.pod.Namespace, ServiceAccount: n.pod.ServiceAccount})
+		if err != nil {
+			return Target{}, err
+		}
 		cfg := ztunnel.Config{
 			Node:      n.name,
 			PinDir:    filepath.Join(w.bpffs, "warren", n.name),
-			CACert:    caCert,
-			CAKey:     caKey,
+			CABundle:  ca.Bundle,
+			Certs:     map[string]ztunnel.CertPair{n.pod.Namespace + "/" + n.pod.ServiceAccount: {Cert: cert, Key: key}},
 			Pods:      []ztunnel.LocalPod{{UID: uid, Netns: podNetns, Workload: n.pod}},
 			Workloads: []ztunnel.Workload{n.peer},
 		}
