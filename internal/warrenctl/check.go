@@ -313,7 +313,7 @@ type ZtunnelProbe struct {
 }
 
 // ZtunnelResults judges one node's probe: ready, configuration acked and
-// none refused, certificates valid and not near expiry.
+// none refused, certificates valid and not near expiry (NearExpiry).
 func ZtunnelResults(p ZtunnelProbe, now time.Time) []Result {
 	cat := "ztunnel on " + p.Node
 	logs := fmt.Sprintf("kubectl -n %s logs %s -c %s", SystemNamespace, p.Pod, ZtunnelContainer)
@@ -345,7 +345,7 @@ func ZtunnelResults(p ZtunnelProbe, now time.Time) []Result {
 			switch {
 			case now.Before(c.NotBefore) || !now.Before(c.NotAfter):
 				bad = append(bad, c.Identity+" "+CertState(c.NotBefore, c.NotAfter, now))
-			case c.NotAfter.Sub(now) < CertWarnBefore:
+			case NearExpiry(c.NotBefore, c.NotAfter, now):
 				soon = append(soon, c.Identity+" "+CertState(c.NotBefore, c.NotAfter, now))
 			}
 		}

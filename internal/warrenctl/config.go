@@ -116,6 +116,14 @@ func (c Certs) Rows() [][]string {
 	return rows
 }
 
+// NearExpiry reports whether a certificate valid from nb to na is close
+// enough to expiry at now to warn: less than CertWarnBefore left, or, for
+// short-lived ones (workload certificates, which the ztunnel renews at half
+// their life), less than 40% of its life left, so a renewal is overdue.
+func NearExpiry(nb, na, now time.Time) bool {
+	return na.Sub(now) < min(CertWarnBefore, na.Sub(nb)*2/5)
+}
+
 // CertState says whether a certificate valid from nb to na is valid at now,
 // and how long it has left.
 func CertState(nb, na, now time.Time) string {
@@ -124,7 +132,7 @@ func CertState(nb, na, now time.Time) string {
 		return "NOT YET VALID"
 	case !now.Before(na):
 		return "EXPIRED"
-	case na.Sub(now) < CertWarnBefore:
+	case NearExpiry(nb, na, now):
 		return "EXPIRES IN " + Human(na.Sub(now))
 	}
 	return "VALID (" + Human(na.Sub(now)) + " left)"
