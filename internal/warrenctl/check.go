@@ -98,7 +98,7 @@ var kernelRE = regexp.MustCompile(`^(\d+)\.(\d+)`)
 func KernelAtLeast(v string, min [2]int) (bool, error) {
 	m := kernelRE.FindStringSubmatch(v)
 	if m == nil {
-		return false, fmt.Errorf("kernel version %q: not MAJOR.MINOR...", v)
+		return false, fmt.Errorf("kernel version %q: not MAJOR.MINOR", v)
 	}
 	major, _ := strconv.Atoi(m[1])
 	minor, _ := strconv.Atoi(m[2])

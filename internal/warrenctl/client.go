@@ -80,7 +80,6 @@ func Explain(err error, doing string) error {
 	if err == nil {
 		return nil
 	}
-	var se apierrors.APIStatus
 	switch {
 	case apierrors.IsForbidden(err):
 		return fmt.Errorf("cannot %s: forbidden (%s); ask for RBAC that allows it, or use another --context", doing, short(err))
@@ -90,8 +89,6 @@ func Explain(err error, doing string) error {
 		return fmt.Errorf("cannot %s: %s", doing, short(err))
 	case unreachable(err):
 		return fmt.Errorf("cannot %s: the API server is unreachable (%s); check --kubeconfig/--context and that the cluster is up", doing, short(err))
-	case errors.As(err, &se):
-		return fmt.Errorf("cannot %s: %s", doing, short(err))
 	}
 	return fmt.Errorf("cannot %s: %s", doing, short(err))
 }
