@@ -1,9 +1,17 @@
-// Command warrenctl is Warren's command line for operators. Verbs:
+// Command warrenctl is Warren's command line for operators:
 //
-//	warrenctl observe [flags]   stream live flows from every node agent, like hubble observe
+//	warrenctl check [--pre]          is the cluster ready for Warren / is Warren healthy
+//	warrenctl install | uninstall    apply or remove the manifests built into the binary
+//	warrenctl status                 nodes (versions, enrolled pods, certificates), namespaces
+//	warrenctl config KIND [--node]   what one ztunnel holds: workloads, services, policies, certs
+//	warrenctl enroll | unenroll NS   set or remove a namespace's warren.dev/mesh label
+//	warrenctl observe [flags]        stream live flows from every node agent, like hubble observe
+//	warrenctl version                this binary's version and the cluster's
+//	warrenctl completion SHELL       shell completion (bash, zsh, fish, powershell)
 //
-// It needs only a kubeconfig: it reaches each agent (DaemonSet warren-node
-// in warren-system) through a port-forward to the agent's pod.
+// It needs only a kubeconfig (--kubeconfig, --context, as kubectl): it reaches
+// the node agents and ztunnels (DaemonSet warren-node in warren-system)
+// through port-forwards to their pods.
 package main
 
 import (
@@ -15,81 +23,62 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/spf13/pflag"
-	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/klog/v2"
-
-	"github.com/warrenmesh/warren/internal/flagenv"
-	"github.com/warrenmesh/warren/internal/observe"
+	"github.com/spf13/cobra"
 )
 
 func main() {
-	if err := run(os.Args[1:], os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "warrenctl:", err)
-		os.Exit(1)
-	}
-}
-
-const usage = `usage: warrenctl observe [flags]
-
-Streams the TCP connections enrolled pods open, as the kernel saw them, from
-every node agent, until interrupted. Run "warrenctl observe --help" for its flags.`
-
-func run(args []string, out io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprintln(out, usage)
-		return nil
-	}
-	switch args[0] {
-	case "observe":
-		return runObserve(args[1:], out)
-	}
-	return fmt.Errorf("unknown verb %q\n%s", args[0], usage)
-}
-
-func runObserve(args []string, out io.Writer) error {
-	fs := pflag.NewFlagSet("warrenctl observe", pflag.ContinueOnError)
-	fs.String("kubeconfig", "", "kubeconfig path; $KUBECONFIG or ~/.kube/config if empty")
-	fs.String("context", "", "kubeconfig context; the current one if empty")
-	fs.StringP("namespace", "n", "", "only flows with an end in this namespace")
-	fs.String("pod", "", "only flows with an end at this pod (namespace/pod or pod)")
-	fs.String("from", "", "only flows from this source (namespace/pod, namespace/, pod or IP)")
-	fs.String("to", "", "only flows to this destination (namespace/pod, namespace/service, namespace/, pod or IP)")
-	fs.StringSlice("verdict", nil, "only these verdicts: established, closed, reset, failed (repeat or comma-separate)")
-	fs.StringP("output", "o", "table", "table or json (one object per line)")
-	fs.String("agent-namespace", observe.DefaultAgentNamespace, "namespace of the node agents")
-	fs.String("agent-selector", observe.DefaultAgentSelector, "label selector of the node agents' pods")
-	fs.Int("agent-port", observe.DefaultAgentPort, "the agents' flow stream port")
-	v, log, err := flagenv.Parse(fs, args, "WARRENCTL")
-	if errors.Is(err, pflag.ErrHelp) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	klog.SetSlogLogger(log.With("component", "client-go"))
-	filter, err := observe.FilterFromFlags(v.GetString("namespace"), v.GetString("pod"), v.GetString("from"), v.GetString("to"), v.GetStringSlice("verdict"))
-	if err != nil {
-		return err
-	}
-	if _, err := observe.Formatter(v.GetString("output")); err != nil {
-		return err
-	}
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = v.GetString("kubeconfig")
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
-		&clientcmd.ConfigOverrides{CurrentContext: v.GetString("context")}).ClientConfig()
-	if err != nil {
-		return fmt.Errorf("kubernetes config: %w", err)
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	return observe.Run(ctx, cfg, observe.Options{
-		AgentNamespace: v.GetString("agent-namespace"),
-		AgentSelector:  v.GetString("agent-selector"),
-		AgentPort:      v.GetInt("agent-port"),
-		Filter:         filter,
-		Output:         v.GetString("output"),
-		Log:            log,
-	}, out)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run runs the command line and returns the exit code: 0, or 1 after one
+// line on stderr saying what failed (or 1 after a failed check's report).
+func run(ctx context.Context, args []string, out, errOut io.Writer) int {
+	root := newRoot(out, errOut)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	var quiet silentError
+	if !errors.As(err, &quiet) {
+		fmt.Fprintln(errOut, "warrenctl:", err)
+	}
+	return 1
+}
+
+// silentError fails the command after it printed its own report.
+type silentError struct{ error }
+
+func newRoot(out, errOut io.Writer) *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:   "warrenctl",
+		Short: "Operate Warren, the sidecarless service mesh",
+		Long: `warrenctl installs, checks and inspects Warren in the cluster of your kubeconfig.
+
+It reaches the node agents and ztunnels through port-forwards to the
+warren-node pods, so a kubeconfig that may create pods/portforward in
+warren-system is all it needs.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(out)
+	root.SetErr(errOut)
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.kubeconfig, "kubeconfig", "", "kubeconfig path; $KUBECONFIG or ~/.kube/config if empty")
+	pf.StringVar(&g.context, "context", "", "kubeconfig context; the current one if empty")
+	pf.StringVar(&g.logLevel, "log-level", "info", "debug, info, warn or error (client logs, on stderr)")
+	root.AddCommand(
+		newObserve(g),
+		newEnroll(g, true), newEnroll(g, false),
+		newConfig(g),
+		newCheck(g),
+		newStatus(g),
+		newVersion(g),
+		newInstall(g), newUninstall(g),
+	)
+	return root
 }

@@ -9,8 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,10 +21,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/portforward"
-	"k8s.io/client-go/transport/spdy"
 
 	flowv1 "github.com/warrenmesh/warren/api/proto/flow/v1"
+	"github.com/warrenmesh/warren/internal/podforward"
 )
 
 // Defaults: where the node agents run and serve their flow stream.
@@ -158,36 +155,15 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options, out io.Writer) err
 
 // streamPod port-forwards to an agent pod's flow port and streams from it.
 func streamPod(ctx context.Context, cfg *rest.Config, namespace, pod string, port int, f *flowv1.Filter, out chan<- *flowv1.FlowEvent) error {
-	transport, upgrader, err := spdy.RoundTripperFor(cfg)
+	fwd, err := podforward.Open(ctx, cfg, namespace, pod, port)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
-	u, err := url.Parse(cfg.Host)
-	if err != nil {
-		return err
-	}
-	u.Path = strings.TrimSuffix(u.Path, "/") + fmt.Sprintf("/api/v1/namespaces/%s/pods/%s/portforward", namespace, pod)
-	dialer := spdy.NewDialer(upgrader, &http.Client{Transport: transport}, http.MethodPost, u)
-	stop, ready := make(chan struct{}), make(chan struct{})
-	pf, err := portforward.NewOnAddresses(dialer, []string{"127.0.0.1"}, []string{"0:" + strconv.Itoa(port)}, stop, ready, io.Discard, io.Discard)
-	if err != nil {
-		return err
-	}
-	fwdErr := make(chan error, 1)
-	go func() { fwdErr <- pf.ForwardPorts() }()
-	defer close(stop)
-	select {
-	case <-ready:
-	case err := <-fwdErr:
-		return fmt.Errorf("port-forward: %w", err)
-	case <-ctx.Done():
-		return nil
-	}
-	ports, err := pf.GetPorts()
-	if err != nil || len(ports) != 1 {
-		return fmt.Errorf("port-forward: %v", err)
-	}
-	return Stream(ctx, fmt.Sprintf("127.0.0.1:%d", ports[0].Local), f, out)
+	defer fwd.Close()
+	return Stream(ctx, fwd.Addr, f, out)
 }
 
 // Stream reads one agent's flow stream at addr into out until ctx ends or the stream does.
