@@ -124,6 +124,110 @@ func (Action) EnumDescriptor() ([]byte, []int) {
 	return file_mesh_proto_rawDescGZIP(), []int{1}
 }
 
+type RouteKind int32
+
+const (
+	RouteKind_ROUTE_KIND_UNSPECIFIED RouteKind = 0
+	RouteKind_ROUTE_KIND_HTTP        RouteKind = 1
+	RouteKind_ROUTE_KIND_GRPC        RouteKind = 2
+)
+
+// Enum value maps for RouteKind.
+var (
+	RouteKind_name = map[int32]string{
+		0: "ROUTE_KIND_UNSPECIFIED",
+		1: "ROUTE_KIND_HTTP",
+		2: "ROUTE_KIND_GRPC",
+	}
+	RouteKind_value = map[string]int32{
+		"ROUTE_KIND_UNSPECIFIED": 0,
+		"ROUTE_KIND_HTTP":        1,
+		"ROUTE_KIND_GRPC":        2,
+	}
+)
+
+func (x RouteKind) Enum() *RouteKind {
+	p := new(RouteKind)
+	*p = x
+	return p
+}
+
+func (x RouteKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RouteKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_proto_enumTypes[2].Descriptor()
+}
+
+func (RouteKind) Type() protoreflect.EnumType {
+	return &file_mesh_proto_enumTypes[2]
+}
+
+func (x RouteKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RouteKind.Descriptor instead.
+func (RouteKind) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{2}
+}
+
+type MatchType int32
+
+const (
+	MatchType_MATCH_TYPE_UNSPECIFIED MatchType = 0
+	// EXACT is the default of header, query and gRPC method matches.
+	MatchType_MATCH_TYPE_EXACT MatchType = 1
+	// PATH_PREFIX is the default of path matches (value "/").
+	MatchType_MATCH_TYPE_PATH_PREFIX MatchType = 2
+	// REGULAR_EXPRESSION: RE2 syntax, anchored at both ends.
+	MatchType_MATCH_TYPE_REGULAR_EXPRESSION MatchType = 3
+)
+
+// Enum value maps for MatchType.
+var (
+	MatchType_name = map[int32]string{
+		0: "MATCH_TYPE_UNSPECIFIED",
+		1: "MATCH_TYPE_EXACT",
+		2: "MATCH_TYPE_PATH_PREFIX",
+		3: "MATCH_TYPE_REGULAR_EXPRESSION",
+	}
+	MatchType_value = map[string]int32{
+		"MATCH_TYPE_UNSPECIFIED":        0,
+		"MATCH_TYPE_EXACT":              1,
+		"MATCH_TYPE_PATH_PREFIX":        2,
+		"MATCH_TYPE_REGULAR_EXPRESSION": 3,
+	}
+)
+
+func (x MatchType) Enum() *MatchType {
+	p := new(MatchType)
+	*p = x
+	return p
+}
+
+func (x MatchType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MatchType) Descriptor() protoreflect.EnumDescriptor {
+	return file_mesh_proto_enumTypes[3].Descriptor()
+}
+
+func (MatchType) Type() protoreflect.EnumType {
+	return &file_mesh_proto_enumTypes[3]
+}
+
+func (x MatchType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MatchType.Descriptor instead.
+func (MatchType) EnumDescriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{3}
+}
+
 type SubscribeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Kind:
@@ -449,6 +553,7 @@ type Resource struct {
 	//	*Resource_Peer
 	//	*Resource_Service
 	//	*Resource_Policy
+	//	*Resource_Route
 	Kind          isResource_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -534,6 +639,15 @@ func (x *Resource) GetPolicy() *Policy {
 	return nil
 }
 
+func (x *Resource) GetRoute() *Route {
+	if x != nil {
+		if x, ok := x.Kind.(*Resource_Route); ok {
+			return x.Route
+		}
+	}
+	return nil
+}
+
 type isResource_Kind interface {
 	isResource_Kind()
 }
@@ -554,6 +668,12 @@ type Resource_Policy struct {
 	Policy *Policy `protobuf:"bytes,5,opt,name=policy,proto3,oneof"`
 }
 
+type Resource_Route struct {
+	// route: "route/<namespace>/<name>" (HTTPRoute) or
+	// "grpcroute/<namespace>/<name>", for waypoints.
+	Route *Route `protobuf:"bytes,6,opt,name=route,proto3,oneof"`
+}
+
 func (*Resource_Workload) isResource_Kind() {}
 
 func (*Resource_Peer) isResource_Kind() {}
@@ -561,6 +681,8 @@ func (*Resource_Peer) isResource_Kind() {}
 func (*Resource_Service) isResource_Kind() {}
 
 func (*Resource_Policy) isResource_Kind() {}
+
+func (*Resource_Route) isResource_Kind() {}
 
 // Workload is an enrolled pod on the subscriber's node.
 type Workload struct {
@@ -749,12 +871,15 @@ func (x *Peer) GetName() string {
 }
 
 type Service struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Vips          []string               `protobuf:"bytes,3,rep,name=vips,proto3" json:"vips,omitempty"`
-	Ports         []*ServicePort         `protobuf:"bytes,4,rep,name=ports,proto3" json:"ports,omitempty"`
-	Endpoints     []*Endpoint            `protobuf:"bytes,5,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Vips      []string               `protobuf:"bytes,3,rep,name=vips,proto3" json:"vips,omitempty"`
+	Ports     []*ServicePort         `protobuf:"bytes,4,rep,name=ports,proto3" json:"ports,omitempty"`
+	Endpoints []*Endpoint            `protobuf:"bytes,5,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	// waypoint is "<namespace>/<name>" of the waypoint that handles traffic
+	// to this Service; empty: none.
+	Waypoint      string `protobuf:"bytes,6,opt,name=waypoint,proto3" json:"waypoint,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -824,14 +949,24 @@ func (x *Service) GetEndpoints() []*Endpoint {
 	return nil
 }
 
+func (x *Service) GetWaypoint() string {
+	if x != nil {
+		return x.Waypoint
+	}
+	return ""
+}
+
 type ServicePort struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Name           string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Port           uint32                 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
 	TargetPort     uint32                 `protobuf:"varint,3,opt,name=target_port,json=targetPort,proto3" json:"target_port,omitempty"`
 	TargetPortName string                 `protobuf:"bytes,4,opt,name=target_port_name,json=targetPortName,proto3" json:"target_port_name,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// app_protocol is the port's appProtocol: what a waypoint speaks on it
+	// (then the port's name decides; see WaypointConfig).
+	AppProtocol   string `protobuf:"bytes,5,opt,name=app_protocol,json=appProtocol,proto3" json:"app_protocol,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ServicePort) Reset() {
@@ -888,6 +1023,13 @@ func (x *ServicePort) GetTargetPort() uint32 {
 func (x *ServicePort) GetTargetPortName() string {
 	if x != nil {
 		return x.TargetPortName
+	}
+	return ""
+}
+
+func (x *ServicePort) GetAppProtocol() string {
+	if x != nil {
+		return x.AppProtocol
 	}
 	return ""
 }
@@ -1318,6 +1460,1272 @@ func (x *SignResponse) GetRoots() []byte {
 	return nil
 }
 
+// WaypointConfig is everything a waypoint serves from: the Services it
+// fronts (Service.waypoint names it) and those its routes send to, with
+// their endpoints; the routes attached to them (GAMMA: an HTTPRoute or
+// GRPCRoute whose parentRef is a Service); and the workloads behind the
+// endpoints, for telemetry names. A waypoint's static file holds one; over
+// a subscription it is the sum of the "service/", "route/" and "peer/"
+// resources.
+//
+// A port's protocol comes from its app_protocol ("http", "http2",
+// "kubernetes.io/h2c", "grpc"; "tcp"), then from its name ("http",
+// "http-*", "http2", "h2c", "grpc", "grpc-*"); anything else is TCP,
+// passed through as bytes.
+type WaypointConfig struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Services      []*Service             `protobuf:"bytes,1,rep,name=services,proto3" json:"services,omitempty"`
+	Routes        []*Route               `protobuf:"bytes,2,rep,name=routes,proto3" json:"routes,omitempty"`
+	Workloads     []*Peer                `protobuf:"bytes,3,rep,name=workloads,proto3" json:"workloads,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaypointConfig) Reset() {
+	*x = WaypointConfig{}
+	mi := &file_mesh_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaypointConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaypointConfig) ProtoMessage() {}
+
+func (x *WaypointConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaypointConfig.ProtoReflect.Descriptor instead.
+func (*WaypointConfig) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *WaypointConfig) GetServices() []*Service {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+func (x *WaypointConfig) GetRoutes() []*Route {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+func (x *WaypointConfig) GetWorkloads() []*Peer {
+	if x != nil {
+		return x.Workloads
+	}
+	return nil
+}
+
+// Route is an HTTPRoute or GRPCRoute as the controller compiled it: Gateway
+// API defaults filled in, references resolved to Services.
+type Route struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Kind      RouteKind              `protobuf:"varint,3,opt,name=kind,proto3,enum=warren.mesh.v1.RouteKind" json:"kind,omitempty"`
+	// created_unix is the creation timestamp (seconds): between equally
+	// specific matches of two routes the older wins, then the first by
+	// "<namespace>/<name>".
+	CreatedUnix   int64        `protobuf:"varint,4,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	Parents       []*ParentRef `protobuf:"bytes,5,rep,name=parents,proto3" json:"parents,omitempty"`
+	Rules         []*RouteRule `protobuf:"bytes,6,rep,name=rules,proto3" json:"rules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Route) Reset() {
+	*x = Route{}
+	mi := &file_mesh_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Route) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Route) ProtoMessage() {}
+
+func (x *Route) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Route.ProtoReflect.Descriptor instead.
+func (*Route) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *Route) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Route) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Route) GetKind() RouteKind {
+	if x != nil {
+		return x.Kind
+	}
+	return RouteKind_ROUTE_KIND_UNSPECIFIED
+}
+
+func (x *Route) GetCreatedUnix() int64 {
+	if x != nil {
+		return x.CreatedUnix
+	}
+	return 0
+}
+
+func (x *Route) GetParents() []*ParentRef {
+	if x != nil {
+		return x.Parents
+	}
+	return nil
+}
+
+func (x *Route) GetRules() []*RouteRule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+// ParentRef attaches a route to a Service, or to one of its ports.
+type ParentRef struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// port 0: every port of the Service.
+	Port          uint32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ParentRef) Reset() {
+	*x = ParentRef{}
+	mi := &file_mesh_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ParentRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ParentRef) ProtoMessage() {}
+
+func (x *ParentRef) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ParentRef.ProtoReflect.Descriptor instead.
+func (*ParentRef) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ParentRef) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ParentRef) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ParentRef) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+type RouteRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the rule's name, if it has one (for telemetry).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// matches: any one selects the rule; none matches every request.
+	Matches []*RouteMatch  `protobuf:"bytes,2,rep,name=matches,proto3" json:"matches,omitempty"`
+	Filters []*RouteFilter `protobuf:"bytes,3,rep,name=filters,proto3" json:"filters,omitempty"`
+	// backends: none answers 500, as do backends whose weights are all 0.
+	Backends      []*BackendRef `protobuf:"bytes,4,rep,name=backends,proto3" json:"backends,omitempty"`
+	Timeouts      *Timeouts     `protobuf:"bytes,5,opt,name=timeouts,proto3" json:"timeouts,omitempty"`
+	Retry         *Retry        `protobuf:"bytes,6,opt,name=retry,proto3" json:"retry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteRule) Reset() {
+	*x = RouteRule{}
+	mi := &file_mesh_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteRule) ProtoMessage() {}
+
+func (x *RouteRule) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteRule.ProtoReflect.Descriptor instead.
+func (*RouteRule) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RouteRule) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RouteRule) GetMatches() []*RouteMatch {
+	if x != nil {
+		return x.Matches
+	}
+	return nil
+}
+
+func (x *RouteRule) GetFilters() []*RouteFilter {
+	if x != nil {
+		return x.Filters
+	}
+	return nil
+}
+
+func (x *RouteRule) GetBackends() []*BackendRef {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
+func (x *RouteRule) GetTimeouts() *Timeouts {
+	if x != nil {
+		return x.Timeouts
+	}
+	return nil
+}
+
+func (x *RouteRule) GetRetry() *Retry {
+	if x != nil {
+		return x.Retry
+	}
+	return nil
+}
+
+// RouteMatch is one HTTPRouteMatch or GRPCRouteMatch: all of its parts must
+// match.
+type RouteMatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// path: HTTPRoute only; unset is PATH_PREFIX "/".
+	Path    *PathMatch     `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Headers []*HeaderMatch `protobuf:"bytes,2,rep,name=headers,proto3" json:"headers,omitempty"`
+	// query_params: HTTPRoute only.
+	QueryParams []*HeaderMatch `protobuf:"bytes,3,rep,name=query_params,json=queryParams,proto3" json:"query_params,omitempty"`
+	// method: HTTPRoute only; empty matches any.
+	Method string `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
+	// grpc: GRPCRoute only; unset matches any method.
+	Grpc          *GRPCMethodMatch `protobuf:"bytes,5,opt,name=grpc,proto3" json:"grpc,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteMatch) Reset() {
+	*x = RouteMatch{}
+	mi := &file_mesh_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteMatch) ProtoMessage() {}
+
+func (x *RouteMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteMatch.ProtoReflect.Descriptor instead.
+func (*RouteMatch) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RouteMatch) GetPath() *PathMatch {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+func (x *RouteMatch) GetHeaders() []*HeaderMatch {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *RouteMatch) GetQueryParams() []*HeaderMatch {
+	if x != nil {
+		return x.QueryParams
+	}
+	return nil
+}
+
+func (x *RouteMatch) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *RouteMatch) GetGrpc() *GRPCMethodMatch {
+	if x != nil {
+		return x.Grpc
+	}
+	return nil
+}
+
+type PathMatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          MatchType              `protobuf:"varint,1,opt,name=type,proto3,enum=warren.mesh.v1.MatchType" json:"type,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PathMatch) Reset() {
+	*x = PathMatch{}
+	mi := &file_mesh_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PathMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PathMatch) ProtoMessage() {}
+
+func (x *PathMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PathMatch.ProtoReflect.Descriptor instead.
+func (*PathMatch) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PathMatch) GetType() MatchType {
+	if x != nil {
+		return x.Type
+	}
+	return MatchType_MATCH_TYPE_UNSPECIFIED
+}
+
+func (x *PathMatch) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+// HeaderMatch matches a header (names are case-insensitive) or a query
+// parameter (names are exact).
+type HeaderMatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          MatchType              `protobuf:"varint,1,opt,name=type,proto3,enum=warren.mesh.v1.MatchType" json:"type,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Value         string                 `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeaderMatch) Reset() {
+	*x = HeaderMatch{}
+	mi := &file_mesh_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderMatch) ProtoMessage() {}
+
+func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderMatch.ProtoReflect.Descriptor instead.
+func (*HeaderMatch) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *HeaderMatch) GetType() MatchType {
+	if x != nil {
+		return x.Type
+	}
+	return MatchType_MATCH_TYPE_UNSPECIFIED
+}
+
+func (x *HeaderMatch) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HeaderMatch) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+// GRPCMethodMatch: service and method; either may be empty (any).
+type GRPCMethodMatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          MatchType              `protobuf:"varint,1,opt,name=type,proto3,enum=warren.mesh.v1.MatchType" json:"type,omitempty"`
+	Service       string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	Method        string                 `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GRPCMethodMatch) Reset() {
+	*x = GRPCMethodMatch{}
+	mi := &file_mesh_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GRPCMethodMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GRPCMethodMatch) ProtoMessage() {}
+
+func (x *GRPCMethodMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GRPCMethodMatch.ProtoReflect.Descriptor instead.
+func (*GRPCMethodMatch) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *GRPCMethodMatch) GetType() MatchType {
+	if x != nil {
+		return x.Type
+	}
+	return MatchType_MATCH_TYPE_UNSPECIFIED
+}
+
+func (x *GRPCMethodMatch) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *GRPCMethodMatch) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+type RouteFilter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*RouteFilter_RequestHeaderModifier
+	//	*RouteFilter_ResponseHeaderModifier
+	//	*RouteFilter_RequestRedirect
+	//	*RouteFilter_UrlRewrite
+	//	*RouteFilter_RequestMirror
+	Kind          isRouteFilter_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteFilter) Reset() {
+	*x = RouteFilter{}
+	mi := &file_mesh_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteFilter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteFilter) ProtoMessage() {}
+
+func (x *RouteFilter) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteFilter.ProtoReflect.Descriptor instead.
+func (*RouteFilter) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RouteFilter) GetKind() isRouteFilter_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *RouteFilter) GetRequestHeaderModifier() *HeaderModifier {
+	if x != nil {
+		if x, ok := x.Kind.(*RouteFilter_RequestHeaderModifier); ok {
+			return x.RequestHeaderModifier
+		}
+	}
+	return nil
+}
+
+func (x *RouteFilter) GetResponseHeaderModifier() *HeaderModifier {
+	if x != nil {
+		if x, ok := x.Kind.(*RouteFilter_ResponseHeaderModifier); ok {
+			return x.ResponseHeaderModifier
+		}
+	}
+	return nil
+}
+
+func (x *RouteFilter) GetRequestRedirect() *RequestRedirect {
+	if x != nil {
+		if x, ok := x.Kind.(*RouteFilter_RequestRedirect); ok {
+			return x.RequestRedirect
+		}
+	}
+	return nil
+}
+
+func (x *RouteFilter) GetUrlRewrite() *URLRewrite {
+	if x != nil {
+		if x, ok := x.Kind.(*RouteFilter_UrlRewrite); ok {
+			return x.UrlRewrite
+		}
+	}
+	return nil
+}
+
+func (x *RouteFilter) GetRequestMirror() *RequestMirror {
+	if x != nil {
+		if x, ok := x.Kind.(*RouteFilter_RequestMirror); ok {
+			return x.RequestMirror
+		}
+	}
+	return nil
+}
+
+type isRouteFilter_Kind interface {
+	isRouteFilter_Kind()
+}
+
+type RouteFilter_RequestHeaderModifier struct {
+	RequestHeaderModifier *HeaderModifier `protobuf:"bytes,1,opt,name=request_header_modifier,json=requestHeaderModifier,proto3,oneof"`
+}
+
+type RouteFilter_ResponseHeaderModifier struct {
+	ResponseHeaderModifier *HeaderModifier `protobuf:"bytes,2,opt,name=response_header_modifier,json=responseHeaderModifier,proto3,oneof"`
+}
+
+type RouteFilter_RequestRedirect struct {
+	RequestRedirect *RequestRedirect `protobuf:"bytes,3,opt,name=request_redirect,json=requestRedirect,proto3,oneof"`
+}
+
+type RouteFilter_UrlRewrite struct {
+	UrlRewrite *URLRewrite `protobuf:"bytes,4,opt,name=url_rewrite,json=urlRewrite,proto3,oneof"`
+}
+
+type RouteFilter_RequestMirror struct {
+	RequestMirror *RequestMirror `protobuf:"bytes,5,opt,name=request_mirror,json=requestMirror,proto3,oneof"`
+}
+
+func (*RouteFilter_RequestHeaderModifier) isRouteFilter_Kind() {}
+
+func (*RouteFilter_ResponseHeaderModifier) isRouteFilter_Kind() {}
+
+func (*RouteFilter_RequestRedirect) isRouteFilter_Kind() {}
+
+func (*RouteFilter_UrlRewrite) isRouteFilter_Kind() {}
+
+func (*RouteFilter_RequestMirror) isRouteFilter_Kind() {}
+
+type HeaderModifier struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Set           []*HTTPHeader          `protobuf:"bytes,1,rep,name=set,proto3" json:"set,omitempty"`
+	Add           []*HTTPHeader          `protobuf:"bytes,2,rep,name=add,proto3" json:"add,omitempty"`
+	Remove        []string               `protobuf:"bytes,3,rep,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeaderModifier) Reset() {
+	*x = HeaderModifier{}
+	mi := &file_mesh_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderModifier) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderModifier) ProtoMessage() {}
+
+func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderModifier.ProtoReflect.Descriptor instead.
+func (*HeaderModifier) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *HeaderModifier) GetSet() []*HTTPHeader {
+	if x != nil {
+		return x.Set
+	}
+	return nil
+}
+
+func (x *HeaderModifier) GetAdd() []*HTTPHeader {
+	if x != nil {
+		return x.Add
+	}
+	return nil
+}
+
+func (x *HeaderModifier) GetRemove() []string {
+	if x != nil {
+		return x.Remove
+	}
+	return nil
+}
+
+type HTTPHeader struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HTTPHeader) Reset() {
+	*x = HTTPHeader{}
+	mi := &file_mesh_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HTTPHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HTTPHeader) ProtoMessage() {}
+
+func (x *HTTPHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HTTPHeader.ProtoReflect.Descriptor instead.
+func (*HTTPHeader) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *HTTPHeader) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HTTPHeader) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+// PathModifier replaces the whole path, or the part the rule's PATH_PREFIX
+// match matched.
+type PathModifier struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*PathModifier_ReplaceFullPath
+	//	*PathModifier_ReplacePrefixMatch
+	Kind          isPathModifier_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PathModifier) Reset() {
+	*x = PathModifier{}
+	mi := &file_mesh_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PathModifier) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PathModifier) ProtoMessage() {}
+
+func (x *PathModifier) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PathModifier.ProtoReflect.Descriptor instead.
+func (*PathModifier) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *PathModifier) GetKind() isPathModifier_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *PathModifier) GetReplaceFullPath() string {
+	if x != nil {
+		if x, ok := x.Kind.(*PathModifier_ReplaceFullPath); ok {
+			return x.ReplaceFullPath
+		}
+	}
+	return ""
+}
+
+func (x *PathModifier) GetReplacePrefixMatch() string {
+	if x != nil {
+		if x, ok := x.Kind.(*PathModifier_ReplacePrefixMatch); ok {
+			return x.ReplacePrefixMatch
+		}
+	}
+	return ""
+}
+
+type isPathModifier_Kind interface {
+	isPathModifier_Kind()
+}
+
+type PathModifier_ReplaceFullPath struct {
+	ReplaceFullPath string `protobuf:"bytes,1,opt,name=replace_full_path,json=replaceFullPath,proto3,oneof"`
+}
+
+type PathModifier_ReplacePrefixMatch struct {
+	ReplacePrefixMatch string `protobuf:"bytes,2,opt,name=replace_prefix_match,json=replacePrefixMatch,proto3,oneof"`
+}
+
+func (*PathModifier_ReplaceFullPath) isPathModifier_Kind() {}
+
+func (*PathModifier_ReplacePrefixMatch) isPathModifier_Kind() {}
+
+type RequestRedirect struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// scheme, hostname, port: empty or 0 keeps the request's.
+	Scheme   string        `protobuf:"bytes,1,opt,name=scheme,proto3" json:"scheme,omitempty"`
+	Hostname string        `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Path     *PathModifier `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
+	Port     uint32        `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	// status_code: 301 or 302 (0: 302).
+	StatusCode    uint32 `protobuf:"varint,5,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestRedirect) Reset() {
+	*x = RequestRedirect{}
+	mi := &file_mesh_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestRedirect) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestRedirect) ProtoMessage() {}
+
+func (x *RequestRedirect) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestRedirect.ProtoReflect.Descriptor instead.
+func (*RequestRedirect) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *RequestRedirect) GetScheme() string {
+	if x != nil {
+		return x.Scheme
+	}
+	return ""
+}
+
+func (x *RequestRedirect) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *RequestRedirect) GetPath() *PathModifier {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+func (x *RequestRedirect) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *RequestRedirect) GetStatusCode() uint32 {
+	if x != nil {
+		return x.StatusCode
+	}
+	return 0
+}
+
+type URLRewrite struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Hostname      string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Path          *PathModifier          `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *URLRewrite) Reset() {
+	*x = URLRewrite{}
+	mi := &file_mesh_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *URLRewrite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*URLRewrite) ProtoMessage() {}
+
+func (x *URLRewrite) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use URLRewrite.ProtoReflect.Descriptor instead.
+func (*URLRewrite) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *URLRewrite) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *URLRewrite) GetPath() *PathModifier {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+type RequestMirror struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Backend *BackendRef            `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"`
+	// percent of requests mirrored; unset: all.
+	Percent       *uint32 `protobuf:"varint,2,opt,name=percent,proto3,oneof" json:"percent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestMirror) Reset() {
+	*x = RequestMirror{}
+	mi := &file_mesh_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestMirror) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestMirror) ProtoMessage() {}
+
+func (x *RequestMirror) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestMirror.ProtoReflect.Descriptor instead.
+func (*RequestMirror) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *RequestMirror) GetBackend() *BackendRef {
+	if x != nil {
+		return x.Backend
+	}
+	return nil
+}
+
+func (x *RequestMirror) GetPercent() uint32 {
+	if x != nil && x.Percent != nil {
+		return *x.Percent
+	}
+	return 0
+}
+
+// BackendRef is a Service port to send to.
+type BackendRef struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Port      uint32                 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	// weight: relative share; unset is 1, 0 is never picked.
+	Weight        *int32 `protobuf:"varint,4,opt,name=weight,proto3,oneof" json:"weight,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackendRef) Reset() {
+	*x = BackendRef{}
+	mi := &file_mesh_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendRef) ProtoMessage() {}
+
+func (x *BackendRef) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendRef.ProtoReflect.Descriptor instead.
+func (*BackendRef) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *BackendRef) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *BackendRef) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BackendRef) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *BackendRef) GetWeight() int32 {
+	if x != nil && x.Weight != nil {
+		return *x.Weight
+	}
+	return 0
+}
+
+// Timeouts, in milliseconds; 0 is none.
+type Timeouts struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// request bounds the whole exchange for the client, every retry included.
+	RequestMs uint64 `protobuf:"varint,1,opt,name=request_ms,json=requestMs,proto3" json:"request_ms,omitempty"`
+	// backend_request bounds each attempt to a backend.
+	BackendRequestMs uint64 `protobuf:"varint,2,opt,name=backend_request_ms,json=backendRequestMs,proto3" json:"backend_request_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *Timeouts) Reset() {
+	*x = Timeouts{}
+	mi := &file_mesh_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Timeouts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Timeouts) ProtoMessage() {}
+
+func (x *Timeouts) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Timeouts.ProtoReflect.Descriptor instead.
+func (*Timeouts) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *Timeouts) GetRequestMs() uint64 {
+	if x != nil {
+		return x.RequestMs
+	}
+	return 0
+}
+
+func (x *Timeouts) GetBackendRequestMs() uint64 {
+	if x != nil {
+		return x.BackendRequestMs
+	}
+	return 0
+}
+
+// Retry retries an attempt that failed to connect or was reset, or whose
+// response status is one of codes.
+type Retry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// codes: 5xx statuses to retry.
+	Codes []uint32 `protobuf:"varint,1,rep,packed,name=codes,proto3" json:"codes,omitempty"`
+	// attempts: retries after the first attempt.
+	Attempts int32 `protobuf:"varint,2,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// backoff_ms: the base of the jittered exponential backoff (0: 25 ms).
+	BackoffMs     uint64 `protobuf:"varint,3,opt,name=backoff_ms,json=backoffMs,proto3" json:"backoff_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Retry) Reset() {
+	*x = Retry{}
+	mi := &file_mesh_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Retry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Retry) ProtoMessage() {}
+
+func (x *Retry) ProtoReflect() protoreflect.Message {
+	mi := &file_mesh_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Retry.ProtoReflect.Descriptor instead.
+func (*Retry) Descriptor() ([]byte, []int) {
+	return file_mesh_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *Retry) GetCodes() []uint32 {
+	if x != nil {
+		return x.Codes
+	}
+	return nil
+}
+
+func (x *Retry) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *Retry) GetBackoffMs() uint64 {
+	if x != nil {
+		return x.BackoffMs
+	}
+	return 0
+}
+
 var File_mesh_proto protoreflect.FileDescriptor
 
 const file_mesh_proto_rawDesc = "" +
@@ -1340,13 +2748,14 @@ const file_mesh_proto_rawDesc = "" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x1a\n" +
 	"\bsnapshot\x18\x02 \x01(\bR\bsnapshot\x122\n" +
 	"\aupserts\x18\x03 \x03(\v2\x18.warren.mesh.v1.ResourceR\aupserts\x12\x1a\n" +
-	"\bremovals\x18\x04 \x03(\tR\bremovals\"\xef\x01\n" +
+	"\bremovals\x18\x04 \x03(\tR\bremovals\"\x9e\x02\n" +
 	"\bResource\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x126\n" +
 	"\bworkload\x18\x02 \x01(\v2\x18.warren.mesh.v1.WorkloadH\x00R\bworkload\x12*\n" +
 	"\x04peer\x18\x03 \x01(\v2\x14.warren.mesh.v1.PeerH\x00R\x04peer\x123\n" +
 	"\aservice\x18\x04 \x01(\v2\x17.warren.mesh.v1.ServiceH\x00R\aservice\x120\n" +
-	"\x06policy\x18\x05 \x01(\v2\x16.warren.mesh.v1.PolicyH\x00R\x06policyB\x06\n" +
+	"\x06policy\x18\x05 \x01(\v2\x16.warren.mesh.v1.PolicyH\x00R\x06policy\x12-\n" +
+	"\x05route\x18\x06 \x01(\v2\x15.warren.mesh.v1.RouteH\x00R\x05routeB\x06\n" +
 	"\x04kind\"\xd5\x02\n" +
 	"\bWorkload\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x1c\n" +
@@ -1366,19 +2775,21 @@ const file_mesh_proto_rawDesc = "" +
 	"\x03ips\x18\x03 \x03(\tR\x03ips\x12\x1a\n" +
 	"\bidentity\x18\x04 \x01(\tR\bidentity\x12\x1c\n" +
 	"\tnamespace\x18\x05 \x01(\tR\tnamespace\x12\x12\n" +
-	"\x04name\x18\x06 \x01(\tR\x04name\"\xba\x01\n" +
+	"\x04name\x18\x06 \x01(\tR\x04name\"\xd6\x01\n" +
 	"\aService\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
 	"\x04vips\x18\x03 \x03(\tR\x04vips\x121\n" +
 	"\x05ports\x18\x04 \x03(\v2\x1b.warren.mesh.v1.ServicePortR\x05ports\x126\n" +
-	"\tendpoints\x18\x05 \x03(\v2\x18.warren.mesh.v1.EndpointR\tendpoints\"\x80\x01\n" +
+	"\tendpoints\x18\x05 \x03(\v2\x18.warren.mesh.v1.EndpointR\tendpoints\x12\x1a\n" +
+	"\bwaypoint\x18\x06 \x01(\tR\bwaypoint\"\xa3\x01\n" +
 	"\vServicePort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1f\n" +
 	"\vtarget_port\x18\x03 \x01(\rR\n" +
 	"targetPort\x12(\n" +
-	"\x10target_port_name\x18\x04 \x01(\tR\x0etargetPortName\"\x94\x02\n" +
+	"\x10target_port_name\x18\x04 \x01(\tR\x0etargetPortName\x12!\n" +
+	"\fapp_protocol\x18\x05 \x01(\tR\vappProtocol\"\x94\x02\n" +
 	"\bEndpoint\x12\x0e\n" +
 	"\x02ip\x18\x01 \x01(\tR\x02ip\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12!\n" +
@@ -1417,7 +2828,99 @@ const file_mesh_proto_rawDesc = "" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\":\n" +
 	"\fSignResponse\x12\x14\n" +
 	"\x05chain\x18\x01 \x01(\fR\x05chain\x12\x14\n" +
-	"\x05roots\x18\x02 \x01(\fR\x05roots*U\n" +
+	"\x05roots\x18\x02 \x01(\fR\x05roots\"\xa8\x01\n" +
+	"\x0eWaypointConfig\x123\n" +
+	"\bservices\x18\x01 \x03(\v2\x17.warren.mesh.v1.ServiceR\bservices\x12-\n" +
+	"\x06routes\x18\x02 \x03(\v2\x15.warren.mesh.v1.RouteR\x06routes\x122\n" +
+	"\tworkloads\x18\x03 \x03(\v2\x14.warren.mesh.v1.PeerR\tworkloads\"\xf1\x01\n" +
+	"\x05Route\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12-\n" +
+	"\x04kind\x18\x03 \x01(\x0e2\x19.warren.mesh.v1.RouteKindR\x04kind\x12!\n" +
+	"\fcreated_unix\x18\x04 \x01(\x03R\vcreatedUnix\x123\n" +
+	"\aparents\x18\x05 \x03(\v2\x19.warren.mesh.v1.ParentRefR\aparents\x12/\n" +
+	"\x05rules\x18\x06 \x03(\v2\x19.warren.mesh.v1.RouteRuleR\x05rules\"Q\n" +
+	"\tParentRef\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\"\xa7\x02\n" +
+	"\tRouteRule\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x124\n" +
+	"\amatches\x18\x02 \x03(\v2\x1a.warren.mesh.v1.RouteMatchR\amatches\x125\n" +
+	"\afilters\x18\x03 \x03(\v2\x1b.warren.mesh.v1.RouteFilterR\afilters\x126\n" +
+	"\bbackends\x18\x04 \x03(\v2\x1a.warren.mesh.v1.BackendRefR\bbackends\x124\n" +
+	"\btimeouts\x18\x05 \x01(\v2\x18.warren.mesh.v1.TimeoutsR\btimeouts\x12+\n" +
+	"\x05retry\x18\x06 \x01(\v2\x15.warren.mesh.v1.RetryR\x05retry\"\xff\x01\n" +
+	"\n" +
+	"RouteMatch\x12-\n" +
+	"\x04path\x18\x01 \x01(\v2\x19.warren.mesh.v1.PathMatchR\x04path\x125\n" +
+	"\aheaders\x18\x02 \x03(\v2\x1b.warren.mesh.v1.HeaderMatchR\aheaders\x12>\n" +
+	"\fquery_params\x18\x03 \x03(\v2\x1b.warren.mesh.v1.HeaderMatchR\vqueryParams\x12\x16\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\x123\n" +
+	"\x04grpc\x18\x05 \x01(\v2\x1f.warren.mesh.v1.GRPCMethodMatchR\x04grpc\"P\n" +
+	"\tPathMatch\x12-\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x19.warren.mesh.v1.MatchTypeR\x04type\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"f\n" +
+	"\vHeaderMatch\x12-\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x19.warren.mesh.v1.MatchTypeR\x04type\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x03 \x01(\tR\x05value\"r\n" +
+	"\x0fGRPCMethodMatch\x12-\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x19.warren.mesh.v1.MatchTypeR\x04type\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x16\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\"\xa0\x03\n" +
+	"\vRouteFilter\x12X\n" +
+	"\x17request_header_modifier\x18\x01 \x01(\v2\x1e.warren.mesh.v1.HeaderModifierH\x00R\x15requestHeaderModifier\x12Z\n" +
+	"\x18response_header_modifier\x18\x02 \x01(\v2\x1e.warren.mesh.v1.HeaderModifierH\x00R\x16responseHeaderModifier\x12L\n" +
+	"\x10request_redirect\x18\x03 \x01(\v2\x1f.warren.mesh.v1.RequestRedirectH\x00R\x0frequestRedirect\x12=\n" +
+	"\vurl_rewrite\x18\x04 \x01(\v2\x1a.warren.mesh.v1.URLRewriteH\x00R\n" +
+	"urlRewrite\x12F\n" +
+	"\x0erequest_mirror\x18\x05 \x01(\v2\x1d.warren.mesh.v1.RequestMirrorH\x00R\rrequestMirrorB\x06\n" +
+	"\x04kind\"\x84\x01\n" +
+	"\x0eHeaderModifier\x12,\n" +
+	"\x03set\x18\x01 \x03(\v2\x1a.warren.mesh.v1.HTTPHeaderR\x03set\x12,\n" +
+	"\x03add\x18\x02 \x03(\v2\x1a.warren.mesh.v1.HTTPHeaderR\x03add\x12\x16\n" +
+	"\x06remove\x18\x03 \x03(\tR\x06remove\"6\n" +
+	"\n" +
+	"HTTPHeader\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"x\n" +
+	"\fPathModifier\x12,\n" +
+	"\x11replace_full_path\x18\x01 \x01(\tH\x00R\x0freplaceFullPath\x122\n" +
+	"\x14replace_prefix_match\x18\x02 \x01(\tH\x00R\x12replacePrefixMatchB\x06\n" +
+	"\x04kind\"\xac\x01\n" +
+	"\x0fRequestRedirect\x12\x16\n" +
+	"\x06scheme\x18\x01 \x01(\tR\x06scheme\x12\x1a\n" +
+	"\bhostname\x18\x02 \x01(\tR\bhostname\x120\n" +
+	"\x04path\x18\x03 \x01(\v2\x1c.warren.mesh.v1.PathModifierR\x04path\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\rR\x04port\x12\x1f\n" +
+	"\vstatus_code\x18\x05 \x01(\rR\n" +
+	"statusCode\"Z\n" +
+	"\n" +
+	"URLRewrite\x12\x1a\n" +
+	"\bhostname\x18\x01 \x01(\tR\bhostname\x120\n" +
+	"\x04path\x18\x02 \x01(\v2\x1c.warren.mesh.v1.PathModifierR\x04path\"p\n" +
+	"\rRequestMirror\x124\n" +
+	"\abackend\x18\x01 \x01(\v2\x1a.warren.mesh.v1.BackendRefR\abackend\x12\x1d\n" +
+	"\apercent\x18\x02 \x01(\rH\x00R\apercent\x88\x01\x01B\n" +
+	"\n" +
+	"\b_percent\"z\n" +
+	"\n" +
+	"BackendRef\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\x12\x1b\n" +
+	"\x06weight\x18\x04 \x01(\x05H\x00R\x06weight\x88\x01\x01B\t\n" +
+	"\a_weight\"W\n" +
+	"\bTimeouts\x12\x1d\n" +
+	"\n" +
+	"request_ms\x18\x01 \x01(\x04R\trequestMs\x12,\n" +
+	"\x12backend_request_ms\x18\x02 \x01(\x04R\x10backendRequestMs\"X\n" +
+	"\x05Retry\x12\x14\n" +
+	"\x05codes\x18\x01 \x03(\rR\x05codes\x12\x1a\n" +
+	"\battempts\x18\x02 \x01(\x05R\battempts\x12\x1d\n" +
+	"\n" +
+	"backoff_ms\x18\x03 \x01(\x04R\tbackoffMs*U\n" +
 	"\bMTLSMode\x12\x19\n" +
 	"\x15MTLS_MODE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10MTLS_MODE_STRICT\x10\x01\x12\x18\n" +
@@ -1425,7 +2928,16 @@ const file_mesh_proto_rawDesc = "" +
 	"\x06Action\x12\x16\n" +
 	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fACTION_ALLOW\x10\x01\x12\x0f\n" +
-	"\vACTION_DENY\x10\x022\xa7\x01\n" +
+	"\vACTION_DENY\x10\x02*Q\n" +
+	"\tRouteKind\x12\x1a\n" +
+	"\x16ROUTE_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fROUTE_KIND_HTTP\x10\x01\x12\x13\n" +
+	"\x0fROUTE_KIND_GRPC\x10\x02*|\n" +
+	"\tMatchType\x12\x1a\n" +
+	"\x16MATCH_TYPE_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10MATCH_TYPE_EXACT\x10\x01\x12\x1a\n" +
+	"\x16MATCH_TYPE_PATH_PREFIX\x10\x02\x12!\n" +
+	"\x1dMATCH_TYPE_REGULAR_EXPRESSION\x10\x032\xa7\x01\n" +
 	"\fDistribution\x12I\n" +
 	"\tSubscribe\x12 .warren.mesh.v1.SubscribeRequest\x1a\x16.warren.mesh.v1.Update(\x010\x01\x12L\n" +
 	"\x0fSignCertificate\x12\x1b.warren.mesh.v1.SignRequest\x1a\x1c.warren.mesh.v1.SignResponseB7Z5github.com/warrenmesh/warren/api/proto/mesh/v1;meshv1b\x06proto3"
@@ -1442,60 +2954,109 @@ func file_mesh_proto_rawDescGZIP() []byte {
 	return file_mesh_proto_rawDescData
 }
 
-var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_mesh_proto_goTypes = []any{
 	(MTLSMode)(0),            // 0: warren.mesh.v1.MTLSMode
 	(Action)(0),              // 1: warren.mesh.v1.Action
-	(*SubscribeRequest)(nil), // 2: warren.mesh.v1.SubscribeRequest
-	(*Hello)(nil),            // 3: warren.mesh.v1.Hello
-	(*Ack)(nil),              // 4: warren.mesh.v1.Ack
-	(*Nack)(nil),             // 5: warren.mesh.v1.Nack
-	(*Update)(nil),           // 6: warren.mesh.v1.Update
-	(*Resource)(nil),         // 7: warren.mesh.v1.Resource
-	(*Workload)(nil),         // 8: warren.mesh.v1.Workload
-	(*Peer)(nil),             // 9: warren.mesh.v1.Peer
-	(*Service)(nil),          // 10: warren.mesh.v1.Service
-	(*ServicePort)(nil),      // 11: warren.mesh.v1.ServicePort
-	(*Endpoint)(nil),         // 12: warren.mesh.v1.Endpoint
-	(*Policy)(nil),           // 13: warren.mesh.v1.Policy
-	(*Rule)(nil),             // 14: warren.mesh.v1.Rule
-	(*Source)(nil),           // 15: warren.mesh.v1.Source
-	(*Destination)(nil),      // 16: warren.mesh.v1.Destination
-	(*SignRequest)(nil),      // 17: warren.mesh.v1.SignRequest
-	(*SignResponse)(nil),     // 18: warren.mesh.v1.SignResponse
-	nil,                      // 19: warren.mesh.v1.Workload.LabelsEntry
-	nil,                      // 20: warren.mesh.v1.Endpoint.PortsEntry
-	nil,                      // 21: warren.mesh.v1.Policy.SelectorEntry
+	(RouteKind)(0),           // 2: warren.mesh.v1.RouteKind
+	(MatchType)(0),           // 3: warren.mesh.v1.MatchType
+	(*SubscribeRequest)(nil), // 4: warren.mesh.v1.SubscribeRequest
+	(*Hello)(nil),            // 5: warren.mesh.v1.Hello
+	(*Ack)(nil),              // 6: warren.mesh.v1.Ack
+	(*Nack)(nil),             // 7: warren.mesh.v1.Nack
+	(*Update)(nil),           // 8: warren.mesh.v1.Update
+	(*Resource)(nil),         // 9: warren.mesh.v1.Resource
+	(*Workload)(nil),         // 10: warren.mesh.v1.Workload
+	(*Peer)(nil),             // 11: warren.mesh.v1.Peer
+	(*Service)(nil),          // 12: warren.mesh.v1.Service
+	(*ServicePort)(nil),      // 13: warren.mesh.v1.ServicePort
+	(*Endpoint)(nil),         // 14: warren.mesh.v1.Endpoint
+	(*Policy)(nil),           // 15: warren.mesh.v1.Policy
+	(*Rule)(nil),             // 16: warren.mesh.v1.Rule
+	(*Source)(nil),           // 17: warren.mesh.v1.Source
+	(*Destination)(nil),      // 18: warren.mesh.v1.Destination
+	(*SignRequest)(nil),      // 19: warren.mesh.v1.SignRequest
+	(*SignResponse)(nil),     // 20: warren.mesh.v1.SignResponse
+	(*WaypointConfig)(nil),   // 21: warren.mesh.v1.WaypointConfig
+	(*Route)(nil),            // 22: warren.mesh.v1.Route
+	(*ParentRef)(nil),        // 23: warren.mesh.v1.ParentRef
+	(*RouteRule)(nil),        // 24: warren.mesh.v1.RouteRule
+	(*RouteMatch)(nil),       // 25: warren.mesh.v1.RouteMatch
+	(*PathMatch)(nil),        // 26: warren.mesh.v1.PathMatch
+	(*HeaderMatch)(nil),      // 27: warren.mesh.v1.HeaderMatch
+	(*GRPCMethodMatch)(nil),  // 28: warren.mesh.v1.GRPCMethodMatch
+	(*RouteFilter)(nil),      // 29: warren.mesh.v1.RouteFilter
+	(*HeaderModifier)(nil),   // 30: warren.mesh.v1.HeaderModifier
+	(*HTTPHeader)(nil),       // 31: warren.mesh.v1.HTTPHeader
+	(*PathModifier)(nil),     // 32: warren.mesh.v1.PathModifier
+	(*RequestRedirect)(nil),  // 33: warren.mesh.v1.RequestRedirect
+	(*URLRewrite)(nil),       // 34: warren.mesh.v1.URLRewrite
+	(*RequestMirror)(nil),    // 35: warren.mesh.v1.RequestMirror
+	(*BackendRef)(nil),       // 36: warren.mesh.v1.BackendRef
+	(*Timeouts)(nil),         // 37: warren.mesh.v1.Timeouts
+	(*Retry)(nil),            // 38: warren.mesh.v1.Retry
+	nil,                      // 39: warren.mesh.v1.Workload.LabelsEntry
+	nil,                      // 40: warren.mesh.v1.Endpoint.PortsEntry
+	nil,                      // 41: warren.mesh.v1.Policy.SelectorEntry
 }
 var file_mesh_proto_depIdxs = []int32{
-	3,  // 0: warren.mesh.v1.SubscribeRequest.hello:type_name -> warren.mesh.v1.Hello
-	4,  // 1: warren.mesh.v1.SubscribeRequest.ack:type_name -> warren.mesh.v1.Ack
-	5,  // 2: warren.mesh.v1.SubscribeRequest.nack:type_name -> warren.mesh.v1.Nack
-	7,  // 3: warren.mesh.v1.Update.upserts:type_name -> warren.mesh.v1.Resource
-	8,  // 4: warren.mesh.v1.Resource.workload:type_name -> warren.mesh.v1.Workload
-	9,  // 5: warren.mesh.v1.Resource.peer:type_name -> warren.mesh.v1.Peer
-	10, // 6: warren.mesh.v1.Resource.service:type_name -> warren.mesh.v1.Service
-	13, // 7: warren.mesh.v1.Resource.policy:type_name -> warren.mesh.v1.Policy
-	19, // 8: warren.mesh.v1.Workload.labels:type_name -> warren.mesh.v1.Workload.LabelsEntry
-	0,  // 9: warren.mesh.v1.Workload.mtls_mode:type_name -> warren.mesh.v1.MTLSMode
-	11, // 10: warren.mesh.v1.Service.ports:type_name -> warren.mesh.v1.ServicePort
-	12, // 11: warren.mesh.v1.Service.endpoints:type_name -> warren.mesh.v1.Endpoint
-	20, // 12: warren.mesh.v1.Endpoint.ports:type_name -> warren.mesh.v1.Endpoint.PortsEntry
-	21, // 13: warren.mesh.v1.Policy.selector:type_name -> warren.mesh.v1.Policy.SelectorEntry
-	1,  // 14: warren.mesh.v1.Policy.action:type_name -> warren.mesh.v1.Action
-	14, // 15: warren.mesh.v1.Policy.rules:type_name -> warren.mesh.v1.Rule
-	15, // 16: warren.mesh.v1.Rule.from:type_name -> warren.mesh.v1.Source
-	16, // 17: warren.mesh.v1.Rule.to:type_name -> warren.mesh.v1.Destination
-	2,  // 18: warren.mesh.v1.Distribution.Subscribe:input_type -> warren.mesh.v1.SubscribeRequest
-	17, // 19: warren.mesh.v1.Distribution.SignCertificate:input_type -> warren.mesh.v1.SignRequest
-	6,  // 20: warren.mesh.v1.Distribution.Subscribe:output_type -> warren.mesh.v1.Update
-	18, // 21: warren.mesh.v1.Distribution.SignCertificate:output_type -> warren.mesh.v1.SignResponse
-	20, // [20:22] is the sub-list for method output_type
-	18, // [18:20] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	5,  // 0: warren.mesh.v1.SubscribeRequest.hello:type_name -> warren.mesh.v1.Hello
+	6,  // 1: warren.mesh.v1.SubscribeRequest.ack:type_name -> warren.mesh.v1.Ack
+	7,  // 2: warren.mesh.v1.SubscribeRequest.nack:type_name -> warren.mesh.v1.Nack
+	9,  // 3: warren.mesh.v1.Update.upserts:type_name -> warren.mesh.v1.Resource
+	10, // 4: warren.mesh.v1.Resource.workload:type_name -> warren.mesh.v1.Workload
+	11, // 5: warren.mesh.v1.Resource.peer:type_name -> warren.mesh.v1.Peer
+	12, // 6: warren.mesh.v1.Resource.service:type_name -> warren.mesh.v1.Service
+	15, // 7: warren.mesh.v1.Resource.policy:type_name -> warren.mesh.v1.Policy
+	22, // 8: warren.mesh.v1.Resource.route:type_name -> warren.mesh.v1.Route
+	39, // 9: warren.mesh.v1.Workload.labels:type_name -> warren.mesh.v1.Workload.LabelsEntry
+	0,  // 10: warren.mesh.v1.Workload.mtls_mode:type_name -> warren.mesh.v1.MTLSMode
+	13, // 11: warren.mesh.v1.Service.ports:type_name -> warren.mesh.v1.ServicePort
+	14, // 12: warren.mesh.v1.Service.endpoints:type_name -> warren.mesh.v1.Endpoint
+	40, // 13: warren.mesh.v1.Endpoint.ports:type_name -> warren.mesh.v1.Endpoint.PortsEntry
+	41, // 14: warren.mesh.v1.Policy.selector:type_name -> warren.mesh.v1.Policy.SelectorEntry
+	1,  // 15: warren.mesh.v1.Policy.action:type_name -> warren.mesh.v1.Action
+	16, // 16: warren.mesh.v1.Policy.rules:type_name -> warren.mesh.v1.Rule
+	17, // 17: warren.mesh.v1.Rule.from:type_name -> warren.mesh.v1.Source
+	18, // 18: warren.mesh.v1.Rule.to:type_name -> warren.mesh.v1.Destination
+	12, // 19: warren.mesh.v1.WaypointConfig.services:type_name -> warren.mesh.v1.Service
+	22, // 20: warren.mesh.v1.WaypointConfig.routes:type_name -> warren.mesh.v1.Route
+	11, // 21: warren.mesh.v1.WaypointConfig.workloads:type_name -> warren.mesh.v1.Peer
+	2,  // 22: warren.mesh.v1.Route.kind:type_name -> warren.mesh.v1.RouteKind
+	23, // 23: warren.mesh.v1.Route.parents:type_name -> warren.mesh.v1.ParentRef
+	24, // 24: warren.mesh.v1.Route.rules:type_name -> warren.mesh.v1.RouteRule
+	25, // 25: warren.mesh.v1.RouteRule.matches:type_name -> warren.mesh.v1.RouteMatch
+	29, // 26: warren.mesh.v1.RouteRule.filters:type_name -> warren.mesh.v1.RouteFilter
+	36, // 27: warren.mesh.v1.RouteRule.backends:type_name -> warren.mesh.v1.BackendRef
+	37, // 28: warren.mesh.v1.RouteRule.timeouts:type_name -> warren.mesh.v1.Timeouts
+	38, // 29: warren.mesh.v1.RouteRule.retry:type_name -> warren.mesh.v1.Retry
+	26, // 30: warren.mesh.v1.RouteMatch.path:type_name -> warren.mesh.v1.PathMatch
+	27, // 31: warren.mesh.v1.RouteMatch.headers:type_name -> warren.mesh.v1.HeaderMatch
+	27, // 32: warren.mesh.v1.RouteMatch.query_params:type_name -> warren.mesh.v1.HeaderMatch
+	28, // 33: warren.mesh.v1.RouteMatch.grpc:type_name -> warren.mesh.v1.GRPCMethodMatch
+	3,  // 34: warren.mesh.v1.PathMatch.type:type_name -> warren.mesh.v1.MatchType
+	3,  // 35: warren.mesh.v1.HeaderMatch.type:type_name -> warren.mesh.v1.MatchType
+	3,  // 36: warren.mesh.v1.GRPCMethodMatch.type:type_name -> warren.mesh.v1.MatchType
+	30, // 37: warren.mesh.v1.RouteFilter.request_header_modifier:type_name -> warren.mesh.v1.HeaderModifier
+	30, // 38: warren.mesh.v1.RouteFilter.response_header_modifier:type_name -> warren.mesh.v1.HeaderModifier
+	33, // 39: warren.mesh.v1.RouteFilter.request_redirect:type_name -> warren.mesh.v1.RequestRedirect
+	34, // 40: warren.mesh.v1.RouteFilter.url_rewrite:type_name -> warren.mesh.v1.URLRewrite
+	35, // 41: warren.mesh.v1.RouteFilter.request_mirror:type_name -> warren.mesh.v1.RequestMirror
+	31, // 42: warren.mesh.v1.HeaderModifier.set:type_name -> warren.mesh.v1.HTTPHeader
+	31, // 43: warren.mesh.v1.HeaderModifier.add:type_name -> warren.mesh.v1.HTTPHeader
+	32, // 44: warren.mesh.v1.RequestRedirect.path:type_name -> warren.mesh.v1.PathModifier
+	32, // 45: warren.mesh.v1.URLRewrite.path:type_name -> warren.mesh.v1.PathModifier
+	36, // 46: warren.mesh.v1.RequestMirror.backend:type_name -> warren.mesh.v1.BackendRef
+	4,  // 47: warren.mesh.v1.Distribution.Subscribe:input_type -> warren.mesh.v1.SubscribeRequest
+	19, // 48: warren.mesh.v1.Distribution.SignCertificate:input_type -> warren.mesh.v1.SignRequest
+	8,  // 49: warren.mesh.v1.Distribution.Subscribe:output_type -> warren.mesh.v1.Update
+	20, // 50: warren.mesh.v1.Distribution.SignCertificate:output_type -> warren.mesh.v1.SignResponse
+	49, // [49:51] is the sub-list for method output_type
+	47, // [47:49] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_mesh_proto_init() }
@@ -1513,14 +3074,28 @@ func file_mesh_proto_init() {
 		(*Resource_Peer)(nil),
 		(*Resource_Service)(nil),
 		(*Resource_Policy)(nil),
+		(*Resource_Route)(nil),
 	}
+	file_mesh_proto_msgTypes[25].OneofWrappers = []any{
+		(*RouteFilter_RequestHeaderModifier)(nil),
+		(*RouteFilter_ResponseHeaderModifier)(nil),
+		(*RouteFilter_RequestRedirect)(nil),
+		(*RouteFilter_UrlRewrite)(nil),
+		(*RouteFilter_RequestMirror)(nil),
+	}
+	file_mesh_proto_msgTypes[28].OneofWrappers = []any{
+		(*PathModifier_ReplaceFullPath)(nil),
+		(*PathModifier_ReplacePrefixMatch)(nil),
+	}
+	file_mesh_proto_msgTypes[31].OneofWrappers = []any{}
+	file_mesh_proto_msgTypes[32].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mesh_proto_rawDesc), len(file_mesh_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   20,
+			NumEnums:      4,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
