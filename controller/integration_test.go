@@ -57,7 +57,7 @@ func TestMain(m *testing.M) {
 		os.Exit(m.Run())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	e, err := kubetest.Start(ctx, "../manifests/crds")
+	e, err := kubetest.Start(ctx, "../manifests/crds", "../manifests/gateway-api")
 	cancel()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "integration tests:", err)

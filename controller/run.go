@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -14,21 +15,31 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	meshv1 "github.com/warrenmesh/warren/api/proto/mesh/v1"
 	"github.com/warrenmesh/warren/api/v1alpha1"
 	"github.com/warrenmesh/warren/controller/ca"
 	"github.com/warrenmesh/warren/controller/distribution"
+	"github.com/warrenmesh/warren/controller/gateway"
 )
+
+var managedBy = labels.SelectorFromSet(labels.Set{gateway.LabelManagedBy: gateway.ManagedBy})
 
 // Default addresses of the controller.
 const (
@@ -73,6 +84,10 @@ type RunConfig struct {
 	Registry prometheus.Registerer
 	// Ready, if set, is called once the gRPC server listens.
 	Ready func(addr net.Addr)
+	// Waypoint configures the waypoints run for Gateways of class
+	// warren-waypoint; without an image, or without the Gateway API CRDs in
+	// the cluster, no waypoint is run (and the log says so).
+	Waypoint gateway.Options
 }
 
 // Validate checks the configuration and fills defaults.
@@ -96,6 +111,10 @@ func (c *RunConfig) Validate() error {
 	if c.Registry == nil {
 		c.Registry = ctrlmetrics.Registry
 	}
+	if c.Waypoint.Controller == "" {
+		c.Waypoint.Controller = c.ServingDNSNames[0] + DefaultGRPCAddr
+	}
+	c.Waypoint.TrustDomain = cmp.Or(c.Waypoint.TrustDomain, c.TrustDomain)
 	return nil
 }
 
@@ -107,7 +126,7 @@ func Run(ctx context.Context, rc RunConfig) error {
 	}
 	log := rc.Log
 	scheme := runtime.NewScheme()
-	if err := errors.Join(clientgoscheme.AddToScheme(scheme), v1alpha1.AddToScheme(scheme)); err != nil {
+	if err := errors.Join(clientgoscheme.AddToScheme(scheme), v1alpha1.AddToScheme(scheme), gwv1.Install(scheme)); err != nil {
 		return fmt.Errorf("scheme: %w", err)
 	}
 	orDefault := func(d time.Duration) *time.Duration {
@@ -129,6 +148,14 @@ func Run(ctx context.Context, rc RunConfig) error {
 		LeaseDuration:                 orDefault(rc.LeaseDuration),
 		RenewDeadline:                 orDefault(rc.RenewDeadline),
 		RetryPeriod:                   orDefault(rc.RetryPeriod),
+		// What the waypoint controller writes is all the cache needs of
+		// these kinds: not every Deployment, ServiceAccount and ConfigMap
+		// of the cluster.
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&appsv1.Deployment{}:     {Label: managedBy},
+			&corev1.ServiceAccount{}: {Label: managedBy},
+			&corev1.ConfigMap{}:      {Label: managedBy},
+		}},
 	})
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)
@@ -151,6 +178,9 @@ func Run(ctx context.Context, rc RunConfig) error {
 	}
 	if err := mgr.Add(c); err != nil {
 		return fmt.Errorf("add controller: %w", err)
+	}
+	if err := setupWaypoints(rc, mgr, log); err != nil {
+		return err
 	}
 
 	cs, err := kubernetes.NewForConfig(rc.Rest)
@@ -213,6 +243,21 @@ func Run(ctx context.Context, rc RunConfig) error {
 	}()
 	log.Info("starting", "grpc", lis.Addr().String(), "leader_election", rc.LeaderElection, "trust_domain", rc.TrustDomain)
 	return mgr.Start(ctx)
+}
+
+// setupWaypoints runs waypoints for Gateways when it can: it needs the
+// waypoint image and the Gateway API CRDs (manifests/gateway-api).
+func setupWaypoints(rc RunConfig, mgr manager.Manager, log *slog.Logger) error {
+	if rc.Waypoint.Image == "" {
+		log.Info("no waypoint image configured: Gateways of class " + gateway.ClassName + " are not run")
+		return nil
+	}
+	if _, err := mgr.GetRESTMapper().RESTMapping(schema.GroupKind{Group: gwv1.GroupName, Kind: "Gateway"}, gwv1.GroupVersion.Version); err != nil {
+		log.Warn("Gateway API CRDs not installed: no waypoints until they are and the controller restarts", "err", err)
+		return nil
+	}
+	return gateway.Setup(mgr, rc.Waypoint, gateway.RootsSource{Namespace: rc.SystemNamespace, Name: ca.RootsConfigMap, Key: ca.RootsKey},
+		log.With("part", "waypoints"))
 }
 
 // grpcRunnable serves on every replica, leader or not.

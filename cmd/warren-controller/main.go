@@ -20,6 +20,7 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/warrenmesh/warren/controller"
+	"github.com/warrenmesh/warren/controller/gateway"
 	"github.com/warrenmesh/warren/internal/flagenv"
 )
 
@@ -41,6 +42,7 @@ func run() error {
 	fs.Bool("leader-elect", true, "elect a leader to write status (every replica serves)")
 	fs.StringSlice("callers", nil, "namespace/serviceaccount allowed to subscribe and request certificates; default <system-namespace>/ztunnel")
 	fs.String("ca-secret", "warren-ca", "CA Secret in the system namespace (created with a new root if missing)")
+	fs.String("waypoint-image", "", "image of cmd/waypoint for Gateways of class warren-waypoint; empty: no waypoints")
 	v, log, err := flagenv.Parse(fs, os.Args[1:], "WARREN_CONTROLLER")
 	if err != nil {
 		return err
@@ -73,5 +75,6 @@ func run() error {
 		LeaderElection: v.GetBool("leader-elect"),
 		Callers:        v.GetStringSlice("callers"),
 		CASecret:       v.GetString("ca-secret"),
+		Waypoint:       gateway.Options{Image: v.GetString("waypoint-image")},
 	})
 }

@@ -47,8 +47,8 @@ type Env struct {
 
 // Start builds or finds the binaries, starts etcd and kube-apiserver on
 // loopback ports of envtest's choosing, in temporary folders, and installs
-// the CRDs in crdDir. Stop removes all of it.
-func Start(ctx context.Context, crdDir string) (*Env, error) {
+// the CRDs in crdDirs. Stop removes all of it.
+func Start(ctx context.Context, crdDirs ...string) (*Env, error) {
 	cfg := localcluster.DefaultConfig()
 	if err := cfg.EnsureBinaries(ctx); err != nil {
 		return nil, fmt.Errorf("kube binaries: %w", err)
@@ -60,7 +60,7 @@ func Start(ctx context.Context, crdDir string) (*Env, error) {
 		}
 	}
 	te := &envtest.Environment{
-		CRDDirectoryPaths:        []string{crdDir},
+		CRDDirectoryPaths:        crdDirs,
 		ErrorIfCRDPathMissing:    true,
 		ControlPlaneStartTimeout: 60 * time.Second,
 		ControlPlaneStopTimeout:  20 * time.Second,

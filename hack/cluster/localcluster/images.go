@@ -307,6 +307,24 @@ func (c *Config) MeshOverlay() (string, error) {
 		name, tag, _ := strings.Cut(ref, ":")
 		fmt.Fprintf(&sb, "  - name: %s\n    newTag: %q\n", name, tag)
 	}
+	// The waypoint image is in the controller's environment, where
+	// kustomize's images: does not reach.
+	if ref, ok := refs["waypoint"]; ok {
+		fmt.Fprintf(&sb, `patches:
+  - patch: |-
+      apiVersion: apps/v1
+      kind: Deployment
+      metadata: {name: warren-controller, namespace: warren-system}
+      spec:
+        template:
+          spec:
+            containers:
+              - name: controller
+                env:
+                  - name: WARREN_CONTROLLER_WAYPOINT_IMAGE
+                    value: %q
+`, ref)
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
