@@ -190,6 +190,15 @@ func TestWaypointGate(t *testing.T) {
 	if !st.IsWaypoint(mustID(wpID)) || st.IsWaypoint(client) {
 		t.Error("IsWaypoint: want the waypoint's identity only")
 	}
+	// A Service that becomes bound closes the direct connections open to
+	// its pods (SetMesh's sweep asks denied), not those its waypoint carries.
+	direct := &authorizedConn{pod: &st.cfg.Pods[1], in: Inbound{Peer: client, Port: 8080}}
+	if denied(testConfig(t, nil), direct) != "" || denied(st, direct) == "" {
+		t.Error("denied: a direct connection must stand unbound and fall once bound")
+	}
+	if via := (&authorizedConn{pod: &st.cfg.Pods[1], in: Inbound{Peer: client, Via: mustID(wpID), Port: 8080}}); denied(st, via) != "" {
+		t.Error("denied: the waypoint's connection must stand")
+	}
 }
 
 func TestAuthorize(t *testing.T) {
