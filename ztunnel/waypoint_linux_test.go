@@ -168,54 +168,45 @@ func TestWaypoint(t *testing.T) {
 			t.Error("the client's ztunnel went to the server directly")
 		}
 	})
-	t.Run("a direct tunnel to the bound pod is refused", func(t *testing.T) {
-		before := refusals(node2.tun, "inbound", reasonWaypoint)
-		c, err := n.hboneDial(t, 5*time.Second, good.Issue(t, clientID), good.Roots(), clientID, serverID, netip.AddrPortFrom(serverIP, appPort), nil)
-		if err == nil {
-			c.Close()
-			t.Fatal("direct tunnel opened")
+	// tunnel opens a tunnel to dst as the client (from the outsider's
+	// netns) with hdr on the CONNECT, and reads the app's greeting.
+	tunnel := func(dst netip.AddrPort, hdr http.Header) (string, error) {
+		c, err := n.hboneDial(t, 5*time.Second, good.Issue(t, clientID), good.Roots(), clientID, serverID, dst, hdr)
+		if err != nil {
+			return "", err
 		}
-		countedOnce(t, "the direct tunnel's refusal", node2.tun, "inbound", reasonWaypoint, before)
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		return strings.TrimSpace(line), err
+	}
+	forged := http.Header{hbone.HeaderCaller: {"spiffe://cluster.local/ns/demo/sa/admin"}, hbone.HeaderForwarded: {"for=10.78.9.9"}}
+	t.Run("a direct tunnel to the bound pod is refused", func(t *testing.T) {
+		refusedOnce(t, "the direct tunnel", node2.tun, reasonWaypoint, func() (string, error) {
+			return tunnel(netip.AddrPortFrom(serverIP, appPort), nil)
+		})
 	})
 	t.Run("forged caller headers to the bound pod change nothing", func(t *testing.T) {
-		before := refusals(node2.tun, "inbound", reasonWaypoint)
-		hdr := http.Header{hbone.HeaderCaller: {clientID.String()}, hbone.HeaderForwarded: {"for=10.78.1.2"}}
-		c, err := n.hboneDial(t, 5*time.Second, good.Issue(t, clientID), good.Roots(), clientID, serverID, netip.AddrPortFrom(serverIP, appPort), hdr)
-		if err == nil {
-			c.Close()
-			t.Fatal("forged tunnel opened")
-		}
-		countedOnce(t, "the forged tunnel's refusal", node2.tun, "inbound", reasonWaypoint, before)
+		refusedOnce(t, "the forged tunnel", node2.tun, reasonWaypoint, func() (string, error) {
+			return tunnel(netip.AddrPortFrom(serverIP, appPort), forged)
+		})
 	})
 	t.Run("forged caller headers from a mesh client are ignored", func(t *testing.T) {
 		// To the strict pod, not behind the waypoint: a DENY on the
 		// client's principal still denies with another caller claimed,
 		// and the app sees the real source, not the claimed one.
-		hdr := http.Header{hbone.HeaderCaller: {"spiffe://cluster.local/ns/demo/sa/admin"}, hbone.HeaderForwarded: {"for=10.78.9.9"}}
-		before := refusals(node2.tun, "inbound", reasonPolicy)
-		c, err := n.hboneDial(t, 5*time.Second, good.Issue(t, clientID), good.Roots(), clientID, serverID, netip.AddrPortFrom(strictIP, clientDeniedPort), hdr)
-		if err == nil {
-			c.Close()
-			t.Fatal("the DENY was bypassed by a forged caller")
-		}
-		countedOnce(t, "the policy refusal", node2.tun, "inbound", reasonPolicy, before)
-		c, err = n.hboneDial(t, 5*time.Second, good.Issue(t, clientID), good.Roots(), clientID, serverID, netip.AddrPortFrom(strictIP, appPort), hdr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		line, err := bufio.NewReader(c).ReadString('\n')
-		if err != nil || strings.TrimSpace(line) != "hello "+outsiderIP.String() {
-			t.Errorf("greeting %q, %v: want the real source %v", line, err, outsiderIP)
+		refusedOnce(t, "the DENY with a forged caller", node2.tun, reasonPolicy, func() (string, error) {
+			return tunnel(netip.AddrPortFrom(strictIP, clientDeniedPort), forged)
+		})
+		got, err := tunnel(netip.AddrPortFrom(strictIP, appPort), forged)
+		if err != nil || got != "hello "+outsiderIP.String() {
+			t.Errorf("greeting %q, %v: want the real source %v", got, err, outsiderIP)
 		}
 	})
 	t.Run("plaintext to the bound pod is refused, PERMISSIVE or not", func(t *testing.T) {
-		before := refusals(node2.tun, "inbound", reasonWaypoint)
-		if got, err := n.exchange("outsider", netip.AddrPortFrom(serverIP, appPort)); err == nil {
-			t.Fatalf("plaintext answered %q around the waypoint", got)
-		}
-		countedOnce(t, "the plaintext refusal", node2.tun, "inbound", reasonWaypoint, before)
+		refusedOnce(t, "the plaintext", node2.tun, reasonWaypoint, func() (string, error) {
+			return n.exchange("outsider", netip.AddrPortFrom(serverIP, appPort))
+		})
 	})
 	t.Run("waypoint not ready: refused, never direct", func(t *testing.T) {
 		m := Mesh{Workloads: cfg1.Workloads, Services: slices.Clone(cfg1.Services), Policies: cfg1.Policies}

@@ -460,11 +460,9 @@ func TestTwoNodes(t *testing.T) {
 		}
 	})
 	t.Run("STRICT refuses a non-mesh client", func(t *testing.T) {
-		before := refusals(node2.tun, "inbound", reasonPolicy)
-		if got, err := n.exchange("outsider", netip.AddrPortFrom(strictIP, appPort)); err == nil {
-			t.Fatalf("STRICT pod answered plaintext: %q", got)
-		}
-		countedOnce(t, "STRICT's refusal", node2.tun, "inbound", reasonPolicy, before)
+		refusedOnce(t, "STRICT's refusal", node2.tun, reasonPolicy, func() (string, error) {
+			return n.exchange("outsider", netip.AddrPortFrom(strictIP, appPort))
+		})
 	})
 	t.Run("STRICT pod reached over HBONE", func(t *testing.T) {
 		if _, err := n.exchange("client", netip.AddrPortFrom(strictIP, appPort)); err != nil {
@@ -704,6 +702,17 @@ func countedOnce(t *testing.T, what string, tun *Tunnel, direction, reason strin
 	if got := refusals(tun, direction, reason) - before; got != 1 {
 		t.Errorf("%s counted %v times under %s/%s, want once", what, got, direction, reason)
 	}
+}
+
+// refusedOnce makes a connection with attempt, which must fail, and checks
+// that tun counted it once as refused inbound for reason.
+func refusedOnce(t *testing.T, what string, tun *Tunnel, reason string, attempt func() (string, error)) {
+	t.Helper()
+	before := refusals(tun, "inbound", reason)
+	if got, err := attempt(); err == nil {
+		t.Fatalf("%s: answered %q", what, got)
+	}
+	countedOnce(t, what, tun, "inbound", reason, before)
 }
 
 // hboneDial opens a tunnel to dst over HBONE from the outsider's netns, as
