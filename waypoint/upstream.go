@@ -30,10 +30,11 @@ const (
 	janitorInterval = 30 * time.Second
 )
 
-// Header names on the upstream CONNECT.
+// Header names on the upstream CONNECT (internal/hbone's: the destination
+// ztunnel reads them with hbone.Caller).
 const (
-	HeaderForwarded = "Forwarded"
-	HeaderCaller    = "X-Warren-Caller"
+	HeaderForwarded = hbone.HeaderForwarded
+	HeaderCaller    = hbone.HeaderCaller
 )
 
 type callerKey struct {
@@ -137,7 +138,7 @@ func (e *dialError) Unwrap() error { return e.err }
 func (u *upstreams) dialer(k callerKey) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	hdr := http.Header{HeaderCaller: {k.id.String()}}
 	if k.addr.IsValid() {
-		hdr.Set(HeaderForwarded, forwardedFor(k.addr))
+		hdr.Set(HeaderForwarded, hbone.ForwardedFor(k.addr))
 	}
 	return func(ctx context.Context, _, addr string) (net.Conn, error) {
 		ap, err := netip.ParseAddrPort(addr)
@@ -163,14 +164,6 @@ func (u *upstreams) dialer(k callerKey) func(ctx context.Context, network, addr 
 		}
 		return c, nil
 	}
-}
-
-// forwardedFor is RFC 7239's for= parameter: IPv6 quoted in brackets.
-func forwardedFor(a netip.Addr) string {
-	if a.Is6() {
-		return `for="[` + a.String() + `]"`
-	}
-	return "for=" + a.String()
 }
 
 // candidates are the ready endpoints of a Service port, by address.

@@ -11,7 +11,7 @@ import (
 // connections it forbids, not only the next ones.
 type authorizedConn struct {
 	pod   *LocalPod // the destination
-	in    Inbound   // the caller's identity (none for plaintext) and the port
+	in    Inbound   // the caller's identity (none for plaintext), the waypoint that carried it, the port
 	res   *connResult
 	close func() // ends the connection both ways; its handler then records res
 }
@@ -48,8 +48,12 @@ func (r *connRegistry) list() []*authorizedConn {
 	return out
 }
 
-// denied says why st no longer allows c ("" if it does).
+// denied says why st no longer allows c ("" if it does): its pod is now
+// behind a waypoint that did not carry it, or the policy denies it.
 func denied(st *State, c *authorizedConn) string {
+	if why := WaypointGate(st, c.pod, c.in); why != "" {
+		return why
+	}
 	d := Authorize(st, c.pod, c.in)
 	if d.Allowed {
 		return ""

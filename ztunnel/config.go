@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 
 	"sigs.k8s.io/yaml"
 
@@ -134,6 +135,25 @@ type Service struct {
 	VIPs      []netip.Addr  `json:"vips"`
 	Ports     []ServicePort `json:"ports"`
 	Endpoints []Endpoint    `json:"endpoints"`
+	// Waypoint, "<namespace>/<name>", names the waypoint that handles the
+	// Service's traffic: its VIP and its endpoints' addresses are reached
+	// through a ready pod of the waypoint's own Service (same namespace and
+	// name), which must prove spiffe://<td>/ns/<namespace>/sa/<name>; and
+	// its endpoints accept nothing else (see WaypointGate). Empty: none.
+	Waypoint string `json:"waypoint,omitempty"`
+
+	waypointID identity.ID
+}
+
+// waypointRef parses a "<namespace>/<name>" waypoint reference into the
+// waypoint's identity: its pods run as the ServiceAccount of its name.
+func waypointRef(trustDomain, ref string) (identity.ID, error) {
+	ns, name, ok := strings.Cut(ref, "/")
+	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+		return identity.ID{}, fmt.Errorf("%q: want <namespace>/<name>", ref)
+	}
+	id := identity.ID{TrustDomain: trustDomain, Namespace: ns, ServiceAccount: name}
+	return id, id.Validate()
 }
 
 // ServicePort maps a service port to the endpoints' port.
@@ -288,8 +308,17 @@ func (c *Config) Validate() error {
 		checkWorkload("workloads", &c.Workloads[i])
 	}
 	vips := map[netip.Addr]bool{}
-	for _, s := range c.Services {
+	for i := range c.Services {
+		s := &c.Services[i]
 		name := s.Namespace + "/" + s.Name
+		s.waypointID = identity.ID{}
+		if s.Waypoint != "" {
+			id, err := waypointRef(c.TrustDomain, s.Waypoint)
+			if err != nil {
+				bad("services %s: waypoint %v", name, err)
+			}
+			s.waypointID = id
+		}
 		for _, v := range s.VIPs {
 			if !v.IsValid() || vips[v.Unmap()] {
 				bad("services %s: vip %v: invalid or duplicate", name, v)

@@ -22,6 +22,12 @@ func TestLoadStatic(t *testing.T) {
 	if p := Route(st, &c.Pods[0].Workload, ap("10.244.2.9:80"), 0); p.Kind != PlanPassthrough {
 		t.Errorf("non-enrolled workload: plan %v", p.Kind)
 	}
+	for _, dst := range []string{"10.96.0.21:80", "10.244.2.8:8080"} {
+		p := Route(st, &c.Pods[0].Workload, ap(dst), 0)
+		if p.Kind != PlanWaypoint || p.Dst != ap(dst) || p.Tunnel != ap("10.244.2.30:15008") || p.Waypoint.String() != "spiffe://cluster.local/ns/demo/sa/wp" {
+			t.Errorf("%s: plan %+v, want the waypoint demo/wp", dst, p)
+		}
+	}
 }
 
 func TestLoadStaticRefusesUnknownFields(t *testing.T) {

@@ -277,7 +277,7 @@ func MeshFromResources(res map[string]*meshv1.Resource, trustDomain, node string
 				bad(k, "%v", err)
 				continue
 			}
-			svc := Service{Name: s.Name, Namespace: s.Namespace, VIPs: vips}
+			svc := Service{Name: s.Name, Namespace: s.Namespace, VIPs: vips, Waypoint: s.Waypoint}
 			for _, p := range s.Ports {
 				if p.Port == 0 || p.Port > 65535 || p.TargetPort > 65535 {
 					bad(k, "port %d -> %d: out of range", p.Port, p.TargetPort)

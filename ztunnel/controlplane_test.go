@@ -18,6 +18,13 @@ func TestMeshFromResources(t *testing.T) {
 			Namespace: "shop", Name: "db", Vips: []string{"10.96.0.9"},
 			Ports:     []*meshv1.ServicePort{{Port: 5432, TargetPortName: "pg"}},
 			Endpoints: []*meshv1.Endpoint{{Ip: "10.244.2.7", Ready: true, Ports: map[string]uint32{"pg": 6432}}}}}},
+		// A waypoint's own Service: its pods are not enrolled.
+		"service/shop/wp": {Key: "service/shop/wp", Kind: &meshv1.Resource_Service{Service: &meshv1.Service{
+			Namespace: "shop", Name: "wp", Vips: []string{"10.96.0.10"}, Ports: []*meshv1.ServicePort{{Port: 15008}},
+			Endpoints: []*meshv1.Endpoint{{Ip: "10.244.3.2", Ready: true}}}}},
+		"service/shop/web": {Key: "service/shop/web", Kind: &meshv1.Resource_Service{Service: &meshv1.Service{
+			Namespace: "shop", Name: "web", Vips: []string{"10.96.0.11"}, Ports: []*meshv1.ServicePort{{Port: 80, TargetPort: 8080}},
+			Endpoints: []*meshv1.Endpoint{{Ip: "10.244.1.5", Ready: true, Enrolled: true}}, Waypoint: "shop/wp"}}},
 		"policy/shop/deny": {Key: "policy/shop/deny", Kind: &meshv1.Resource_Policy{Policy: &meshv1.Policy{
 			Namespace: "shop", Name: "deny", HasSelector: true, Action: meshv1.Action_ACTION_DENY,
 			Rules: []*meshv1.Rule{{From: []*meshv1.Source{{Namespaces: []string{"evil"}}}, To: []*meshv1.Destination{{Ports: []uint32{5432}}}}}}}},
@@ -26,7 +33,7 @@ func TestMeshFromResources(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(m.Workloads) != 2 || len(m.Services) != 1 || len(m.Policies) != 1 {
+	if len(m.Workloads) != 2 || len(m.Services) != 3 || len(m.Policies) != 1 {
 		t.Fatalf("mesh %+v", m)
 	}
 	if m.Modes["u1"] != ModeStrict {
@@ -45,6 +52,16 @@ func TestMeshFromResources(t *testing.T) {
 	plan := Route(st, web, ap("10.96.0.9:5432"), 0)
 	if plan.Kind != PlanHBONE || plan.Dst.String() != "10.244.2.7:6432" || plan.Workload.Name != "db-0" {
 		t.Errorf("plan %+v", plan)
+	}
+	// Service.waypoint: the web Service's VIP goes to the waypoint's pod,
+	// which must prove the waypoint's ServiceAccount; web-1 takes its
+	// tunnels only.
+	plan = Route(st, nil, ap("10.96.0.11:80"), 0)
+	if plan.Kind != PlanWaypoint || plan.Tunnel.String() != "10.244.3.2:15008" || plan.Waypoint.String() != "spiffe://cluster.local/ns/shop/sa/wp" {
+		t.Errorf("waypoint plan %+v", plan)
+	}
+	if why := WaypointGate(st, &LocalPod{Workload: *web}, Inbound{Peer: web.Identity(), Port: 8080}); why == "" {
+		t.Error("web-1 takes a tunnel that did not come through its waypoint")
 	}
 	if m.Policies[0].Selector == nil {
 		t.Error("has_selector with no labels lost: selects the namespace instead of every workload")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"slices"
 
@@ -14,10 +15,13 @@ import (
 	"github.com/warrenmesh/warren/internal/identity"
 )
 
-// inboundHBONE decides a tunnel to this pod: the authority must be the pod,
-// the policy must allow the peer, then it dials the app from inside the pod.
-// The stream's connResult is recorded by inboundDone, which hbone.Server
-// calls for every stream, once it ends.
+// inboundHBONE decides a tunnel to this pod: the authority must be the pod;
+// a waypoint's tunnel stands for the caller its headers name (from any
+// other peer they are ignored); a pod behind a waypoint takes only its
+// waypoint's tunnels; the policy must allow the caller; then it dials the
+// app from inside the pod, from the caller's address. The stream's
+// connResult is recorded by inboundDone, which hbone.Server calls for every
+// stream, once it ends.
 func (p *podProxy) inboundHBONE(ctx context.Context, req *hbone.Request) (net.Conn, error) {
 	t := p.t
 	res := t.metrics.result(p.log, "inbound", req.RemoteAddr)
@@ -29,12 +33,31 @@ func (p *podProxy) inboundHBONE(ctx context.Context, req *hbone.Request) (net.Co
 		return nil, hbone.Forbidden(err)
 	}
 	in := Inbound{Peer: req.Peer, Port: req.Authority.Port()}
+	client := req.RemoteAddr
+	via := ""
 	st := t.state()
+	if st.IsWaypoint(req.Peer) {
+		caller, addr, err := hbone.Caller(req.Header)
+		if err != nil {
+			err = fmt.Errorf("waypoint %s: %w", req.Peer, err)
+			res.refuse(reasonBadRequest, err)
+			return nil, &hbone.StatusError{Code: http.StatusBadRequest, Err: err}
+		}
+		in.Peer, in.Via = caller, req.Peer
+		via = req.Peer.Namespace + "/" + req.Peer.ServiceAccount
+		if addr.IsValid() {
+			client = net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr, 0))
+		}
+	}
+	if why := WaypointGate(st, p.pod, in); why != "" {
+		res.refuse(reasonWaypoint, fmt.Errorf("peer %s, port %d: %s", req.Peer, in.Port, why))
+		return nil, hbone.Forbidden(errors.New(why))
+	}
 	if d := Authorize(st, p.pod, in); !d.Allowed {
-		res.refuse(reasonPolicy, fmt.Errorf("peer %s, port %d: %s", req.Peer, in.Port, decisionReason(d)))
+		res.refuse(reasonPolicy, fmt.Errorf("peer %s, port %d: %s", in.Peer, in.Port, decisionReason(d)))
 		return nil, hbone.Forbidden(errors.New(d.Reason))
 	}
-	up, err := p.dialApp(ctx, req.RemoteAddr, req.Authority)
+	up, err := p.dialApp(ctx, client, req.Authority)
 	if err != nil {
 		res.refuse(reasonDial, err)
 		return nil, err
@@ -43,10 +66,10 @@ func (p *podProxy) inboundHBONE(ctx context.Context, req *hbone.Request) (net.Co
 	if why := t.admit(st, is.auth); why != "" {
 		is.auth = nil
 		up.Close()
-		res.refuse(reasonPolicy, fmt.Errorf("peer %s, port %d: %s", req.Peer, in.Port, why))
+		res.refuse(reasonPolicy, fmt.Errorf("peer %s, port %d: %s", in.Peer, in.Port, why))
 		return nil, hbone.Forbidden(errors.New(why))
 	}
-	res.open(p.sourceWorkload(req.RemoteAddr, req.Peer), req.Peer, &p.pod.Workload, nil, true)
+	res.open(p.sourceWorkload(client, in.Peer), in.Peer, &p.pod.Workload, nil, true, via)
 	return up, nil
 }
 
@@ -123,6 +146,10 @@ func (p *podProxy) inboundPlain(c *net.TCPConn) {
 	}
 	in := Inbound{Port: dst.Port(), Plaintext: true}
 	st := t.state()
+	if why := WaypointGate(st, p.pod, in); why != "" {
+		res.refuse(reasonWaypoint, fmt.Errorf("plaintext, port %d: %s", in.Port, why))
+		return
+	}
 	if d := Authorize(st, p.pod, in); !d.Allowed {
 		res.refuse(reasonPolicy, fmt.Errorf("plaintext, port %d: %s", in.Port, decisionReason(d)))
 		return
@@ -142,7 +169,7 @@ func (p *podProxy) inboundPlain(c *net.TCPConn) {
 	// Plaintext carries no identity: the source is named only when it is a
 	// known workload outside the mesh, never as a principal.
 	src := p.sourceWorkload(c.RemoteAddr(), identity.ID{})
-	res.open(src, identity.ID{}, &p.pod.Workload, nil, false)
+	res.open(src, identity.ID{}, &p.pod.Workload, nil, false, "")
 	received, sent = relayTCP(c, up)
 }
 

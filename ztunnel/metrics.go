@@ -24,7 +24,13 @@ var connLabels = []string{
 	"destination_workload", "destination_namespace", "destination_principal",
 	"destination_service",
 	"connection_security_policy",
+	// waypoint: "<namespace>/<name>" of the waypoint the connection goes
+	// to (outbound) or came through (inbound), "none" if direct.
+	"waypoint",
 }
+
+// noWaypoint is the waypoint label of a direct connection.
+const noWaypoint = "none"
 
 type metrics struct {
 	opened, closed *prometheus.CounterVec
@@ -77,9 +83,9 @@ type connMetrics struct {
 // labelValues are a connection's values of connLabels. The source principal
 // is peer, the identity the source's mTLS handshake proved, whenever there
 // is one (it is bounded as workloads are: the mesh CA issues it); without
-// one, the known source workload's.
-func (m *metrics) labelValues(direction string, src *Workload, peer identity.ID, dst *Workload, svc *Service, mtls bool) []string {
-	lv := []string{direction, unknown, unknown, unknown, unknown, unknown, unknown, unknown, secNone}
+// one, the known source workload's. via is the waypoint's name, "" if none.
+func (m *metrics) labelValues(direction string, src *Workload, peer identity.ID, dst *Workload, svc *Service, mtls bool, via string) []string {
+	lv := []string{direction, unknown, unknown, unknown, unknown, unknown, unknown, unknown, secNone, noWaypoint}
 	if src != nil {
 		lv[1], lv[2], lv[3] = src.Name, src.Namespace, principal(src)
 	}
@@ -94,6 +100,9 @@ func (m *metrics) labelValues(direction string, src *Workload, peer identity.ID,
 	}
 	if mtls {
 		lv[8] = secMTLS
+	}
+	if via != "" {
+		lv[9] = via
 	}
 	return lv
 }

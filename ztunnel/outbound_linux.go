@@ -34,7 +34,7 @@ func (p *podProxy) outbound(c *net.TCPConn) {
 			res.refuse(reasonDial, fmt.Errorf("passthrough to %v: %w", plan.Dst, err))
 			return
 		}
-		res.open(&p.pod.Workload, p.pod.Identity(), plan.Workload, plan.Service, false)
+		res.open(&p.pod.Workload, p.pod.Identity(), plan.Workload, plan.Service, false, "")
 		received, sent = relayTCP(c, up)
 	case PlanHBONE:
 		key := hbone.Key{Src: p.pod.Identity(), Dst: plan.Workload.Identity(), Addr: plan.Tunnel}
@@ -43,8 +43,19 @@ func (p *podProxy) outbound(c *net.TCPConn) {
 			res.refuse(reasonHBONE, fmt.Errorf("hbone to %v as %s: %w", plan.Dst, key.Dst, err))
 			return
 		}
-		res.open(&p.pod.Workload, p.pod.Identity(), plan.Workload, plan.Service, true)
+		res.open(&p.pod.Workload, p.pod.Identity(), plan.Workload, plan.Service, true, "")
 		// Relay's "upstream" is the client here: to it is what came back.
+		sent, received, relayErr = hbone.Relay(nc.(*hbone.Stream), c)
+	case PlanWaypoint:
+		// One tunnel, as the pod's own identity, to the waypoint, which
+		// must prove its own; the authority is the original destination.
+		key := hbone.Key{Src: p.pod.Identity(), Dst: plan.Waypoint, Addr: plan.Tunnel}
+		nc, err := p.pool.Dial(p.ctx, key, plan.Dst.String(), nil)
+		if err != nil {
+			res.refuse(reasonHBONE, fmt.Errorf("hbone to %v through waypoint %s at %v: %w", plan.Dst, plan.Service.Waypoint, plan.Tunnel, err))
+			return
+		}
+		res.open(&p.pod.Workload, p.pod.Identity(), plan.Workload, plan.Service, true, plan.Service.Waypoint)
 		sent, received, relayErr = hbone.Relay(nc.(*hbone.Stream), c)
 	}
 }

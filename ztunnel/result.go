@@ -18,6 +18,7 @@ const (
 	reasonHBONE       = "hbone"
 	reasonAuthority   = "authority"
 	reasonPolicy      = "policy"
+	reasonWaypoint    = "not_via_waypoint" // a waypoint-bound pod's inbound that its waypoint did not carry
 	reasonNotSteered  = "not_steered"
 	reasonBadRequest  = "bad_request" // the HBONE request was malformed (hbone.Server refused it)
 	reasonUnaccounted = "unaccounted" // a path that recorded no outcome: a bug
@@ -66,16 +67,17 @@ func (r *connResult) refuse(reason string, err error) {
 }
 
 // open counts the connection opened to its destination. peer is the
-// source's identity as its handshake proved it (zero without mTLS): it is
+// source's identity as its handshake proved it (zero without mTLS), or as
+// the waypoint via ("<namespace>/<name>", "" if none) vouched for it: it is
 // the source principal whether or not src, found by address, is known.
-func (r *connResult) open(src *Workload, peer identity.ID, dst *Workload, svc *Service, mtls bool) {
-	lv := r.m.labelValues(r.direction, src, peer, dst, svc, mtls)
+func (r *connResult) open(src *Workload, peer identity.ID, dst *Workload, svc *Service, mtls bool, via string) {
+	lv := r.m.labelValues(r.direction, src, peer, dst, svc, mtls, via)
 	cm := r.m.open(lv)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.opened = &cm
 	r.attrs = []any{"source_workload", lv[2] + "/" + lv[1], "source_principal", lv[3], "destination_workload", lv[5] + "/" + lv[4],
-		"destination_service", lv[7], "connection_security_policy", lv[8]}
+		"destination_service", lv[7], "connection_security_policy", lv[8], "waypoint", lv[9]}
 }
 
 // revoke says a new mesh view no longer allows the open connection, which

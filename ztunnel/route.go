@@ -21,7 +21,14 @@ type State struct {
 	byIP     map[netip.Addr]*Workload
 	local    map[netip.Addr]*LocalPod
 	services map[netip.Addr]*serviceState
-	policies []policy.Policy // cfg.Policies, for internal/policy
+	// byName: services by "<namespace>/<name>" (a waypoint's own Service).
+	byName map[string]*serviceState
+	// bound: the waypoint-bound services an address is an endpoint of.
+	bound map[netip.Addr][]*serviceState
+	// waypoints: the identities of the waypoints services name; only they
+	// are trusted with a caller's headers.
+	waypoints map[identity.ID]bool
+	policies  []policy.Policy // cfg.Policies, for internal/policy
 	// modes are local pods' PeerAuthentication modes by pod UID, as the
 	// controller resolved them (Mesh.Modes).
 	modes map[string]Mode
@@ -47,6 +54,7 @@ type serviceState struct {
 // NewState indexes a validated Config.
 func NewState(c *Config) *State {
 	st := &State{cfg: c, byIP: map[netip.Addr]*Workload{}, local: map[netip.Addr]*LocalPod{}, services: map[netip.Addr]*serviceState{},
+		byName: map[string]*serviceState{}, bound: map[netip.Addr][]*serviceState{}, waypoints: map[identity.ID]bool{},
 		policies: evalPolicies(c.Policies)}
 	for i := range c.Workloads {
 		for _, ip := range c.Workloads[i].IPs {
@@ -64,8 +72,32 @@ func NewState(c *Config) *State {
 		for _, v := range c.Services[i].VIPs {
 			st.services[v.Unmap()] = ss
 		}
+		st.byName[ss.Namespace+"/"+ss.Name] = ss
+		if !ss.bound() {
+			continue
+		}
+		st.waypoints[ss.waypointID] = true
+		// Every address of an endpoint's workload (both families of a
+		// dual-stack pod) is behind the waypoint.
+		for _, e := range ss.Endpoints {
+			addrs := []netip.Addr{e.IP}
+			if w := st.byIP[e.IP.Unmap()]; w != nil {
+				addrs = w.IPs
+			}
+			for _, a := range addrs {
+				if !slices.Contains(st.bound[a.Unmap()], ss) {
+					st.bound[a.Unmap()] = append(st.bound[a.Unmap()], ss)
+				}
+			}
+		}
 	}
 	return st
+}
+
+// bound says whether the service's traffic goes through a waypoint: it
+// names one, and is not that waypoint's own Service (which would loop).
+func (s *Service) bound() bool {
+	return s.Waypoint != "" && s.Waypoint != s.Namespace+"/"+s.Name
 }
 
 // Workload returns the workload with this address, or nil.
@@ -87,10 +119,14 @@ const (
 	// the source pod itself (reached through a Service), which never leaves
 	// its netns.
 	PlanPassthrough
+	// PlanWaypoint: over HBONE to a pod of the destination's waypoint,
+	// which must prove Plan.Waypoint, with the original destination (Dst)
+	// as :authority; the waypoint picks the endpoint.
+	PlanWaypoint
 )
 
 func (k PlanKind) String() string {
-	return [...]string{"refuse", "hbone", "passthrough"}[k]
+	return [...]string{"refuse", "hbone", "passthrough", "waypoint"}[k]
 }
 
 // Plan is the routing decision for one outbound connection.
@@ -99,8 +135,11 @@ type Plan struct {
 	// Dst is where the bytes go: the endpoint (ip:targetPort) for a
 	// service, the original destination otherwise.
 	Dst netip.AddrPort
-	// Tunnel is the HBONE address (<pod IP>:15008) for PlanHBONE.
+	// Tunnel is the HBONE address (<pod IP>:15008) for PlanHBONE, the
+	// waypoint pod's for PlanWaypoint.
 	Tunnel netip.AddrPort
+	// Waypoint is the identity the waypoint pod must prove (PlanWaypoint).
+	Waypoint identity.ID
 	// Workload is the destination workload, nil outside the mesh.
 	Workload *Workload
 	// Service is the service whose VIP was dialed, if any.
@@ -109,7 +148,9 @@ type Plan struct {
 	Reason string
 }
 
-// Route decides where an outbound connection from src to orig goes: a
+// Route decides where an outbound connection from src to orig goes: the VIP
+// of a waypoint-bound service, or the address of one of its endpoints, goes
+// to the waypoint (never around it: no ready waypoint pod refuses); another
 // service VIP is resolved to a ready endpoint (round robin, seq picks), an
 // enrolled destination is reached over HBONE at <its IP>:15008, anything
 // else passes through in plaintext unless the configuration refuses it.
@@ -121,6 +162,9 @@ func Route(st *State, src *Workload, orig netip.AddrPort, seq uint64) Plan {
 		i := slices.IndexFunc(ss.Ports, func(sp ServicePort) bool { return sp.Port == dst.Port() })
 		if i < 0 {
 			return Plan{Kind: PlanRefuse, Service: ss.Service, Reason: fmt.Sprintf("service %s/%s has no port %d", ss.Namespace, ss.Name, dst.Port())}
+		}
+		if ss.bound() && !fromWaypoint(src, ss) {
+			return st.viaWaypoint(ss, dst, nil, seq)
 		}
 		sp := ss.Ports[i]
 		port := sp.TargetPort
@@ -157,6 +201,12 @@ func Route(st *State, src *Workload, orig netip.AddrPort, seq uint64) Plan {
 		return p
 	}
 	w := st.byIP[dst.Addr()]
+	if p.Service == nil {
+		// A pod addressed directly is behind its service's waypoint too.
+		if bs := st.bound[dst.Addr()]; len(bs) > 0 && !fromWaypoint(src, bs[0]) {
+			return st.viaWaypoint(bs[0], dst, w, seq)
+		}
+	}
 	if w != nil && w.Enrolled {
 		p.Kind = PlanHBONE
 		p.Workload = w
@@ -173,6 +223,38 @@ func Route(st *State, src *Workload, orig netip.AddrPort, seq uint64) Plan {
 	return p
 }
 
+// fromWaypoint says whether src is ss's waypoint itself (were it enrolled),
+// whose own connections go to the service directly.
+func fromWaypoint(src *Workload, ss *serviceState) bool {
+	return src != nil && src.Enrolled && src.Identity() == ss.waypointID
+}
+
+// viaWaypoint plans the tunnel to a ready pod of ss's waypoint (round robin
+// by seq) for the original destination dst (w: its workload, if addressed
+// directly); refused when the waypoint's Service is unknown or has no ready
+// pod, since going around it would skip its policy.
+func (st *State) viaWaypoint(ss *serviceState, dst netip.AddrPort, w *Workload, seq uint64) Plan {
+	p := Plan{Kind: PlanRefuse, Dst: dst, Workload: w, Service: ss.Service, Waypoint: ss.waypointID}
+	ws := st.byName[ss.Waypoint]
+	if ws == nil {
+		p.Reason = fmt.Sprintf("waypoint %s of service %s/%s is not in the configuration", ss.Waypoint, ss.Namespace, ss.Name)
+		return p
+	}
+	var ready []netip.Addr
+	for _, e := range ws.Endpoints {
+		if e.Ready {
+			ready = append(ready, e.IP.Unmap())
+		}
+	}
+	if len(ready) == 0 {
+		p.Reason = fmt.Sprintf("waypoint %s of service %s/%s has no ready endpoint", ss.Waypoint, ss.Namespace, ss.Name)
+		return p
+	}
+	p.Kind = PlanWaypoint
+	p.Tunnel = netip.AddrPortFrom(ready[seq%uint64(len(ready))], hbone.Port)
+	return p
+}
+
 // Decision is the outcome of Authorize.
 type Decision = policy.Decision
 
@@ -184,7 +266,42 @@ type Inbound struct {
 	Port uint16
 	// Plaintext: arrived on 15006 rather than over HBONE.
 	Plaintext bool
+	// Via is the waypoint that carried the connection, whose identity the
+	// tunnel's handshake proved; Peer is then the caller it vouches for
+	// (X-Warren-Caller). Zero for a direct connection.
+	Via identity.ID
 }
+
+// WaypointGate says why dst may not take the inbound connection c ("" if it
+// may): a pod behind a waypoint-bound service takes only tunnels its
+// waypoint carried, neither plaintext (whatever the mTLS mode) nor a
+// client's direct tunnel, which would skip the waypoint's L7 policy.
+func WaypointGate(st *State, dst *LocalPod, c Inbound) string {
+	var names []string
+	for _, a := range dst.IPs {
+		for _, ss := range st.bound[a.Unmap()] {
+			if !c.Via.IsZero() && c.Via == ss.waypointID {
+				return ""
+			}
+			if !slices.Contains(names, ss.Waypoint) {
+				names = append(names, ss.Waypoint)
+			}
+		}
+	}
+	switch {
+	case len(names) == 0:
+		return ""
+	case c.Plaintext:
+		return fmt.Sprintf("plaintext refused: behind waypoint %v", names)
+	case !c.Via.IsZero():
+		return fmt.Sprintf("carried by %s, not by its waypoint %v", c.Via, names)
+	}
+	return fmt.Sprintf("not through its waypoint %v", names)
+}
+
+// IsWaypoint says whether id is the identity of a waypoint some service
+// names: only such a peer is trusted with a caller's headers.
+func (st *State) IsWaypoint(id identity.ID) bool { return st.waypoints[id] }
 
 // Authorize decides an inbound connection to the local pod dst: plaintext is
 // refused in STRICT mode; then the policies decide with internal/policy's
@@ -221,10 +338,14 @@ func evalPolicies(ps []Policy) []policy.Policy {
 }
 
 // next returns the round-robin sequence number for a connection to dst: the
-// service's counter when dst is a service VIP.
+// service's counter when dst is a service VIP, or the endpoint of a
+// waypoint-bound one (which spreads over the waypoint's pods).
 func (st *State) next(dst netip.AddrPort) uint64 {
 	if ss := st.services[dst.Addr().Unmap()]; ss != nil {
 		return ss.next.Add(1) - 1
+	}
+	if bs := st.bound[dst.Addr().Unmap()]; len(bs) > 0 {
+		return bs[0].next.Add(1) - 1
 	}
 	return 0
 }

@@ -48,14 +48,15 @@ func withPolicies(ps ...Policy) func(*Config) {
 
 func TestRoute(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		mutate func(*Config)
-		orig   string
-		seq    uint64
-		kind   PlanKind
-		dst    string
-		tunnel string
-		reason string
+		name     string
+		mutate   func(*Config)
+		orig     string
+		seq      uint64
+		kind     PlanKind
+		dst      string
+		tunnel   string
+		reason   string
+		waypoint string
 	}{
 		{name: "pod IP in the mesh", orig: "10.0.2.2:8080", kind: PlanHBONE, dst: "10.0.2.2:8080", tunnel: "10.0.2.2:15008"},
 		{name: "v6 pod IP in the mesh", orig: "[fd00::2]:8080", kind: PlanHBONE, dst: "[fd00::2]:8080", tunnel: "[fd00::2]:15008"},
@@ -78,6 +79,41 @@ func TestRoute(t *testing.T) {
 			c.Services = append(c.Services, Service{Name: "self", Namespace: "demo", VIPs: []netip.Addr{ip("10.96.0.50")},
 				Ports: []ServicePort{{Port: 80, TargetPort: 8080}}, Endpoints: []Endpoint{{IP: ip("10.0.1.2"), Ready: true}}})
 		}, orig: "10.96.0.50:80", kind: PlanPassthrough, dst: "10.0.1.2:8080"},
+		// Waypoint-bound: one tunnel to a ready waypoint pod, the original
+		// destination as authority, never around the waypoint.
+		{name: "waypoint: bound VIP", mutate: bindEcho, orig: "10.96.0.20:80", kind: PlanWaypoint, dst: "10.96.0.20:80", tunnel: "10.0.3.2:15008", waypoint: wpID},
+		{name: "waypoint: round robin over ready waypoint pods", mutate: bindEcho, orig: "10.96.0.20:80", seq: 1, kind: PlanWaypoint, dst: "10.96.0.20:80", tunnel: "10.0.3.4:15008"},
+		{name: "waypoint: unknown port of a bound VIP refused", mutate: bindEcho, orig: "10.96.0.20:82", kind: PlanRefuse, reason: "no port 82"},
+		{name: "waypoint: pod IP of a bound endpoint", mutate: bindEcho, orig: "10.0.2.2:8080", kind: PlanWaypoint, dst: "10.0.2.2:8080", tunnel: "10.0.3.2:15008", waypoint: wpID},
+		{name: "waypoint: v6 pod IP of a bound endpoint", mutate: bindEcho, orig: "[fd00::2]:8080", kind: PlanWaypoint, dst: "[fd00::2]:8080", tunnel: "10.0.3.2:15008"},
+		{name: "waypoint: unready endpoint's pod IP too", mutate: bindEcho, orig: "10.0.2.7:8080", kind: PlanWaypoint, tunnel: "10.0.3.2:15008"},
+		{name: "waypoint: own address stays direct", mutate: func(c *Config) {
+			bindEcho(c)
+			c.Services[0].Endpoints = append(c.Services[0].Endpoints, Endpoint{IP: ip("10.0.1.2"), Ready: true})
+		}, orig: "10.0.1.2:8080", kind: PlanPassthrough, dst: "10.0.1.2:8080"},
+		{name: "waypoint: unbound service direct as before", mutate: bindEcho, orig: "10.96.0.30:80", kind: PlanPassthrough, dst: "10.0.2.9:8080"},
+		{name: "waypoint: its own Service never loops to itself", mutate: func(c *Config) {
+			bindEcho(c)
+			c.Services[3].Waypoint = "demo/wp"
+		}, orig: "10.96.0.60:15008", kind: PlanPassthrough, dst: "10.0.3.2:15008"},
+		{name: "waypoint: the waypoint itself goes direct", mutate: func(c *Config) {
+			bindEcho(c)
+			c.Pods[0].ServiceAccount, c.Certs["demo/wp"] = "wp", CertPair{"w.pem", "w.key"}
+		}, orig: "10.96.0.20:80", kind: PlanHBONE, dst: "10.0.2.2:8080"},
+		{name: "waypoint without ready pod: refused, not direct", mutate: func(c *Config) {
+			bindEcho(c)
+			for i := range c.Services[3].Endpoints {
+				c.Services[3].Endpoints[i].Ready = false
+			}
+		}, orig: "10.96.0.20:80", kind: PlanRefuse, reason: "waypoint demo/wp of service demo/echo has no ready endpoint"},
+		{name: "waypoint without ready pod: pod IP refused too", mutate: func(c *Config) {
+			bindEcho(c)
+			c.Services[3].Endpoints = nil
+		}, orig: "10.0.2.2:8080", kind: PlanRefuse, reason: "no ready endpoint"},
+		{name: "waypoint not in the configuration: refused", mutate: func(c *Config) {
+			bindEcho(c)
+			c.Services = c.Services[:3]
+		}, orig: "10.96.0.20:80", kind: PlanRefuse, reason: "not in the configuration"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st := testConfig(t, tc.mutate)
@@ -98,7 +134,70 @@ func TestRoute(t *testing.T) {
 			if p.Kind == PlanHBONE && p.Workload.Identity().String() == "" {
 				t.Error("HBONE plan without destination identity")
 			}
+			if tc.waypoint != "" && p.Waypoint.String() != tc.waypoint {
+				t.Errorf("waypoint identity %v, want %s", p.Waypoint, tc.waypoint)
+			}
+			if p.Kind == PlanWaypoint && p.Waypoint.IsZero() {
+				t.Error("waypoint plan without the waypoint's identity")
+			}
 		})
+	}
+}
+
+const wpID = "spiffe://cluster.local/ns/demo/sa/wp"
+
+// bindEcho puts demo/echo behind the waypoint demo/wp, whose Service (VIP
+// 10.96.0.60) has two ready pods and one not ready, none enrolled.
+func bindEcho(c *Config) {
+	c.Services[0].Waypoint = "demo/wp"
+	c.Services = append(c.Services, Service{Name: "wp", Namespace: "demo", VIPs: []netip.Addr{ip("10.96.0.60")}, Ports: []ServicePort{{Port: 15008}},
+		Endpoints: []Endpoint{{IP: ip("10.0.3.2"), Ready: true}, {IP: ip("10.0.3.3")}, {IP: ip("10.0.3.4"), Ready: true}}})
+}
+
+func TestWaypointGate(t *testing.T) {
+	client := mustID("spiffe://cluster.local/ns/demo/sa/client")
+	other := mustID("spiffe://cluster.local/ns/demo/sa/other-wp")
+	for _, tc := range []struct {
+		name   string
+		mutate func(*Config)
+		pod    int
+		in     Inbound
+		reason string // "" allowed
+	}{
+		{name: "unbound pod: direct tunnel", pod: 1, in: Inbound{Peer: client, Port: 8080}},
+		{name: "unbound pod: plaintext", pod: 1, in: Inbound{Plaintext: true, Port: 8080}},
+		{name: "bound pod: its waypoint", mutate: bindEcho, pod: 1, in: Inbound{Peer: client, Via: mustID(wpID), Port: 8080}},
+		{name: "bound pod: direct tunnel refused", mutate: bindEcho, pod: 1, in: Inbound{Peer: client, Port: 8080}, reason: "not through its waypoint [demo/wp]"},
+		{name: "bound pod: plaintext refused even in PERMISSIVE", mutate: bindEcho, pod: 1, in: Inbound{Plaintext: true, Port: 8080}, reason: "plaintext refused"},
+		{name: "bound pod: another waypoint refused", mutate: bindEcho, pod: 1, in: Inbound{Peer: client, Via: other, Port: 8080}, reason: "not by its waypoint"},
+		{name: "bound pod: the waypoint as a plain caller refused", mutate: bindEcho, pod: 1, in: Inbound{Peer: mustID(wpID), Port: 8080}, reason: "not through"},
+		{name: "bound elsewhere: another pod unaffected", mutate: bindEcho, pod: 0, in: Inbound{Peer: client, Port: 8080}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := testConfig(t, func(c *Config) {
+				// The server pod backs demo/echo.
+				if tc.mutate != nil {
+					tc.mutate(c)
+				}
+			})
+			got := WaypointGate(st, &st.cfg.Pods[tc.pod], tc.in)
+			if (got == "") != (tc.reason == "") || !strings.Contains(got, tc.reason) {
+				t.Errorf("WaypointGate = %q, want %q", got, tc.reason)
+			}
+		})
+	}
+	st := testConfig(t, bindEcho)
+	if !st.IsWaypoint(mustID(wpID)) || st.IsWaypoint(client) {
+		t.Error("IsWaypoint: want the waypoint's identity only")
+	}
+	// A Service that becomes bound closes the direct connections open to
+	// its pods (SetMesh's sweep asks denied), not those its waypoint carries.
+	direct := &authorizedConn{pod: &st.cfg.Pods[1], in: Inbound{Peer: client, Port: 8080}}
+	if denied(testConfig(t, nil), direct) != "" || denied(st, direct) == "" {
+		t.Error("denied: a direct connection must stand unbound and fall once bound")
+	}
+	if via := (&authorizedConn{pod: &st.cfg.Pods[1], in: Inbound{Peer: client, Via: mustID(wpID), Port: 8080}}); denied(st, via) != "" {
+		t.Error("denied: the waypoint's connection must stand")
 	}
 }
 
@@ -173,6 +272,7 @@ func TestValidate(t *testing.T) {
 		{"no netns", func(c *Config) { c.Pods[0].Netns = "" }, "netns: required"},
 		{"non-mesh knob", func(c *Config) { c.NonMesh = "drop" }, "nonMesh"},
 		{"hbone limits", func(c *Config) { c.HBONE.StreamWindow = 1000 }, "hbone: "},
+		{"waypoint reference", func(c *Config) { c.Services[0].Waypoint = "wp" }, `services demo/echo: waypoint "wp": want <namespace>/<name>`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := testConfig(t, nil).cfg

@@ -444,7 +444,7 @@ func TestZDSSlowCA(t *testing.T) {
 	// A handshake that starts now waits for the server pod's certificate.
 	clientID := identity.MustParse("spiffe://cluster.local/ns/demo/sa/client")
 	serverID := identity.MustParse("spiffe://cluster.local/ns/demo/sa/server")
-	c, err := n.hboneDial(t, 20*time.Second, ca.ca.Issue(t, clientID), ca.ca.Roots(), clientID, serverID, netip.AddrPortFrom(serverIP, appPort))
+	c, err := n.hboneDial(t, 20*time.Second, ca.ca.Issue(t, clientID), ca.ca.Roots(), clientID, serverID, netip.AddrPortFrom(serverIP, appPort), nil)
 	if err != nil {
 		t.Fatalf("HBONE to the server pod once its certificate came: %v", err)
 	}

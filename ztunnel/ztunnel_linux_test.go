@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -89,18 +90,7 @@ func run(tb testing.TB, args ...string) {
 func newTestNet(tb testing.TB) *testNet {
 	n := &testNet{tb: tb, names: map[string]string{}, files: map[string]*os.File{}}
 	for _, role := range []string{"node1", "node2", "client", "server", "strict", "outsider"} {
-		name := fmt.Sprintf("wzt-%d-%s", os.Getpid(), role)
-		f, err := netns.Add(name)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		n.names[role], n.files[role] = name, f
-		tb.Cleanup(func() {
-			f.Close()
-			if err := netns.Delete(name); err != nil {
-				tb.Error(err)
-			}
-		})
+		n.addNetns(role)
 	}
 	run(tb, "ip", "link", "add", "to-node2", "netns", n.names["node1"], "type", "veth", "peer", "name", "to-node1", "netns", n.names["node2"])
 	run(tb, "ip", "-n", n.names["node1"], "addr", "add", node1Link+"/30", "dev", "to-node2")
@@ -111,23 +101,7 @@ func newTestNet(tb testing.TB) *testNet {
 		role, node string
 		ip         netip.Addr
 	}{{"client", "node1", clientIP}, {"outsider", "node1", outsiderIP}, {"server", "node2", serverIP}, {"strict", "node2", strictIP}} {
-		gw := p.ip.As4()
-		gw[3] = 1
-		gwIP := netip.AddrFrom4(gw).String()
-		run(tb, "ip", "link", "add", p.role, "netns", n.names[p.node], "type", "veth", "peer", "name", "eth0", "netns", n.names[p.role])
-		run(tb, "ip", "-n", n.names[p.node], "addr", "add", gwIP+"/24", "dev", p.role)
-		run(tb, "ip", "-n", n.names[p.node], "link", "set", p.role, "up")
-		run(tb, "ip", "-n", n.names[p.role], "addr", "add", p.ip.String()+"/24", "dev", "eth0")
-		run(tb, "ip", "-n", n.names[p.role], "link", "set", "eth0", "up")
-		run(tb, "ip", "-n", n.names[p.role], "route", "add", "default", "via", gwIP)
-		if v6, ok := ip6Of[p.ip]; ok {
-			gw6 := v6.As16()
-			gw6[15] = 1
-			gw6IP := netip.AddrFrom16(gw6).String()
-			run(tb, "ip", "-n", n.names[p.node], "addr", "add", gw6IP+"/64", "dev", p.role, "nodad")
-			run(tb, "ip", "-n", n.names[p.role], "addr", "add", v6.String()+"/64", "dev", "eth0", "nodad")
-			run(tb, "ip", "-n", n.names[p.role], "-6", "route", "add", "default", "via", gw6IP)
-		}
+		n.wirePod(p.role, p.node, p.ip)
 	}
 	run(tb, "ip", "-n", n.names["node1"], "addr", "add", "fd79::1/64", "dev", "to-node2", "nodad")
 	run(tb, "ip", "-n", n.names["node2"], "addr", "add", "fd79::2/64", "dev", "to-node1", "nodad")
@@ -142,6 +116,46 @@ func newTestNet(tb testing.TB) *testNet {
 		run(tb, "ip", "netns", "exec", n.names[node], "sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 	}
 	return n
+}
+
+// addNetns makes the network namespace of a role, removed at cleanup.
+func (n *testNet) addNetns(role string) {
+	tb := n.tb
+	name := fmt.Sprintf("wzt-%d-%s", os.Getpid(), role)
+	f, err := netns.Add(name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	n.names[role], n.files[role] = name, f
+	tb.Cleanup(func() {
+		f.Close()
+		if err := netns.Delete(name); err != nil {
+			tb.Error(err)
+		}
+	})
+}
+
+// wirePod joins a pod's netns to its node by a veth, in its own /24 (and
+// /64 when dual-stack), the node's side as the pod's gateway.
+func (n *testNet) wirePod(role, node string, ip netip.Addr) {
+	tb := n.tb
+	gw := ip.As4()
+	gw[3] = 1
+	gwIP := netip.AddrFrom4(gw).String()
+	run(tb, "ip", "link", "add", role, "netns", n.names[node], "type", "veth", "peer", "name", "eth0", "netns", n.names[role])
+	run(tb, "ip", "-n", n.names[node], "addr", "add", gwIP+"/24", "dev", role)
+	run(tb, "ip", "-n", n.names[node], "link", "set", role, "up")
+	run(tb, "ip", "-n", n.names[role], "addr", "add", ip.String()+"/24", "dev", "eth0")
+	run(tb, "ip", "-n", n.names[role], "link", "set", "eth0", "up")
+	run(tb, "ip", "-n", n.names[role], "route", "add", "default", "via", gwIP)
+	if v6, ok := ip6Of[ip]; ok {
+		gw6 := v6.As16()
+		gw6[15] = 1
+		gw6IP := netip.AddrFrom16(gw6).String()
+		run(tb, "ip", "-n", n.names[node], "addr", "add", gw6IP+"/64", "dev", role, "nodad")
+		run(tb, "ip", "-n", n.names[role], "addr", "add", v6.String()+"/64", "dev", "eth0", "nodad")
+		run(tb, "ip", "-n", n.names[role], "-6", "route", "add", "default", "via", gw6IP)
+	}
 }
 
 // echoServer answers every connection with "hello <client address>" and then
@@ -446,11 +460,9 @@ func TestTwoNodes(t *testing.T) {
 		}
 	})
 	t.Run("STRICT refuses a non-mesh client", func(t *testing.T) {
-		before := refusals(node2.tun, "inbound", reasonPolicy)
-		if got, err := n.exchange("outsider", netip.AddrPortFrom(strictIP, appPort)); err == nil {
-			t.Fatalf("STRICT pod answered plaintext: %q", got)
-		}
-		countedOnce(t, "STRICT's refusal", node2.tun, "inbound", reasonPolicy, before)
+		refusedOnce(t, "STRICT's refusal", node2.tun, reasonPolicy, func() (string, error) {
+			return n.exchange("outsider", netip.AddrPortFrom(strictIP, appPort))
+		})
 	})
 	t.Run("STRICT pod reached over HBONE", func(t *testing.T) {
 		if _, err := n.exchange("client", netip.AddrPortFrom(strictIP, appPort)); err != nil {
@@ -482,7 +494,7 @@ func TestTwoNodes(t *testing.T) {
 					before = refusals(node2.tun, "inbound", tc.refused)
 					defer countedOnce(t, "the refused handshake", node2.tun, "inbound", tc.refused, before)
 				}
-				c, err := n.hboneDial(t, 5*time.Second, tc.cert, good.Roots(), clientID, tc.expect, netip.AddrPortFrom(serverIP, appPort))
+				c, err := n.hboneDial(t, 5*time.Second, tc.cert, good.Roots(), clientID, tc.expect, netip.AddrPortFrom(serverIP, appPort), nil)
 				if !tc.ok {
 					if err == nil {
 						c.Close()
@@ -692,10 +704,21 @@ func countedOnce(t *testing.T, what string, tun *Tunnel, direction, reason strin
 	}
 }
 
+// refusedOnce makes a connection with attempt, which must fail, and checks
+// that tun counted it once as refused inbound for reason.
+func refusedOnce(t *testing.T, what string, tun *Tunnel, reason string, attempt func() (string, error)) {
+	t.Helper()
+	before := refusals(tun, "inbound", reason)
+	if got, err := attempt(); err == nil {
+		t.Fatalf("%s: answered %q", what, got)
+	}
+	countedOnce(t, what, tun, "inbound", reason, before)
+}
+
 // hboneDial opens a tunnel to dst over HBONE from the outsider's netns, as
-// src with cert, expecting the server to be expect: a ztunnel's client
-// played by the test.
-func (n *testNet) hboneDial(t *testing.T, timeout time.Duration, cert *tls.Certificate, roots *identity.Roots, src, expect identity.ID, dst netip.AddrPort) (net.Conn, error) {
+// src with cert, expecting the server to be expect, with hdr on the CONNECT:
+// a ztunnel's client played by the test.
+func (n *testNet) hboneDial(t *testing.T, timeout time.Duration, cert *tls.Certificate, roots *identity.Roots, src, expect identity.ID, dst netip.AddrPort, hdr http.Header) (net.Conn, error) {
 	t.Helper()
 	pool, err := hbone.NewPool(hbone.PoolOptions{
 		TLSConfig: func(k hbone.Key) (*tls.Config, error) {
@@ -712,7 +735,7 @@ func (n *testNet) hboneDial(t *testing.T, timeout time.Duration, cert *tls.Certi
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	key := hbone.Key{Src: src, Dst: expect, Addr: netip.AddrPortFrom(dst.Addr(), hbone.Port)}
-	return pool.Dial(ctx, key, dst.String(), nil)
+	return pool.Dial(ctx, key, dst.String(), hdr)
 }
 
 // meshCA makes a test's mesh CA in dir and an SVID for each service account
