@@ -16,6 +16,7 @@ import (
 	meshv1 "github.com/warrenmesh/warren/api/proto/mesh/v1"
 	"github.com/warrenmesh/warren/api/v1alpha1"
 	"github.com/warrenmesh/warren/controller/model"
+	"github.com/warrenmesh/warren/internal/enrollment"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -35,7 +36,7 @@ func TestDeltasAddUpToSnapshots(t *testing.T) {
 	}
 	web := pod("web", "n1", "10.244.1.5", map[string]string{"app": "web"})
 	in := model.Inputs{
-		Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{model.MeshLabel: model.MeshEnabled}}}},
+		Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{enrollment.Label: enrollment.Enabled}}}},
 		Pods:       []*corev1.Pod{web, pod("db", "n2", "10.244.2.5", map[string]string{"app": "db"}), pod("api", "n1", "10.244.1.6", nil)},
 		Services: []*corev1.Service{
 			{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web"}, Spec: corev1.ServiceSpec{ClusterIPs: []string{"10.96.0.20"}, Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}},

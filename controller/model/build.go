@@ -44,8 +44,16 @@ func Build(in Inputs) *Model {
 		nsLabels[ns.Name] = ns.Labels
 	}
 	for _, pod := range in.Pods {
-		if w, ok := WorkloadFromPod(pod, nsLabels[pod.Namespace], m.TrustDomain); ok {
-			m.Workloads[w.UID] = &w
+		w, ok, err := WorkloadFromPod(pod, nsLabels[pod.Namespace], m.TrustDomain)
+		if !ok {
+			continue
+		}
+		m.Workloads[w.UID] = &w
+		if err != nil {
+			if m.LabelErrors == nil {
+				m.LabelErrors = map[types.UID]string{}
+			}
+			m.LabelErrors[w.UID] = err.Error()
 		}
 	}
 

@@ -18,15 +18,6 @@ import (
 	"github.com/warrenmesh/warren/internal/policy"
 )
 
-// Labels that enroll workloads, from the design brief.
-const (
-	// MeshLabel on a namespace (value MeshEnabled) enrolls its pods; on a pod
-	// (value MeshDisabled) opts that pod out.
-	MeshLabel    = "warren.dev/mesh"
-	MeshEnabled  = "enabled"
-	MeshDisabled = "disabled"
-)
-
 // DefaultSystemNamespace holds the controller, its CA Secret and the
 // mesh-wide policies.
 const DefaultSystemNamespace = "warren-system"
@@ -45,9 +36,10 @@ type Workload struct {
 	Labels map[string]string
 	// Running: the pod's phase is Running.
 	Running bool
-	// Enrolled: the namespace carries warren.dev/mesh=enabled, the pod does
-	// not carry warren.dev/mesh=disabled, and it is not host-network (its
-	// traffic is the node's).
+	// Enrolled: internal/enrollment.ShouldEnroll (the namespace carries
+	// warren.dev/mesh=enabled, the pod does not carry
+	// warren.dev/mesh=disabled, neither label is malformed), and the pod is
+	// not host-network (its traffic is the node's).
 	Enrolled bool
 }
 
@@ -149,6 +141,9 @@ type Model struct {
 	// Build, including the invalid ones.
 	AuthzVerdicts    map[Key]Verdict
 	PeerAuthVerdicts map[Key]Verdict
+	// LabelErrors says, by pod UID, why a pod with a malformed
+	// warren.dev/mesh label (its own or its namespace's) is not enrolled.
+	LabelErrors map[types.UID]string
 
 	ordered []*Workload            // Workloads by UID
 	byNode  map[string][]*Workload // the same, per node

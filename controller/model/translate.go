@@ -14,16 +14,18 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/warrenmesh/warren/api/v1alpha1"
+	"github.com/warrenmesh/warren/internal/enrollment"
 	"github.com/warrenmesh/warren/internal/identity"
 )
 
 // WorkloadFromPod translates a pod. nsLabels are the labels of the pod's
 // namespace (nil when the namespace is unknown: not enrolled). ok is false for
 // pods that are no workload: finished (Succeeded or Failed) or not yet
-// scheduled.
-func WorkloadFromPod(pod *corev1.Pod, nsLabels map[string]string, trustDomain string) (w Workload, ok bool) {
+// scheduled. Enrollment is internal/enrollment's rule, the node agent's too; a
+// malformed label is returned as err, with the workload, not enrolled.
+func WorkloadFromPod(pod *corev1.Pod, nsLabels map[string]string, trustDomain string) (w Workload, ok bool, err error) {
 	if pod.Spec.NodeName == "" || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
-		return Workload{}, false
+		return Workload{}, false, nil
 	}
 	sa := pod.Spec.ServiceAccountName
 	if sa == "" {
@@ -38,8 +40,14 @@ func WorkloadFromPod(pod *corev1.Pod, nsLabels map[string]string, trustDomain st
 		Identity:       identity.ID{TrustDomain: trustDomain, Namespace: pod.Namespace, ServiceAccount: sa},
 		Labels:         maps.Clone(pod.Labels),
 		Running:        pod.Status.Phase == corev1.PodRunning,
-		Enrolled: nsLabels[MeshLabel] == MeshEnabled && pod.Labels[MeshLabel] != MeshDisabled &&
-			!pod.Spec.HostNetwork,
+	}
+	// A host-network pod's traffic is the node's: never enrolled, whatever
+	// its labels (the agent ignores it too).
+	if !pod.Spec.HostNetwork {
+		w.Enrolled, err = enrollment.ShouldEnroll(nsLabels, pod.Labels)
+		if err != nil {
+			err = fmt.Errorf("pod %s/%s not enrolled: %w", pod.Namespace, pod.Name, err)
+		}
 	}
 	for _, ip := range pod.Status.PodIPs {
 		if a, err := netip.ParseAddr(ip.IP); err == nil {
@@ -53,7 +61,7 @@ func WorkloadFromPod(pod *corev1.Pod, nsLabels map[string]string, trustDomain st
 	}
 	slices.SortFunc(w.IPs, netip.Addr.Compare)
 	w.IPs = slices.Compact(w.IPs)
-	return w, true
+	return w, true, err
 }
 
 // ServiceFromCore translates a Service and the EndpointSlices that belong to
