@@ -17,6 +17,7 @@ import (
 	"github.com/warrenmesh/warren/api/v1alpha1"
 	"github.com/warrenmesh/warren/controller/model"
 	"github.com/warrenmesh/warren/internal/enrollment"
+	"github.com/warrenmesh/warren/internal/policy"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -177,15 +178,15 @@ func TestDeltasAddUpToSnapshots(t *testing.T) {
 // (convert.go), or subscribers keep a stale resource.
 func TestEqualitiesCoverEveryField(t *testing.T) {
 	for typ, want := range map[reflect.Type]string{
-		reflect.TypeFor[model.Peer]():        "UID Namespace Name Node IPs Identity",
-		reflect.TypeFor[model.Service]():     "Namespace Name VIPs Ports Endpoints",
-		reflect.TypeFor[model.Endpoint]():    "Addr Node WorkloadUID Ready Ports Enrolled Identity",
-		reflect.TypeFor[model.LocalRef]():    "Workload Mode",
-		reflect.TypeFor[model.Workload]():    "UID Namespace Name Node ServiceAccount Identity IPs Labels Running Enrolled",
-		reflect.TypeFor[model.Policy]():      "Namespace Name Selector Action Rules",
-		reflect.TypeFor[model.Rule]():        "From To",
-		reflect.TypeFor[model.Source]():      "Principals Namespaces",
-		reflect.TypeFor[model.Destination](): "Ports",
+		reflect.TypeFor[model.Peer]():         "UID Namespace Name Node IPs Identity",
+		reflect.TypeFor[model.Service]():      "Namespace Name VIPs Ports Endpoints",
+		reflect.TypeFor[model.Endpoint]():     "Addr Node WorkloadUID Ready Ports Enrolled Identity",
+		reflect.TypeFor[model.LocalRef]():     "Workload Mode",
+		reflect.TypeFor[model.Workload]():     "UID Namespace Name Node ServiceAccount Identity IPs Labels Running Enrolled",
+		reflect.TypeFor[policy.Policy]():      "Namespace Name Selector Action Rules",
+		reflect.TypeFor[policy.Rule]():        "From To",
+		reflect.TypeFor[policy.Source]():      "Principals Namespaces",
+		reflect.TypeFor[policy.Destination](): "Ports",
 	} {
 		var got []string
 		for f := range typ.Fields() {

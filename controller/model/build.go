@@ -11,6 +11,7 @@ import (
 
 	"github.com/warrenmesh/warren/api/v1alpha1"
 	"github.com/warrenmesh/warren/internal/identity"
+	"github.com/warrenmesh/warren/internal/policy"
 )
 
 // Inputs are the Kubernetes objects a Model is built from, as listed from
@@ -81,7 +82,7 @@ func Build(in Inputs) *Model {
 		}
 		m.Policies = append(m.Policies, p)
 	}
-	slices.SortFunc(m.Policies, func(a, b Policy) int {
+	slices.SortFunc(m.Policies, func(a, b policy.Policy) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
 	for _, pa := range in.PeerAuthentications {
@@ -109,8 +110,8 @@ func invalid(err error, enforced string) Verdict {
 	return Verdict{Reason: v1alpha1.ReasonInvalid, Message: msg + "; " + enforced}
 }
 
-func failClosed(a Action) string {
-	if a == v1alpha1.ActionDeny {
+func failClosed(a policy.Action) string {
+	if a == policy.ActionDeny {
 		return "enforced as deny-all for the workloads it selects until fixed"
 	}
 	return "enforced as allow-nothing until fixed"

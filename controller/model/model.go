@@ -80,32 +80,6 @@ type Endpoint struct {
 	Identity identity.ID
 }
 
-// Action is what a matching policy does.
-type Action = v1alpha1.AuthorizationAction
-
-// Policy is an AuthorizationPolicy in force.
-type Policy struct {
-	Namespace string
-	Name      string
-	// Selector nil: every workload of Namespace, or of the mesh when
-	// Namespace is the system namespace.
-	Selector map[string]string
-	Action   Action
-	Rules    []Rule
-}
-
-// Rule, Source and Destination are internal/policy's: the ztunnel evaluates
-// the same types.
-type (
-	// Rule matches when a source and a destination match (absent lists
-	// match anything).
-	Rule = policy.Rule
-	// Source matches a peer by identity and/or namespace.
-	Source = policy.Source
-	// Destination matches the destination port.
-	Destination = policy.Destination
-)
-
 // PeerAuth is a PeerAuthentication.
 type PeerAuth struct {
 	Namespace string
@@ -134,8 +108,9 @@ type Model struct {
 	SystemNamespace string
 	Workloads       map[types.UID]*Workload
 	Services        map[Key]*Service
-	// Policies and PeerAuths are sorted by namespace and name.
-	Policies  []Policy
+	// Policies and PeerAuths are sorted by namespace and name. Policies are
+	// internal/policy's, the values the ztunnel evaluates.
+	Policies  []policy.Policy
 	PeerAuths []PeerAuth
 	// AuthzVerdicts and PeerAuthVerdicts judge every policy object given to
 	// Build, including the invalid ones.

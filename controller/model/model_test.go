@@ -213,7 +213,7 @@ func TestPolicyFromCRD(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Fatalf("err = %v, want it to contain %q", err, tc.wantErr)
 			}
-			c := Conn{Peer: identity.New("b", "c"), Port: 80}
+			c := policy.Conn{Peer: identity.New("b", "c"), Port: 80}
 			if got := p.Matches(c); got != tc.matchesAll {
 				t.Errorf("fail-closed policy matches = %v, want %v", got, tc.matchesAll)
 			}
@@ -233,24 +233,24 @@ func TestAuthorize(t *testing.T) {
 		name     string
 		policies []*v1alpha1.AuthorizationPolicy
 		dst      *Workload
-		conn     Conn
+		conn     policy.Conn
 		allowed  bool
 		by       string
 	}{
-		{"no policy", nil, web, Conn{Peer: bc, Port: 80}, true, ""},
-		{"allow by namespace", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil, fromB)}, web, Conn{Peer: bd, Port: 80}, true, "a/p"},
-		{"allow refuses other namespace", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil, fromB)}, web, Conn{Peer: xc, Port: 80}, false, ""},
-		{"allow refuses plaintext", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil, fromB)}, web, Conn{Port: 80}, false, ""},
-		{"allow by port lets plaintext in", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil, port80)}, web, Conn{Port: 80}, true, "a/p"},
-		{"allow without rules allows nothing", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil)}, web, Conn{Peer: bc, Port: 80}, false, ""},
-		{"deny without rules denies nothing", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionDeny, nil)}, web, Conn{Peer: bc, Port: 80}, true, ""},
-		{"deny wins over allow", []*v1alpha1.AuthorizationPolicy{ap("a", "allow", v1alpha1.ActionAllow, nil, fromB), ap("a", "deny", v1alpha1.ActionDeny, nil, fromC)}, web, Conn{Peer: bc, Port: 80}, false, "a/deny"},
-		{"deny does not touch others", []*v1alpha1.AuthorizationPolicy{ap("a", "allow", v1alpha1.ActionAllow, nil, fromB), ap("a", "deny", v1alpha1.ActionDeny, nil, fromC)}, web, Conn{Peer: bd, Port: 80}, true, "a/allow"},
-		{"selector misses", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionDeny, map[string]string{"app": "web"}, all)}, db, Conn{Peer: bc, Port: 80}, true, ""},
-		{"selector hits", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionDeny, map[string]string{"app": "web"}, all)}, web, Conn{Peer: bc, Port: 80}, false, "a/p"},
-		{"other namespace does not apply", []*v1alpha1.AuthorizationPolicy{ap("z", "p", v1alpha1.ActionDeny, nil, all)}, web, Conn{Peer: bc, Port: 80}, true, ""},
-		{"mesh-wide deny", []*v1alpha1.AuthorizationPolicy{ap(DefaultSystemNamespace, "p", v1alpha1.ActionDeny, nil, port80)}, web, Conn{Peer: bc, Port: 80}, false, "warren-system/p"},
-		{"rule needs from and to", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil, v1alpha1.Rule{From: fromB.From, To: port80.To})}, web, Conn{Peer: bc, Port: 81}, false, ""},
+		{"no policy", nil, web, policy.Conn{Peer: bc, Port: 80}, true, ""},
+		{"allow by namespace", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil, fromB)}, web, policy.Conn{Peer: bd, Port: 80}, true, "a/p"},
+		{"allow refuses other namespace", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil, fromB)}, web, policy.Conn{Peer: xc, Port: 80}, false, ""},
+		{"allow refuses plaintext", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil, fromB)}, web, policy.Conn{Port: 80}, false, ""},
+		{"allow by port lets plaintext in", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil, port80)}, web, policy.Conn{Port: 80}, true, "a/p"},
+		{"allow without rules allows nothing", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil)}, web, policy.Conn{Peer: bc, Port: 80}, false, ""},
+		{"deny without rules denies nothing", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionDeny, nil)}, web, policy.Conn{Peer: bc, Port: 80}, true, ""},
+		{"deny wins over allow", []*v1alpha1.AuthorizationPolicy{ap("a", "allow", v1alpha1.ActionAllow, nil, fromB), ap("a", "deny", v1alpha1.ActionDeny, nil, fromC)}, web, policy.Conn{Peer: bc, Port: 80}, false, "a/deny"},
+		{"deny does not touch others", []*v1alpha1.AuthorizationPolicy{ap("a", "allow", v1alpha1.ActionAllow, nil, fromB), ap("a", "deny", v1alpha1.ActionDeny, nil, fromC)}, web, policy.Conn{Peer: bd, Port: 80}, true, "a/allow"},
+		{"selector misses", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionDeny, map[string]string{"app": "web"}, all)}, db, policy.Conn{Peer: bc, Port: 80}, true, ""},
+		{"selector hits", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionDeny, map[string]string{"app": "web"}, all)}, web, policy.Conn{Peer: bc, Port: 80}, false, "a/p"},
+		{"other namespace does not apply", []*v1alpha1.AuthorizationPolicy{ap("z", "p", v1alpha1.ActionDeny, nil, all)}, web, policy.Conn{Peer: bc, Port: 80}, true, ""},
+		{"mesh-wide deny", []*v1alpha1.AuthorizationPolicy{ap(DefaultSystemNamespace, "p", v1alpha1.ActionDeny, nil, port80)}, web, policy.Conn{Peer: bc, Port: 80}, false, "warren-system/p"},
+		{"rule needs from and to", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil, v1alpha1.Rule{From: fromB.From, To: port80.To})}, web, policy.Conn{Peer: bc, Port: 81}, false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := Build(Inputs{AuthorizationPolicies: tc.policies})
@@ -391,9 +391,15 @@ func TestForNode(t *testing.T) {
 	}
 }
 
-// The model converts the CRD's action to internal/policy's by value.
-func TestActionsMatchPolicy(t *testing.T) {
-	if policy.Action(v1alpha1.ActionAllow) != policy.ActionAllow || policy.Action(v1alpha1.ActionDeny) != policy.ActionDeny {
-		t.Fatal("v1alpha1 and internal/policy spell the actions differently")
+// The model holds internal/policy's actions, whatever the CRD spells.
+func TestPolicyFromCRDActions(t *testing.T) {
+	for in, want := range map[v1alpha1.AuthorizationAction]policy.Action{
+		v1alpha1.ActionAllow: policy.ActionAllow,
+		v1alpha1.ActionDeny:  policy.ActionDeny,
+		"AUDIT":              policy.ActionDeny, // invalid: fails closed
+	} {
+		if p, _ := PolicyFromCRD(ap("a", "p", in, nil)); p.Action != want {
+			t.Errorf("%s: action %q, want %q", in, p.Action, want)
+		}
 	}
 }
