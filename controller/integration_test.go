@@ -37,10 +37,10 @@ import (
 
 	"github.com/warrenmesh/warren/api/v1alpha1"
 	"github.com/warrenmesh/warren/controller/ca"
-	"github.com/warrenmesh/warren/controller/internal/kubetest"
 	"github.com/warrenmesh/warren/controller/model"
 	"github.com/warrenmesh/warren/internal/enrollment"
 	"github.com/warrenmesh/warren/internal/identity"
+	"github.com/warrenmesh/warren/internal/kubetest"
 )
 
 // env is shared by the integration tests of this package: starting an
@@ -57,7 +57,7 @@ func TestMain(m *testing.M) {
 	if skipMsg = kubetest.SkipReason(); skipMsg != "" {
 		os.Exit(m.Run())
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), kubetest.BuildTimeout)
 	e, err := kubetest.Start(ctx, "../manifests/crds")
 	cancel()
 	if err != nil {

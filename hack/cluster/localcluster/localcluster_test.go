@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"text/template"
+
+	"github.com/warrenmesh/warren/internal/kubebin"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -50,23 +52,18 @@ func TestNodeAddressing(t *testing.T) {
 	}
 }
 
-func TestKubeGoModReplacesEveryStagingModule(t *testing.T) {
-	mod := kubeGoMod()
-	if !strings.Contains(mod, "require k8s.io/kubernetes "+KubernetesVersion) {
-		t.Fatalf("go.mod does not require kubernetes %s:\n%s", KubernetesVersion, mod)
-	}
-	for _, m := range kubeStaging {
-		line := "k8s.io/" + m + " => k8s.io/" + m + " v0.37.2"
-		if !strings.Contains(mod, line) {
-			t.Errorf("go.mod lacks %q", line)
+// The local cluster and the apiserver test harness share one cache: the
+// Kubernetes build must stay stamped as internal/kubebin stamps it.
+func TestKubernetesStampIsKubebins(t *testing.T) {
+	for _, comp := range (&Config{}).components() {
+		if comp.name == kubebin.Name && comp.stamp() != kubebin.Stamp() {
+			t.Fatalf("stamp %q, kubebin's %q", comp.stamp(), kubebin.Stamp())
+		}
+		if comp.name == kubebin.Name {
+			return
 		}
 	}
-	fl := kubeLdflags()
-	for _, want := range []string{"k8s.io/component-base/version.gitVersion=v1.37.2", "k8s.io/client-go/pkg/version.gitMinor=37"} {
-		if !strings.Contains(fl, want) {
-			t.Errorf("ldflags %q lack %q", fl, want)
-		}
-	}
+	t.Fatal("no Kubernetes component")
 }
 
 func TestPKISpecsCoverEveryNode(t *testing.T) {
