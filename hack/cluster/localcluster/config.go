@@ -70,7 +70,6 @@ func (c *Config) Validate() error {
 var ErrNotRoot = errors.New("the local cluster needs root (network namespaces, mounts, cgroups)")
 
 func (c *Config) binDir() string   { return kubebin.BinDir(c.CacheDir) }
-func (c *Config) srcDir() string   { return filepath.Join(c.CacheDir, "src") }
 func (c *Config) stateDir() string { return filepath.Join(c.CacheDir, "cluster") }
 func (c *Config) imageDir() string { return filepath.Join(c.CacheDir, "images") }
 func (c *Config) pkiDir() string   { return filepath.Join(c.stateDir(), "pki") }
