@@ -167,6 +167,7 @@ func (c *Controller) sync(ctx context.Context) error {
 		return err
 	}
 	m := model.Build(in)
+	reportLabelErrors(c.cfg.Log, c.model.Load(), m)
 	c.model.Store(m)
 	v := c.version.Add(1)
 	if v == 1 {
@@ -180,6 +181,18 @@ func (c *Controller) sync(ctx context.Context) error {
 		return c.writeStatus(ctx, m, in)
 	default:
 		return nil
+	}
+}
+
+// reportLabelErrors logs, once, each pod left out of the mesh by a malformed
+// warren.dev/mesh label (the node agent refuses it too): new in m, or with
+// another message than in prev.
+func reportLabelErrors(log *slog.Logger, prev, m *model.Model) {
+	for uid, msg := range m.LabelErrors {
+		if prev != nil && prev.LabelErrors[uid] == msg {
+			continue
+		}
+		log.Warn("malformed enrollment label", "pod_uid", uid, "err", msg)
 	}
 }
 

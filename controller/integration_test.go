@@ -37,9 +37,10 @@ import (
 
 	"github.com/warrenmesh/warren/api/v1alpha1"
 	"github.com/warrenmesh/warren/controller/ca"
-	"github.com/warrenmesh/warren/controller/internal/kubetest"
 	"github.com/warrenmesh/warren/controller/model"
+	"github.com/warrenmesh/warren/internal/enrollment"
 	"github.com/warrenmesh/warren/internal/identity"
+	"github.com/warrenmesh/warren/internal/kubetest"
 )
 
 // env is shared by the integration tests of this package: starting an
@@ -56,7 +57,7 @@ func TestMain(m *testing.M) {
 	if skipMsg = kubetest.SkipReason(); skipMsg != "" {
 		os.Exit(m.Run())
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), kubetest.BuildTimeout)
 	e, err := kubetest.Start(ctx, "../manifests/crds", "../manifests/gateway-api")
 	cancel()
 	if err != nil {
@@ -350,8 +351,13 @@ func createSA(t *testing.T, cs kubernetes.Interface, ns, name string) {
 // runningPod creates a pod on node and marks it Running, as a kubelet would.
 func runningPod(t *testing.T, cs kubernetes.Interface, ns, name, sa, node, ip string) *corev1.Pod {
 	t.Helper()
+	return runningPodLabelled(t, cs, ns, name, sa, node, ip, nil)
+}
+
+func runningPodLabelled(t *testing.T, cs kubernetes.Interface, ns, name, sa, node, ip string, labels map[string]string) *corev1.Pod {
+	t.Helper()
 	ctx := context.Background()
-	p, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name},
+	p, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
 		Spec: corev1.PodSpec{NodeName: node, ServiceAccountName: sa, AutomountServiceAccountToken: new(bool),
 			Containers: []corev1.Container{{Name: "c", Image: "x"}}}}, metav1.CreateOptions{})
 	if err != nil {
@@ -396,7 +402,7 @@ func TestCANodeAuthorization(t *testing.T) {
 	cs := kubernetes.NewForConfigOrDie(env.Config)
 	createNodes(t, cs, "n1", "n2")
 	createNamespace(t, cs, model.DefaultSystemNamespace, nil)
-	createNamespace(t, cs, "shop", map[string]string{model.MeshLabel: model.MeshEnabled})
+	createNamespace(t, cs, "shop", map[string]string{enrollment.Label: enrollment.Enabled})
 	createSA(t, cs, model.DefaultSystemNamespace, "ztunnel")
 	createSA(t, cs, "shop", "web")
 	createSA(t, cs, "shop", "db")

@@ -29,6 +29,7 @@ import (
 	"github.com/warrenmesh/warren/api/v1alpha1"
 	"github.com/warrenmesh/warren/controller/ca"
 	"github.com/warrenmesh/warren/controller/model"
+	"github.com/warrenmesh/warren/internal/enrollment"
 )
 
 // TestRun runs the whole controller (leader election, model, CA, gRPC over
@@ -39,7 +40,7 @@ func TestRun(t *testing.T) {
 	cs := kubernetes.NewForConfigOrDie(env.Config)
 	createNodes(t, cs, "n3")
 	createNamespace(t, cs, model.DefaultSystemNamespace, nil)
-	createNamespace(t, cs, "run", map[string]string{model.MeshLabel: model.MeshEnabled})
+	createNamespace(t, cs, "run", map[string]string{enrollment.Label: enrollment.Enabled})
 	createSA(t, cs, model.DefaultSystemNamespace, "ztunnel")
 	createSA(t, cs, "run", "app")
 	zt := runningPod(t, cs, model.DefaultSystemNamespace, "ztunnel-n3", "ztunnel", "n3", "10.250.0.13")
@@ -97,6 +98,10 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A pod whose opt-out has a typo: its agent refuses the label and does
+	// not enroll it, so no ztunnel may be told to reach it over HBONE. It
+	// is created first: the update that brings app has seen it.
+	typo := runningPodLabelled(t, cs, "run", "typo", "app", "n3", "10.244.3.6", map[string]string{enrollment.Label: "Disabled"})
 	app := runningPod(t, cs, "run", "app", "app", "n3", "10.244.3.5")
 	deadline := time.Now().Add(20 * time.Second)
 	for found := false; !found; {
@@ -108,6 +113,9 @@ func TestRun(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, r := range u.Upserts {
+			if r.Key == "workload/"+string(typo.UID) || r.Key == "peer/"+string(typo.UID) {
+				t.Errorf("pushed %s, a pod labelled %s=Disabled", r.Key, enrollment.Label)
+			}
 			if w := r.GetWorkload(); w != nil && w.Uid == string(app.UID) && len(w.Ips) == 1 {
 				found = true
 				if w.Identity != "spiffe://cluster.local/ns/run/sa/app" || w.MtlsMode != meshv1.MTLSMode_MTLS_MODE_PERMISSIVE {
@@ -140,7 +148,7 @@ func TestTwoReplicas(t *testing.T) {
 	cs := kubernetes.NewForConfigOrDie(env.Config)
 	createNodes(t, cs, "n4")
 	createNamespace(t, cs, model.DefaultSystemNamespace, nil)
-	createNamespace(t, cs, "ha", map[string]string{model.MeshLabel: model.MeshEnabled})
+	createNamespace(t, cs, "ha", map[string]string{enrollment.Label: enrollment.Enabled})
 	createSA(t, cs, model.DefaultSystemNamespace, "ztunnel")
 	createSA(t, cs, "ha", "app")
 	zt := runningPod(t, cs, model.DefaultSystemNamespace, "ztunnel-n4", "ztunnel", "n4", "10.250.0.14")

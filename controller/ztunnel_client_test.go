@@ -15,6 +15,7 @@ import (
 
 	"github.com/warrenmesh/warren/controller/ca"
 	"github.com/warrenmesh/warren/controller/model"
+	"github.com/warrenmesh/warren/internal/enrollment"
 	"github.com/warrenmesh/warren/internal/identity"
 	"github.com/warrenmesh/warren/ztunnel"
 )
@@ -29,7 +30,7 @@ func TestZtunnelClient(t *testing.T) {
 	cs := kubernetes.NewForConfigOrDie(env.Config)
 	createNodes(t, cs, "z1", "z2")
 	createNamespace(t, cs, model.DefaultSystemNamespace, nil)
-	createNamespace(t, cs, "zc", map[string]string{model.MeshLabel: model.MeshEnabled})
+	createNamespace(t, cs, "zc", map[string]string{enrollment.Label: enrollment.Enabled})
 	createSA(t, cs, model.DefaultSystemNamespace, "ztunnel")
 	createSA(t, cs, "zc", "web")
 	zt := runningPod(t, cs, model.DefaultSystemNamespace, "ztunnel-z1", "ztunnel", "z1", "10.250.0.31")

@@ -1,19 +1,23 @@
 package nodeagent
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/warrenmesh/warren/internal/enrollment"
 )
 
-// The labels that decide enrollment.
+// The labels that decide enrollment: internal/enrollment's, named here for
+// the agent's callers.
 const (
 	// LabelMesh on a namespace enrolls its pods ("enabled"); on a pod,
 	// "disabled" opts it out.
-	LabelMesh    = "warren.dev/mesh"
-	MeshEnabled  = "enabled"
-	MeshDisabled = "disabled"
+	LabelMesh    = enrollment.Label
+	MeshEnabled  = enrollment.Enabled
+	MeshDisabled = enrollment.Disabled
 )
 
 // Verdict is what the agent should do with a pod.
@@ -51,27 +55,20 @@ type Decision struct {
 	Reason  string
 }
 
-// ShouldEnroll reports whether the labels alone enroll the pod: the
-// namespace has warren.dev/mesh=enabled and the pod does not opt out. A
-// malformed label value is an error, and the pod is then not enrolled
-// (an operator's typo must not silently change where traffic goes, and
-// enrolling on a typo would break pods that meant to opt out).
+// ShouldEnroll reports whether the labels alone enroll the pod, by
+// internal/enrollment's rule, the controller's too: the namespace has
+// warren.dev/mesh=enabled and the pod does not opt out. A malformed label
+// value is an error naming the object, and the pod is then not enrolled.
 func ShouldEnroll(ns *corev1.Namespace, pod *corev1.Pod) (bool, error) {
-	switch v, ok := pod.Labels[LabelMesh]; {
-	case !ok, v == MeshEnabled:
-	case v == MeshDisabled:
-		return false, nil
-	default:
-		return false, fmt.Errorf("pod %s/%s: label %s=%q: want %q or %q", pod.Namespace, pod.Name, LabelMesh, v, MeshEnabled, MeshDisabled)
+	ok, err := enrollment.ShouldEnroll(ns.Labels, pod.Labels)
+	var le *enrollment.LabelError
+	switch {
+	case errors.As(err, &le) && le.Object == "namespace":
+		return false, fmt.Errorf("namespace %s: %w", ns.Name, err)
+	case err != nil:
+		return false, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
-	switch v, ok := ns.Labels[LabelMesh]; {
-	case !ok, v == MeshDisabled:
-		return false, nil
-	case v == MeshEnabled:
-		return true, nil
-	default:
-		return false, fmt.Errorf("namespace %s: label %s=%q: want %q or %q", ns.Name, LabelMesh, v, MeshEnabled, MeshDisabled)
-	}
+	return ok, nil
 }
 
 // Decide tells what the agent of node should do with pod in namespace ns

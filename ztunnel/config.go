@@ -174,37 +174,19 @@ type Endpoint struct {
 	Ports map[string]uint16 `json:"ports,omitempty"`
 }
 
-// Policy is an L4 AuthorizationPolicy, with the semantics of the CRD (and of
-// controller/model.Authorize, both internal/policy): selector nil means the namespace's workloads,
-// or the mesh's in the system namespace; an ALLOW with no rules allows
-// nothing, a DENY with no rules denies nothing, an empty rule matches all.
-type Policy struct {
-	Name      string            `json:"name"`
-	Namespace string            `json:"namespace"`
-	Selector  map[string]string `json:"selector,omitempty"`
-	Action    Action            `json:"action"`
-	Rules     []Rule            `json:"rules,omitempty"`
-}
-
-// Rule matches when one From and one To match (absent lists match anything).
-type Rule struct {
-	From []Source      `json:"from,omitempty"`
-	To   []Destination `json:"to,omitempty"`
-}
-
-// Source matches the peer's identity and/or namespace. Principals are
-// SPIFFE IDs.
-type Source struct {
-	Principals []string `json:"principals,omitempty"`
-	Namespaces []string `json:"namespaces,omitempty"`
-
-	principals []identity.ID
-}
-
-// Destination matches the destination workload's port.
-type Destination struct {
-	Ports []uint16 `json:"ports"`
-}
+// Policy, Rule, Source and Destination are internal/policy's: the
+// configuration holds the values the ztunnel evaluates, read from JSON (the
+// static file: principals as SPIFFE ID strings) or from the controller's
+// protobuf (internal/policy/policypb), with the semantics of the CRD:
+// selector nil means the namespace's workloads, or the mesh's in the system
+// namespace; an ALLOW with no rules allows nothing, a DENY with no rules
+// denies nothing, an empty rule matches all.
+type (
+	Policy      = policy.Policy
+	Rule        = policy.Rule
+	Source      = policy.Source
+	Destination = policy.Destination
+)
 
 // LoadStatic reads a static configuration file (YAML or JSON).
 func LoadStatic(path string) (*Config, error) {
@@ -346,18 +328,14 @@ func (c *Config) Validate() error {
 			bad("policies %s: action %q: want ALLOW or DENY", name, p.Action)
 		}
 		for r := range p.Rules {
-			for s := range p.Rules[r].From {
-				src := &p.Rules[r].From[s]
+			for s, src := range p.Rules[r].From {
 				if len(src.Principals) == 0 && len(src.Namespaces) == 0 {
 					bad("policies %s: rules[%d].from[%d]: principals or namespaces required", name, r, s)
 				}
-				src.principals = src.principals[:0]
-				for _, pr := range src.Principals {
-					id, err := identity.Parse(pr)
-					if err != nil {
-						bad("policies %s: principal %q: %v", name, pr, err)
+				for _, id := range src.Principals {
+					if err := id.Validate(); err != nil {
+						bad("policies %s: principal %q: %v", name, id, err)
 					}
-					src.principals = append(src.principals, id)
 				}
 			}
 		}

@@ -22,6 +22,7 @@ import (
 
 	meshv1 "github.com/warrenmesh/warren/api/proto/mesh/v1"
 	"github.com/warrenmesh/warren/internal/identity"
+	"github.com/warrenmesh/warren/internal/policy/policypb"
 )
 
 // Mesh is the part of the configuration the controller streams: everything
@@ -306,39 +307,10 @@ func MeshFromResources(res map[string]*meshv1.Resource, trustDomain, node string
 			m.Services = append(m.Services, svc)
 		case r.GetPolicy() != nil:
 			p := r.GetPolicy()
-			pol := Policy{Name: p.Name, Namespace: p.Namespace}
-			if p.HasSelector || len(p.Selector) > 0 {
-				pol.Selector = maps.Clone(p.Selector)
-				if pol.Selector == nil {
-					pol.Selector = map[string]string{}
-				}
-			}
-			switch p.Action {
-			case meshv1.Action_ACTION_ALLOW:
-				pol.Action = ActionAllow
-			case meshv1.Action_ACTION_DENY:
-				pol.Action = ActionDeny
-			default:
-				bad(k, "action %v", p.Action)
+			pol, err := policypb.FromProto(p)
+			if err != nil {
+				bad(k, "%v", err)
 				continue
-			}
-			for _, r := range p.Rules {
-				var rule Rule
-				for _, f := range r.From {
-					rule.From = append(rule.From, Source{Principals: f.Principals, Namespaces: f.Namespaces})
-				}
-				for _, t := range r.To {
-					var d Destination
-					for _, port := range t.Ports {
-						if port == 0 || port > 65535 {
-							bad(k, "port %d: out of range", port)
-							continue
-						}
-						d.Ports = append(d.Ports, uint16(port))
-					}
-					rule.To = append(rule.To, d)
-				}
-				pol.Rules = append(pol.Rules, rule)
 			}
 			m.Policies = append(m.Policies, pol)
 		default:

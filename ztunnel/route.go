@@ -28,7 +28,6 @@ type State struct {
 	// waypoints: the identities of the waypoints services name; only they
 	// are trusted with a caller's headers.
 	waypoints map[identity.ID]bool
-	policies  []policy.Policy // cfg.Policies, for internal/policy
 	// modes are local pods' PeerAuthentication modes by pod UID, as the
 	// controller resolved them (Mesh.Modes).
 	modes map[string]Mode
@@ -54,8 +53,7 @@ type serviceState struct {
 // NewState indexes a validated Config.
 func NewState(c *Config) *State {
 	st := &State{cfg: c, byIP: map[netip.Addr]*Workload{}, local: map[netip.Addr]*LocalPod{}, services: map[netip.Addr]*serviceState{},
-		byName: map[string]*serviceState{}, bound: map[netip.Addr][]*serviceState{}, waypoints: map[identity.ID]bool{},
-		policies: evalPolicies(c.Policies)}
+		byName: map[string]*serviceState{}, bound: map[netip.Addr][]*serviceState{}, waypoints: map[identity.ID]bool{}}
 	for i := range c.Workloads {
 		for _, ip := range c.Workloads[i].IPs {
 			st.byIP[ip.Unmap()] = &c.Workloads[i]
@@ -312,29 +310,9 @@ func Authorize(st *State, dst *LocalPod, c Inbound) Decision {
 	if c.Plaintext && st.modeOf(dst) == ModeStrict {
 		return Decision{Reason: "plaintext refused: mTLS mode STRICT"}
 	}
-	return policy.Authorize(st.policies, st.cfg.SystemNamespace,
+	return policy.Authorize(st.cfg.Policies, st.cfg.SystemNamespace,
 		policy.Target{Namespace: dst.Namespace, Labels: dst.Labels},
 		policy.Conn{Peer: c.Peer, Port: c.Port})
-}
-
-// evalPolicies converts validated configuration policies for internal/policy.
-func evalPolicies(ps []Policy) []policy.Policy {
-	out := make([]policy.Policy, len(ps))
-	for i, p := range ps {
-		ep := policy.Policy{Namespace: p.Namespace, Name: p.Name, Selector: p.Selector, Action: p.Action}
-		for _, r := range p.Rules {
-			var er policy.Rule
-			for _, s := range r.From {
-				er.From = append(er.From, policy.Source{Principals: s.principals, Namespaces: s.Namespaces})
-			}
-			for _, d := range r.To {
-				er.To = append(er.To, policy.Destination{Ports: d.Ports})
-			}
-			ep.Rules = append(ep.Rules, er)
-		}
-		out[i] = ep
-	}
-	return out
 }
 
 // next returns the round-robin sequence number for a connection to dst: the

@@ -213,8 +213,8 @@ func TestAuthorize(t *testing.T) {
 		}
 		return in
 	}
-	allowClient := Policy{Name: "allow-client", Namespace: "demo", Action: ActionAllow, Rules: []Rule{{From: []Source{{Principals: []string{client}}}}}}
-	denyClient := Policy{Name: "deny-client", Namespace: "demo", Selector: map[string]string{"app": "echo"}, Action: ActionDeny, Rules: []Rule{{From: []Source{{Principals: []string{client}}}}}}
+	allowClient := Policy{Name: "allow-client", Namespace: "demo", Action: ActionAllow, Rules: []Rule{{From: []Source{{Principals: []identity.ID{mustID(client)}}}}}}
+	denyClient := Policy{Name: "deny-client", Namespace: "demo", Selector: map[string]string{"app": "echo"}, Action: ActionDeny, Rules: []Rule{{From: []Source{{Principals: []identity.ID{mustID(client)}}}}}}
 	denyPort := Policy{Name: "deny-9000", Namespace: "demo", Action: ActionDeny, Rules: []Rule{{To: []Destination{{Ports: []uint16{9000}}}}}}
 	allowNS := Policy{Name: "allow-other-ns", Namespace: "demo", Action: ActionAllow, Rules: []Rule{{From: []Source{{Namespaces: []string{"other"}}}}}}
 	meshDeny := Policy{Name: "mesh-deny-other", Namespace: "warren-system", Action: ActionDeny, Rules: []Rule{{From: []Source{{Namespaces: []string{"other"}}}}}}
@@ -266,7 +266,7 @@ func TestValidate(t *testing.T) {
 		{"duplicate IP", func(c *Config) { c.Workloads[1].IPs = c.Workloads[0].IPs }, "also demo/remote"},
 		{"bad mode", func(c *Config) { c.Mode = "OFF" }, `mode: "OFF"`},
 		{"bad action", withPolicies(Policy{Name: "p", Namespace: "demo", Action: "AUDIT"}), `action "AUDIT"`},
-		{"bad principal", withPolicies(Policy{Name: "p", Namespace: "demo", Action: ActionDeny, Rules: []Rule{{From: []Source{{Principals: []string{"spiffe://x/y"}}}}}}), "principal"},
+		{"bad principal", withPolicies(Policy{Name: "p", Namespace: "demo", Action: ActionDeny, Rules: []Rule{{From: []Source{{Principals: []identity.ID{{TrustDomain: "x", Namespace: "y"}}}}}}}), "principal"},
 		{"empty source", withPolicies(Policy{Name: "p", Namespace: "demo", Action: ActionDeny, Rules: []Rule{{From: []Source{{}}}}}), "principals or namespaces required"},
 		{"no certificate", func(c *Config) { delete(c.Certs, "demo/client") }, "certs: no certificate for demo/client"},
 		{"no netns", func(c *Config) { c.Pods[0].Netns = "" }, "netns: required"},

@@ -113,9 +113,9 @@ func TestWaypoint(t *testing.T) {
 	cfg2.Pods[0].Labels, cfg2.Pods[1].Labels = server, map[string]string{"app": "strict"}
 	cfg2.Policies = append(cfg2.Policies,
 		Policy{Name: "allow-client", Namespace: "demo", Selector: server, Action: ActionAllow,
-			Rules: []Rule{{From: []Source{{Principals: []string{clientID.String()}}}}}},
+			Rules: []Rule{{From: []Source{{Principals: []identity.ID{clientID}}}}}},
 		Policy{Name: "deny-client-9091", Namespace: "demo", Action: ActionDeny,
-			Rules: []Rule{{From: []Source{{Principals: []string{clientID.String()}}}, To: []Destination{{Ports: []uint16{clientDeniedPort}}}}}})
+			Rules: []Rule{{From: []Source{{Principals: []identity.ID{clientID}}}, To: []Destination{{Ports: []uint16{clientDeniedPort}}}}}})
 	node2 := startNode(t, n, bpffs, "node2", cfg2)
 	node1 := startNode(t, n, bpffs, "node1", cfg1)
 	wpTCP := func() float64 {

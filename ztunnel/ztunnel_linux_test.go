@@ -604,7 +604,7 @@ func TestTwoNodes(t *testing.T) {
 		}
 		mesh := Mesh{Workloads: cfg2.Workloads, Services: cfg2.Services, Policies: cfg2.Policies}
 		denyClient := Policy{Name: "deny-client", Namespace: "demo", Action: ActionDeny, Rules: []Rule{{
-			From: []Source{{Principals: []string{"spiffe://cluster.local/ns/demo/sa/client"}}},
+			From: []Source{{Principals: []identity.ID{identity.MustParse("spiffe://cluster.local/ns/demo/sa/client")}}},
 			To:   []Destination{{Ports: []uint16{appPort}}}}}}
 		withDeny := mesh
 		withDeny.Policies = append(slices.Clone(mesh.Policies), denyClient)

@@ -10,10 +10,8 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/url"
 	"strings"
@@ -27,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/warrenmesh/warren/controller/model"
+	"github.com/warrenmesh/warren/internal/devpki"
 	"github.com/warrenmesh/warren/internal/identity"
 )
 
@@ -166,18 +165,16 @@ func TestSignVerifies(t *testing.T) {
 // operator would bring it.
 func intermediate(t *testing.T, root *CA) (certPEM, keyPEM []byte) {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "operator intermediate"},
-		NotBefore: t0.Add(-time.Hour), NotAfter: t0.Add(12 * time.Hour),
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, root.cert, key.Public(), root.key)
+	kp, err := (&devpki.KeyPair{Cert: root.cert, Key: root.key}).Issue(devpki.Spec{CommonName: "operator intermediate",
+		NotBefore: t0.Add(-time.Hour), NotAfter: t0.Add(12 * time.Hour), KeyUsage: x509.KeyUsageCertSign, IsCA: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	kd, _ := x509.MarshalPKCS8PrivateKey(key)
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})
+	keyPEM, err = kp.KeyPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kp.CertPEM(), keyPEM
 }
 
 func TestIntermediate(t *testing.T) {

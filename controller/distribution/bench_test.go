@@ -23,6 +23,7 @@ import (
 	meshv1 "github.com/warrenmesh/warren/api/proto/mesh/v1"
 	"github.com/warrenmesh/warren/controller/ca"
 	"github.com/warrenmesh/warren/controller/model"
+	"github.com/warrenmesh/warren/internal/enrollment"
 )
 
 // BenchmarkPush is the benchmark in one process, over loopback: 100
@@ -42,7 +43,7 @@ func BenchmarkPush(b *testing.B) {
 	for n := range nodes {
 		bigAuthn[fmt.Sprintf("n%d", n)] = ca.Caller{Namespace: "warren-system", ServiceAccount: "ztunnel", Pod: "zt", Node: fmt.Sprintf("n%d", n)}
 	}
-	in := model.Inputs{Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{model.MeshLabel: model.MeshEnabled}}}}}
+	in := model.Inputs{Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{enrollment.Label: enrollment.Enabled}}}}}
 	for i := range pods {
 		in.Pods = append(in.Pods, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: fmt.Sprintf("p%d", i), UID: types.UID(fmt.Sprintf("u%d", i))},
 			Spec:   corev1.PodSpec{NodeName: fmt.Sprintf("n%d", i%nodes), ServiceAccountName: fmt.Sprintf("sa%d", i%50)},

@@ -16,6 +16,8 @@ import (
 	meshv1 "github.com/warrenmesh/warren/api/proto/mesh/v1"
 	"github.com/warrenmesh/warren/api/v1alpha1"
 	"github.com/warrenmesh/warren/controller/model"
+	"github.com/warrenmesh/warren/internal/enrollment"
+	"github.com/warrenmesh/warren/internal/policy"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -35,7 +37,7 @@ func TestDeltasAddUpToSnapshots(t *testing.T) {
 	}
 	web := pod("web", "n1", "10.244.1.5", map[string]string{"app": "web"})
 	in := model.Inputs{
-		Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{model.MeshLabel: model.MeshEnabled}}}},
+		Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{enrollment.Label: enrollment.Enabled}}}},
 		Pods:       []*corev1.Pod{web, pod("db", "n2", "10.244.2.5", map[string]string{"app": "db"}), pod("api", "n1", "10.244.1.6", nil)},
 		Services: []*corev1.Service{
 			{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web"}, Spec: corev1.ServiceSpec{ClusterIPs: []string{"10.96.0.20"}, Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}},
@@ -176,15 +178,15 @@ func TestDeltasAddUpToSnapshots(t *testing.T) {
 // (convert.go), or subscribers keep a stale resource.
 func TestEqualitiesCoverEveryField(t *testing.T) {
 	for typ, want := range map[reflect.Type]string{
-		reflect.TypeFor[model.Peer]():        "UID Namespace Name Node IPs Identity",
-		reflect.TypeFor[model.Service]():     "Namespace Name VIPs Ports Endpoints",
-		reflect.TypeFor[model.Endpoint]():    "Addr Node WorkloadUID Ready Ports Enrolled Identity",
-		reflect.TypeFor[model.LocalRef]():    "Workload Mode",
-		reflect.TypeFor[model.Workload]():    "UID Namespace Name Node ServiceAccount Identity IPs Labels Running Enrolled",
-		reflect.TypeFor[model.Policy]():      "Namespace Name Selector Action Rules",
-		reflect.TypeFor[model.Rule]():        "From To",
-		reflect.TypeFor[model.Source]():      "Principals Namespaces",
-		reflect.TypeFor[model.Destination](): "Ports",
+		reflect.TypeFor[model.Peer]():         "UID Namespace Name Node IPs Identity",
+		reflect.TypeFor[model.Service]():      "Namespace Name VIPs Ports Endpoints",
+		reflect.TypeFor[model.Endpoint]():     "Addr Node WorkloadUID Ready Ports Enrolled Identity",
+		reflect.TypeFor[model.LocalRef]():     "Workload Mode",
+		reflect.TypeFor[model.Workload]():     "UID Namespace Name Node ServiceAccount Identity IPs Labels Running Enrolled",
+		reflect.TypeFor[policy.Policy]():      "Namespace Name Selector Action Rules",
+		reflect.TypeFor[policy.Rule]():        "From To",
+		reflect.TypeFor[policy.Source]():      "Principals Namespaces",
+		reflect.TypeFor[policy.Destination](): "Ports",
 	} {
 		var got []string
 		for f := range typ.Fields() {

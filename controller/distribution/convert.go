@@ -9,6 +9,8 @@ import (
 	meshv1 "github.com/warrenmesh/warren/api/proto/mesh/v1"
 	"github.com/warrenmesh/warren/api/v1alpha1"
 	"github.com/warrenmesh/warren/controller/model"
+	"github.com/warrenmesh/warren/internal/policy"
+	"github.com/warrenmesh/warren/internal/policy/policypb"
 )
 
 func workloadResource(w model.NodeWorkload) *meshv1.Resource {
@@ -50,28 +52,9 @@ func serviceResource(s model.Service) *meshv1.Resource {
 	return &meshv1.Resource{Key: k, Kind: &meshv1.Resource_Service{Service: ps}}
 }
 
-func policyResource(p model.Policy) *meshv1.Resource {
+func policyResource(p *policy.Policy) *meshv1.Resource {
 	k := "policy/" + p.Namespace + "/" + p.Name
-	pp := &meshv1.Policy{Namespace: p.Namespace, Name: p.Name, Selector: maps.Clone(p.Selector), HasSelector: p.Selector != nil, Action: action(p.Action)}
-	for _, r := range p.Rules {
-		pr := &meshv1.Rule{}
-		for _, f := range r.From {
-			src := &meshv1.Source{Namespaces: f.Namespaces}
-			for _, id := range f.Principals {
-				src.Principals = append(src.Principals, id.String())
-			}
-			pr.From = append(pr.From, src)
-		}
-		for _, t := range r.To {
-			d := &meshv1.Destination{}
-			for _, port := range t.Ports {
-				d.Ports = append(d.Ports, uint32(port))
-			}
-			pr.To = append(pr.To, d)
-		}
-		pp.Rules = append(pp.Rules, pr)
-	}
-	return &meshv1.Resource{Key: k, Kind: &meshv1.Resource_Policy{Policy: pp}}
+	return &meshv1.Resource{Key: k, Kind: &meshv1.Resource_Policy{Policy: policypb.ToProto(p)}}
 }
 
 func ips(as []netip.Addr) []string {
@@ -90,16 +73,6 @@ func mode(m v1alpha1.MTLSMode) meshv1.MTLSMode {
 		return meshv1.MTLSMode_MTLS_MODE_PERMISSIVE
 	}
 	return meshv1.MTLSMode_MTLS_MODE_UNSPECIFIED
-}
-
-func action(a v1alpha1.AuthorizationAction) meshv1.Action {
-	switch a {
-	case v1alpha1.ActionAllow:
-		return meshv1.Action_ACTION_ALLOW
-	case v1alpha1.ActionDeny:
-		return meshv1.Action_ACTION_DENY
-	}
-	return meshv1.Action_ACTION_UNSPECIFIED
 }
 
 // The equalities below tell whether a model value converts to the same
@@ -129,18 +102,18 @@ func workloadEqual(a, b *model.Workload) bool {
 }
 
 // policyOrder is the model's order of policies: by namespace and name.
-func policyOrder(a, b *model.Policy) int {
+func policyOrder(a, b *policy.Policy) int {
 	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 }
 
-func policyEqual(a, b *model.Policy) bool {
+func policyEqual(a, b *policy.Policy) bool {
 	return a.Namespace == b.Namespace && a.Name == b.Name && a.Action == b.Action &&
 		(a.Selector == nil) == (b.Selector == nil) && maps.Equal(a.Selector, b.Selector) &&
 		slices.EqualFunc(a.Rules, b.Rules, ruleEqual)
 }
 
-func ruleEqual(a, b model.Rule) bool {
-	return slices.EqualFunc(a.From, b.From, func(x, y model.Source) bool {
+func ruleEqual(a, b policy.Rule) bool {
+	return slices.EqualFunc(a.From, b.From, func(x, y policy.Source) bool {
 		return slices.Equal(x.Principals, y.Principals) && slices.Equal(x.Namespaces, y.Namespaces)
-	}) && slices.EqualFunc(a.To, b.To, func(x, y model.Destination) bool { return slices.Equal(x.Ports, y.Ports) })
+	}) && slices.EqualFunc(a.To, b.To, func(x, y policy.Destination) bool { return slices.Equal(x.Ports, y.Ports) })
 }

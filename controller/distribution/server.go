@@ -26,6 +26,7 @@ import (
 	meshv1 "github.com/warrenmesh/warren/api/proto/mesh/v1"
 	"github.com/warrenmesh/warren/controller/ca"
 	"github.com/warrenmesh/warren/controller/model"
+	"github.com/warrenmesh/warren/internal/policy"
 )
 
 // Options configure a Server.
@@ -450,13 +451,13 @@ func diffEntries(from, to []entry) (upserts, removals []entry) {
 type localCache struct {
 	workloads []model.LocalRef // by UID
 	wEntries  []entry
-	policies  []*model.Policy // as in the model: by namespace and name
+	policies  []*policy.Policy // as in the model: by namespace and name
 	pEntries  []entry
 }
 
 // update converts ws and ps, reusing the entries of equal values, and
 // returns the entries sorted by key.
-func (c *localCache) update(s *Server, ws []model.LocalRef, ps []*model.Policy) ([]entry, error) {
+func (c *localCache) update(s *Server, ws []model.LocalRef, ps []*policy.Policy) ([]entry, error) {
 	wEntries := make([]entry, 0, len(ws))
 	j := 0
 	for _, w := range ws {
@@ -484,7 +485,7 @@ func (c *localCache) update(s *Server, ws []model.LocalRef, ps []*model.Policy) 
 			pEntries = append(pEntries, c.pEntries[j])
 			continue
 		}
-		e, err := s.entry(policyResource(*p), "")
+		e, err := s.entry(policyResource(p), "")
 		if err != nil {
 			return nil, err
 		}

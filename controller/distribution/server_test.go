@@ -32,6 +32,7 @@ import (
 	"github.com/warrenmesh/warren/api/v1alpha1"
 	"github.com/warrenmesh/warren/controller/ca"
 	"github.com/warrenmesh/warren/controller/model"
+	"github.com/warrenmesh/warren/internal/enrollment"
 )
 
 type staticAuthn map[string]ca.Caller
@@ -57,7 +58,7 @@ func pod(name, node, ip string, labels map[string]string) *corev1.Pod {
 
 func build(pods ...*corev1.Pod) *model.Model {
 	return model.Build(model.Inputs{
-		Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{model.MeshLabel: model.MeshEnabled}}}},
+		Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{enrollment.Label: enrollment.Enabled}}}},
 		Pods:       pods,
 		Services:   []*corev1.Service{{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web"}, Spec: corev1.ServiceSpec{ClusterIPs: []string{"10.96.0.20"}, Ports: []corev1.ServicePort{{Port: 80}}}}},
 		AuthorizationPolicies: []*v1alpha1.AuthorizationPolicy{{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "db-only"},

@@ -11,6 +11,7 @@ import (
 
 	"github.com/warrenmesh/warren/api/v1alpha1"
 	"github.com/warrenmesh/warren/internal/identity"
+	"github.com/warrenmesh/warren/internal/policy"
 )
 
 // Inputs are the Kubernetes objects a Model is built from, as listed from
@@ -44,8 +45,16 @@ func Build(in Inputs) *Model {
 		nsLabels[ns.Name] = ns.Labels
 	}
 	for _, pod := range in.Pods {
-		if w, ok := WorkloadFromPod(pod, nsLabels[pod.Namespace], m.TrustDomain); ok {
-			m.Workloads[w.UID] = &w
+		w, ok, err := WorkloadFromPod(pod, nsLabels[pod.Namespace], m.TrustDomain)
+		if !ok {
+			continue
+		}
+		m.Workloads[w.UID] = &w
+		if err != nil {
+			if m.LabelErrors == nil {
+				m.LabelErrors = map[types.UID]string{}
+			}
+			m.LabelErrors[w.UID] = err.Error()
 		}
 	}
 
@@ -73,7 +82,7 @@ func Build(in Inputs) *Model {
 		}
 		m.Policies = append(m.Policies, p)
 	}
-	slices.SortFunc(m.Policies, func(a, b Policy) int {
+	slices.SortFunc(m.Policies, func(a, b policy.Policy) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
 	for _, pa := range in.PeerAuthentications {
@@ -101,8 +110,8 @@ func invalid(err error, enforced string) Verdict {
 	return Verdict{Reason: v1alpha1.ReasonInvalid, Message: msg + "; " + enforced}
 }
 
-func failClosed(a Action) string {
-	if a == v1alpha1.ActionDeny {
+func failClosed(a policy.Action) string {
+	if a == policy.ActionDeny {
 		return "enforced as deny-all for the workloads it selects until fixed"
 	}
 	return "enforced as allow-nothing until fixed"

@@ -18,15 +18,6 @@ import (
 	"github.com/warrenmesh/warren/internal/policy"
 )
 
-// Labels that enroll workloads, from the design brief.
-const (
-	// MeshLabel on a namespace (value MeshEnabled) enrolls its pods; on a pod
-	// (value MeshDisabled) opts that pod out.
-	MeshLabel    = "warren.dev/mesh"
-	MeshEnabled  = "enabled"
-	MeshDisabled = "disabled"
-)
-
 // DefaultSystemNamespace holds the controller, its CA Secret and the
 // mesh-wide policies.
 const DefaultSystemNamespace = "warren-system"
@@ -45,9 +36,10 @@ type Workload struct {
 	Labels map[string]string
 	// Running: the pod's phase is Running.
 	Running bool
-	// Enrolled: the namespace carries warren.dev/mesh=enabled, the pod does
-	// not carry warren.dev/mesh=disabled, and it is not host-network (its
-	// traffic is the node's).
+	// Enrolled: internal/enrollment.ShouldEnroll (the namespace carries
+	// warren.dev/mesh=enabled, the pod does not carry
+	// warren.dev/mesh=disabled, neither label is malformed), and the pod is
+	// not host-network (its traffic is the node's).
 	Enrolled bool
 }
 
@@ -88,32 +80,6 @@ type Endpoint struct {
 	Identity identity.ID
 }
 
-// Action is what a matching policy does.
-type Action = v1alpha1.AuthorizationAction
-
-// Policy is an AuthorizationPolicy in force.
-type Policy struct {
-	Namespace string
-	Name      string
-	// Selector nil: every workload of Namespace, or of the mesh when
-	// Namespace is the system namespace.
-	Selector map[string]string
-	Action   Action
-	Rules    []Rule
-}
-
-// Rule, Source and Destination are internal/policy's: the ztunnel evaluates
-// the same types.
-type (
-	// Rule matches when a source and a destination match (absent lists
-	// match anything).
-	Rule = policy.Rule
-	// Source matches a peer by identity and/or namespace.
-	Source = policy.Source
-	// Destination matches the destination port.
-	Destination = policy.Destination
-)
-
 // PeerAuth is a PeerAuthentication.
 type PeerAuth struct {
 	Namespace string
@@ -142,13 +108,17 @@ type Model struct {
 	SystemNamespace string
 	Workloads       map[types.UID]*Workload
 	Services        map[Key]*Service
-	// Policies and PeerAuths are sorted by namespace and name.
-	Policies  []Policy
+	// Policies and PeerAuths are sorted by namespace and name. Policies are
+	// internal/policy's, the values the ztunnel evaluates.
+	Policies  []policy.Policy
 	PeerAuths []PeerAuth
 	// AuthzVerdicts and PeerAuthVerdicts judge every policy object given to
 	// Build, including the invalid ones.
 	AuthzVerdicts    map[Key]Verdict
 	PeerAuthVerdicts map[Key]Verdict
+	// LabelErrors says, by pod UID, why a pod with a malformed
+	// warren.dev/mesh label (its own or its namespace's) is not enrolled.
+	LabelErrors map[types.UID]string
 
 	ordered []*Workload            // Workloads by UID
 	byNode  map[string][]*Workload // the same, per node

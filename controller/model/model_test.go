@@ -2,6 +2,7 @@ package model
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/warrenmesh/warren/api/v1alpha1"
+	"github.com/warrenmesh/warren/internal/enrollment"
 	"github.com/warrenmesh/warren/internal/identity"
 	"github.com/warrenmesh/warren/internal/policy"
 )
@@ -33,7 +35,9 @@ func pod(namespace, name, node, sa string, phase corev1.PodPhase, labels map[str
 	return p
 }
 
-var enabled = map[string]string{MeshLabel: MeshEnabled}
+var enabled = map[string]string{enrollment.Label: enrollment.Enabled}
+
+func meshLabel(v string) map[string]string { return map[string]string{enrollment.Label: v} }
 
 func TestWorkloadFromPod(t *testing.T) {
 	hostNet := pod("a", "h", "n1", "sa", corev1.PodRunning, nil, "10.250.0.11")
@@ -48,24 +52,39 @@ func TestWorkloadFromPod(t *testing.T) {
 		running      bool
 		sa           string
 		ips          []string
+		// labelErr is part of the error for a malformed label, if any.
+		labelErr string
 	}{
-		{"enrolled namespace", pod("a", "p", "n1", "web", corev1.PodRunning, nil, "fd00::1", "10.244.1.5"), enabled, true, true, true, "web", []string{"10.244.1.5", "fd00::1"}},
-		{"namespace not labelled", pod("a", "p", "n1", "web", corev1.PodRunning, nil), nil, true, false, true, "web", nil},
-		{"namespace disabled", pod("a", "p", "n1", "web", corev1.PodRunning, nil), map[string]string{MeshLabel: "disabled"}, true, false, true, "web", nil},
-		{"pod opts out", pod("a", "p", "n1", "web", corev1.PodRunning, map[string]string{MeshLabel: MeshDisabled}), enabled, true, false, true, "web", nil},
-		{"pod label enabled in plain namespace", pod("a", "p", "n1", "web", corev1.PodRunning, enabled), nil, true, false, true, "web", nil},
-		{"pending", pod("a", "p", "n1", "web", corev1.PodPending, nil), enabled, true, true, false, "web", nil},
-		{"default service account", pod("a", "p", "n1", "", corev1.PodRunning, nil), enabled, true, true, true, "default", nil},
-		{"host network", hostNet, enabled, true, false, true, "sa", []string{"10.250.0.11"}},
-		{"only status.podIP", legacyIP, enabled, true, true, true, "sa", []string{"10.244.1.9"}},
-		{"unscheduled", pod("a", "p", "", "web", corev1.PodPending, nil), enabled, false, false, false, "", nil},
-		{"succeeded", pod("a", "p", "n1", "web", corev1.PodSucceeded, nil), enabled, false, false, false, "", nil},
-		{"failed", pod("a", "p", "n1", "web", corev1.PodFailed, nil), enabled, false, false, false, "", nil},
+		{"enrolled namespace", pod("a", "p", "n1", "web", corev1.PodRunning, nil, "fd00::1", "10.244.1.5"), enabled, true, true, true, "web", []string{"10.244.1.5", "fd00::1"}, ""},
+		{"namespace not labelled", pod("a", "p", "n1", "web", corev1.PodRunning, nil), nil, true, false, true, "web", nil, ""},
+		{"namespace disabled", pod("a", "p", "n1", "web", corev1.PodRunning, nil), map[string]string{enrollment.Label: "disabled"}, true, false, true, "web", nil, ""},
+		{"pod opts out", pod("a", "p", "n1", "web", corev1.PodRunning, map[string]string{enrollment.Label: enrollment.Disabled}), enabled, true, false, true, "web", nil, ""},
+		{"pod label enabled in plain namespace", pod("a", "p", "n1", "web", corev1.PodRunning, enabled), nil, true, false, true, "web", nil, ""},
+		{"pending", pod("a", "p", "n1", "web", corev1.PodPending, nil), enabled, true, true, false, "web", nil, ""},
+		{"default service account", pod("a", "p", "n1", "", corev1.PodRunning, nil), enabled, true, true, true, "default", nil, ""},
+		{"host network", hostNet, enabled, true, false, true, "sa", []string{"10.250.0.11"}, ""},
+		{"only status.podIP", legacyIP, enabled, true, true, true, "sa", []string{"10.244.1.9"}, ""},
+		{"unscheduled", pod("a", "p", "", "web", corev1.PodPending, nil), enabled, false, false, false, "", nil, ""},
+		{"succeeded", pod("a", "p", "n1", "web", corev1.PodSucceeded, nil), enabled, false, false, false, "", nil, ""},
+		{"failed", pod("a", "p", "n1", "web", corev1.PodFailed, nil), enabled, false, false, false, "", nil, ""},
+		// Malformed labels: the agent does not enroll such a pod, so no
+		// ztunnel may send it HBONE (internal/enrollment decides for both).
+		{"pod label Disabled", pod("a", "p", "n1", "web", corev1.PodRunning, meshLabel("Disabled")), enabled, true, false, true, "web", nil, `pod a/p not enrolled: label warren.dev/mesh="Disabled"`},
+		{"pod label ENABLED", pod("a", "p", "n1", "web", corev1.PodRunning, meshLabel("ENABLED")), enabled, true, false, true, "web", nil, `label warren.dev/mesh="ENABLED"`},
+		{"pod label yes", pod("a", "p", "n1", "web", corev1.PodRunning, meshLabel("yes")), enabled, true, false, true, "web", nil, `label warren.dev/mesh="yes"`},
+		{"pod label empty", pod("a", "p", "n1", "web", corev1.PodRunning, meshLabel("")), enabled, true, false, true, "web", nil, `label warren.dev/mesh=""`},
+		{"namespace label Disabled", pod("a", "p", "n1", "web", corev1.PodRunning, nil), meshLabel("Disabled"), true, false, true, "web", nil, `label warren.dev/mesh="Disabled"`},
+		{"namespace label ENABLED", pod("a", "p", "n1", "web", corev1.PodRunning, nil), meshLabel("ENABLED"), true, false, true, "web", nil, `label warren.dev/mesh="ENABLED"`},
+		{"namespace label yes", pod("a", "p", "n1", "web", corev1.PodRunning, nil), meshLabel("yes"), true, false, true, "web", nil, `label warren.dev/mesh="yes"`},
+		{"namespace label empty", pod("a", "p", "n1", "web", corev1.PodRunning, nil), meshLabel(""), true, false, true, "web", nil, `label warren.dev/mesh=""`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			w, ok := WorkloadFromPod(tc.pod, tc.nsLabels, "cluster.local")
+			w, ok, err := WorkloadFromPod(tc.pod, tc.nsLabels, "cluster.local")
 			if ok != tc.ok {
 				t.Fatalf("ok = %v, want %v", ok, tc.ok)
+			}
+			if tc.labelErr == "" && err != nil || tc.labelErr != "" && (err == nil || !strings.Contains(err.Error(), tc.labelErr)) {
+				t.Errorf("err = %v, want one containing %q", err, tc.labelErr)
 			}
 			if !ok {
 				return
@@ -194,7 +213,7 @@ func TestPolicyFromCRD(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Fatalf("err = %v, want it to contain %q", err, tc.wantErr)
 			}
-			c := Conn{Peer: identity.New("b", "c"), Port: 80}
+			c := policy.Conn{Peer: identity.New("b", "c"), Port: 80}
 			if got := p.Matches(c); got != tc.matchesAll {
 				t.Errorf("fail-closed policy matches = %v, want %v", got, tc.matchesAll)
 			}
@@ -214,24 +233,24 @@ func TestAuthorize(t *testing.T) {
 		name     string
 		policies []*v1alpha1.AuthorizationPolicy
 		dst      *Workload
-		conn     Conn
+		conn     policy.Conn
 		allowed  bool
 		by       string
 	}{
-		{"no policy", nil, web, Conn{Peer: bc, Port: 80}, true, ""},
-		{"allow by namespace", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil, fromB)}, web, Conn{Peer: bd, Port: 80}, true, "a/p"},
-		{"allow refuses other namespace", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil, fromB)}, web, Conn{Peer: xc, Port: 80}, false, ""},
-		{"allow refuses plaintext", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil, fromB)}, web, Conn{Port: 80}, false, ""},
-		{"allow by port lets plaintext in", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil, port80)}, web, Conn{Port: 80}, true, "a/p"},
-		{"allow without rules allows nothing", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil)}, web, Conn{Peer: bc, Port: 80}, false, ""},
-		{"deny without rules denies nothing", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionDeny, nil)}, web, Conn{Peer: bc, Port: 80}, true, ""},
-		{"deny wins over allow", []*v1alpha1.AuthorizationPolicy{ap("a", "allow", v1alpha1.ActionAllow, nil, fromB), ap("a", "deny", v1alpha1.ActionDeny, nil, fromC)}, web, Conn{Peer: bc, Port: 80}, false, "a/deny"},
-		{"deny does not touch others", []*v1alpha1.AuthorizationPolicy{ap("a", "allow", v1alpha1.ActionAllow, nil, fromB), ap("a", "deny", v1alpha1.ActionDeny, nil, fromC)}, web, Conn{Peer: bd, Port: 80}, true, "a/allow"},
-		{"selector misses", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionDeny, map[string]string{"app": "web"}, all)}, db, Conn{Peer: bc, Port: 80}, true, ""},
-		{"selector hits", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionDeny, map[string]string{"app": "web"}, all)}, web, Conn{Peer: bc, Port: 80}, false, "a/p"},
-		{"other namespace does not apply", []*v1alpha1.AuthorizationPolicy{ap("z", "p", v1alpha1.ActionDeny, nil, all)}, web, Conn{Peer: bc, Port: 80}, true, ""},
-		{"mesh-wide deny", []*v1alpha1.AuthorizationPolicy{ap(DefaultSystemNamespace, "p", v1alpha1.ActionDeny, nil, port80)}, web, Conn{Peer: bc, Port: 80}, false, "warren-system/p"},
-		{"rule needs from and to", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil, v1alpha1.Rule{From: fromB.From, To: port80.To})}, web, Conn{Peer: bc, Port: 81}, false, ""},
+		{"no policy", nil, web, policy.Conn{Peer: bc, Port: 80}, true, ""},
+		{"allow by namespace", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil, fromB)}, web, policy.Conn{Peer: bd, Port: 80}, true, "a/p"},
+		{"allow refuses other namespace", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil, fromB)}, web, policy.Conn{Peer: xc, Port: 80}, false, ""},
+		{"allow refuses plaintext", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil, fromB)}, web, policy.Conn{Port: 80}, false, ""},
+		{"allow by port lets plaintext in", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil, port80)}, web, policy.Conn{Port: 80}, true, "a/p"},
+		{"allow without rules allows nothing", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil)}, web, policy.Conn{Peer: bc, Port: 80}, false, ""},
+		{"deny without rules denies nothing", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionDeny, nil)}, web, policy.Conn{Peer: bc, Port: 80}, true, ""},
+		{"deny wins over allow", []*v1alpha1.AuthorizationPolicy{ap("a", "allow", v1alpha1.ActionAllow, nil, fromB), ap("a", "deny", v1alpha1.ActionDeny, nil, fromC)}, web, policy.Conn{Peer: bc, Port: 80}, false, "a/deny"},
+		{"deny does not touch others", []*v1alpha1.AuthorizationPolicy{ap("a", "allow", v1alpha1.ActionAllow, nil, fromB), ap("a", "deny", v1alpha1.ActionDeny, nil, fromC)}, web, policy.Conn{Peer: bd, Port: 80}, true, "a/allow"},
+		{"selector misses", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionDeny, map[string]string{"app": "web"}, all)}, db, policy.Conn{Peer: bc, Port: 80}, true, ""},
+		{"selector hits", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionDeny, map[string]string{"app": "web"}, all)}, web, policy.Conn{Peer: bc, Port: 80}, false, "a/p"},
+		{"other namespace does not apply", []*v1alpha1.AuthorizationPolicy{ap("z", "p", v1alpha1.ActionDeny, nil, all)}, web, policy.Conn{Peer: bc, Port: 80}, true, ""},
+		{"mesh-wide deny", []*v1alpha1.AuthorizationPolicy{ap(DefaultSystemNamespace, "p", v1alpha1.ActionDeny, nil, port80)}, web, policy.Conn{Peer: bc, Port: 80}, false, "warren-system/p"},
+		{"rule needs from and to", []*v1alpha1.AuthorizationPolicy{ap("a", "p", v1alpha1.ActionAllow, nil, v1alpha1.Rule{From: fromB.From, To: port80.To})}, web, policy.Conn{Peer: bc, Port: 81}, false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := Build(Inputs{AuthorizationPolicies: tc.policies})
@@ -329,7 +348,10 @@ func TestForNode(t *testing.T) {
 			pod("a", "web1", "n1", "web", corev1.PodRunning, map[string]string{"app": "web"}, "10.244.1.5"),
 			pod("a", "web2", "n2", "web", corev1.PodRunning, map[string]string{"app": "web"}, "10.244.2.5"),
 			pod("a", "db", "n2", "db", corev1.PodRunning, map[string]string{"app": "db"}, "10.244.2.6"),
-			pod("a", "out", "n1", "web", corev1.PodRunning, map[string]string{MeshLabel: MeshDisabled}, "10.244.1.7"),
+			pod("a", "out", "n1", "web", corev1.PodRunning, map[string]string{enrollment.Label: enrollment.Disabled}, "10.244.1.7"),
+			// meant to opt out; its agent does not enroll it, so it must be
+			// no peer (no HBONE to it) and no local workload
+			pod("a", "typo", "n2", "web", corev1.PodRunning, meshLabel("Disabled"), "10.244.2.8"),
 			pod("plain", "p", "n1", "default", corev1.PodRunning, nil, "10.244.1.8"),
 		},
 		Services: []*corev1.Service{{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "web"}, Spec: corev1.ServiceSpec{ClusterIPs: []string{"10.96.0.20"}, Ports: []corev1.ServicePort{{Port: 80}}}}},
@@ -355,6 +377,12 @@ func TestForNode(t *testing.T) {
 		v.Services[0].Endpoints[0].Identity != identity.New("a", "web") {
 		t.Errorf("services = %+v, want a/web with one enrolled endpoint of identity a/web", v.Services)
 	}
+	if v2 := m.ForNode("n2"); slices.ContainsFunc(v2.Workloads, func(w NodeWorkload) bool { return w.Name == "typo" }) {
+		t.Errorf("n2 workloads = %+v: a/typo (warren.dev/mesh=Disabled) must not be enrolled", v2.Workloads)
+	}
+	if msg := m.LabelErrors["a-typo"]; !strings.Contains(msg, `pod a/typo not enrolled: label warren.dev/mesh="Disabled"`) || len(m.LabelErrors) != 1 {
+		t.Errorf("label errors = %v, want one for a/typo", m.LabelErrors)
+	}
 	if !m.Scheduled("n2", identity.New("a", "db")) || m.Scheduled("n1", identity.New("a", "db")) {
 		t.Error("Scheduled: a/db runs on n2 and not on n1")
 	}
@@ -363,9 +391,15 @@ func TestForNode(t *testing.T) {
 	}
 }
 
-// The model converts the CRD's action to internal/policy's by value.
-func TestActionsMatchPolicy(t *testing.T) {
-	if policy.Action(v1alpha1.ActionAllow) != policy.ActionAllow || policy.Action(v1alpha1.ActionDeny) != policy.ActionDeny {
-		t.Fatal("v1alpha1 and internal/policy spell the actions differently")
+// The model holds internal/policy's actions, whatever the CRD spells.
+func TestPolicyFromCRDActions(t *testing.T) {
+	for in, want := range map[v1alpha1.AuthorizationAction]policy.Action{
+		v1alpha1.ActionAllow: policy.ActionAllow,
+		v1alpha1.ActionDeny:  policy.ActionDeny,
+		"AUDIT":              policy.ActionDeny, // invalid: fails closed
+	} {
+		if p, _ := PolicyFromCRD(ap("a", "p", in, nil)); p.Action != want {
+			t.Errorf("%s: action %q, want %q", in, p.Action, want)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/warrenmesh/warren/api/v1alpha1"
 	"github.com/warrenmesh/warren/internal/identity"
+	"github.com/warrenmesh/warren/internal/policy"
 )
 
 // NodeView is what the ztunnel of one node needs: its own enrolled workloads
@@ -26,7 +27,7 @@ type NodeView struct {
 	// Services are all services, sorted by namespace and name.
 	Services []Service
 	// Policies apply to at least one of Workloads.
-	Policies []Policy
+	Policies []policy.Policy
 }
 
 // NodeWorkload is a local workload with its effective mTLS mode.
@@ -60,13 +61,13 @@ func (m *Model) ForNode(node string) NodeView {
 
 // Local is the part of ForNode that differs between nodes: the node's
 // enrolled workloads, sorted by UID, and the policies that apply to them.
-func (m *Model) Local(node string) ([]NodeWorkload, []Policy) {
+func (m *Model) Local(node string) ([]NodeWorkload, []policy.Policy) {
 	refs, prefs := m.LocalRefs(node)
 	ws := make([]NodeWorkload, 0, len(refs))
 	for _, r := range refs {
 		ws = append(ws, NodeWorkload{Workload: *r.Workload, Mode: r.Mode})
 	}
-	var ps []Policy
+	var ps []policy.Policy
 	for _, p := range prefs {
 		ps = append(ps, *p)
 	}
@@ -81,7 +82,7 @@ type LocalRef struct {
 
 // LocalRefs is Local without copies, for a server that calls it for every
 // node on every change: the model's own workloads and policies, read-only.
-func (m *Model) LocalRefs(node string) ([]LocalRef, []*Policy) {
+func (m *Model) LocalRefs(node string) ([]LocalRef, []*policy.Policy) {
 	on := m.onNode(node)
 	ws := make([]LocalRef, 0, len(on))
 	for _, w := range on {
@@ -90,11 +91,11 @@ func (m *Model) LocalRefs(node string) ([]LocalRef, []*Policy) {
 			ws = append(ws, LocalRef{Workload: w, Mode: mode})
 		}
 	}
-	var ps []*Policy
+	var ps []*policy.Policy
 	for i := range m.Policies {
 		p := &m.Policies[i]
 		for _, w := range ws {
-			if p.AppliesTo(w.Workload, m.SystemNamespace) {
+			if p.AppliesTo(target(w.Workload), m.SystemNamespace) {
 				ps = append(ps, p)
 				break
 			}

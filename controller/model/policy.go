@@ -10,11 +10,6 @@ import (
 	"github.com/warrenmesh/warren/internal/policy"
 )
 
-// AppliesTo reports whether the policy applies to w.
-func (p *Policy) AppliesTo(w *Workload, systemNamespace string) bool {
-	return applies(p.Namespace, p.Selector, w, systemNamespace)
-}
-
 func applies(ns string, sel map[string]string, w *Workload, systemNamespace string) bool {
 	return policy.Applies(ns, sel, target(w), systemNamespace)
 }
@@ -23,32 +18,12 @@ func target(w *Workload) policy.Target {
 	return policy.Target{Namespace: w.Namespace, Labels: w.Labels}
 }
 
-// Conn is an inbound connection as the destination's ztunnel sees it.
-type Conn = policy.Conn
-
-// Matches reports whether the policy matches c.
-func (p *Policy) Matches(c Conn) bool {
-	return policy.MatchRules(p.Rules, c)
-}
-
-// Decision is the outcome of Authorize.
-type Decision = policy.Decision
-
 // Authorize decides c to dst under policies: any matching DENY policy
 // refuses it (deny wins, whatever else matches); otherwise, if ALLOW policies
 // apply to dst, one of them must match; with no policy, it is allowed. It is
-// internal/policy.Authorize, which the ztunnel uses too.
-func Authorize(policies []Policy, systemNamespace string, dst *Workload, c Conn) Decision {
-	ps := make([]policy.Policy, len(policies))
-	for i := range policies {
-		ps[i] = policies[i].eval()
-	}
-	return policy.Authorize(ps, systemNamespace, target(dst), c)
-}
-
-// eval is p as internal/policy evaluates it (Rules shared, not copied).
-func (p *Policy) eval() policy.Policy {
-	return policy.Policy{Namespace: p.Namespace, Name: p.Name, Selector: p.Selector, Action: policy.Action(p.Action), Rules: p.Rules}
+// internal/policy.Authorize, which the ztunnel uses too, on the same values.
+func Authorize(policies []policy.Policy, systemNamespace string, dst *Workload, c policy.Conn) policy.Decision {
+	return policy.Authorize(policies, systemNamespace, target(dst), c)
 }
 
 // MTLSMode returns the mode in force for w and the PeerAuthentication that
@@ -115,10 +90,10 @@ func (m *Model) judgePolicies() {
 		}
 		for _, i := range candidates {
 			p := &m.Policies[i]
-			if !p.AppliesTo(w, m.SystemNamespace) {
+			if !p.AppliesTo(target(w), m.SystemNamespace) {
 				continue
 			}
-			if p.Action == v1alpha1.ActionDeny {
+			if p.Action == policy.ActionDeny {
 				denies = append(denies, i)
 			} else {
 				allows = append(allows, i)

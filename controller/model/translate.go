@@ -14,16 +14,19 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/warrenmesh/warren/api/v1alpha1"
+	"github.com/warrenmesh/warren/internal/enrollment"
 	"github.com/warrenmesh/warren/internal/identity"
+	"github.com/warrenmesh/warren/internal/policy"
 )
 
 // WorkloadFromPod translates a pod. nsLabels are the labels of the pod's
 // namespace (nil when the namespace is unknown: not enrolled). ok is false for
 // pods that are no workload: finished (Succeeded or Failed) or not yet
-// scheduled.
-func WorkloadFromPod(pod *corev1.Pod, nsLabels map[string]string, trustDomain string) (w Workload, ok bool) {
+// scheduled. Enrollment is internal/enrollment's rule, the node agent's too; a
+// malformed label is returned as err, with the workload, not enrolled.
+func WorkloadFromPod(pod *corev1.Pod, nsLabels map[string]string, trustDomain string) (w Workload, ok bool, err error) {
 	if pod.Spec.NodeName == "" || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
-		return Workload{}, false
+		return Workload{}, false, nil
 	}
 	sa := pod.Spec.ServiceAccountName
 	if sa == "" {
@@ -38,8 +41,14 @@ func WorkloadFromPod(pod *corev1.Pod, nsLabels map[string]string, trustDomain st
 		Identity:       identity.ID{TrustDomain: trustDomain, Namespace: pod.Namespace, ServiceAccount: sa},
 		Labels:         maps.Clone(pod.Labels),
 		Running:        pod.Status.Phase == corev1.PodRunning,
-		Enrolled: nsLabels[MeshLabel] == MeshEnabled && pod.Labels[MeshLabel] != MeshDisabled &&
-			!pod.Spec.HostNetwork,
+	}
+	// A host-network pod's traffic is the node's: never enrolled, whatever
+	// its labels (the agent ignores it too).
+	if !pod.Spec.HostNetwork {
+		w.Enrolled, err = enrollment.ShouldEnroll(nsLabels, pod.Labels)
+		if err != nil {
+			err = fmt.Errorf("pod %s/%s not enrolled: %w", pod.Namespace, pod.Name, err)
+		}
 	}
 	for _, ip := range pod.Status.PodIPs {
 		if a, err := netip.ParseAddr(ip.IP); err == nil {
@@ -53,7 +62,7 @@ func WorkloadFromPod(pod *corev1.Pod, nsLabels map[string]string, trustDomain st
 	}
 	slices.SortFunc(w.IPs, netip.Addr.Compare)
 	w.IPs = slices.Compact(w.IPs)
-	return w, true
+	return w, true, err
 }
 
 // ServiceFromCore translates a Service and the EndpointSlices that belong to
@@ -146,22 +155,27 @@ var ErrInvalidPolicy = errors.New("invalid policy")
 // nothing (so only the other ALLOW policies let connections in). Dropping it
 // instead would open what its author meant to close. An invalid selector
 // selects nothing: guessing which workloads it meant could close a namespace.
-func PolicyFromCRD(ap *v1alpha1.AuthorizationPolicy) (Policy, error) {
-	p := Policy{Namespace: ap.Namespace, Name: ap.Name, Action: ap.Spec.Action}
+func PolicyFromCRD(ap *v1alpha1.AuthorizationPolicy) (policy.Policy, error) {
+	p := policy.Policy{Namespace: ap.Namespace, Name: ap.Name, Action: policy.Action(ap.Spec.Action)}
 	var errs []error
 	sel, err := selector(ap.Spec.Selector)
 	if err != nil {
 		errs = append(errs, err)
 	}
 	p.Selector = sel
-	if p.Action != v1alpha1.ActionAllow && p.Action != v1alpha1.ActionDeny {
-		errs = append(errs, fmt.Errorf("spec.action: %q is neither ALLOW nor DENY", p.Action))
-		p.Action = v1alpha1.ActionDeny
+	switch ap.Spec.Action {
+	case v1alpha1.ActionAllow:
+		p.Action = policy.ActionAllow
+	case v1alpha1.ActionDeny:
+		p.Action = policy.ActionDeny
+	default:
+		errs = append(errs, fmt.Errorf("spec.action: %q is neither ALLOW nor DENY", ap.Spec.Action))
+		p.Action = policy.ActionDeny
 	}
 	for i, r := range ap.Spec.Rules {
-		var rule Rule
+		var rule policy.Rule
 		for j, f := range r.From {
-			var src Source
+			var src policy.Source
 			for _, pr := range f.Principals {
 				id, err := identity.Parse(pr)
 				if err != nil {
@@ -177,7 +191,7 @@ func PolicyFromCRD(ap *v1alpha1.AuthorizationPolicy) (Policy, error) {
 			if len(t.Methods) > 0 || len(t.Paths) > 0 {
 				errs = append(errs, fmt.Errorf("spec.rules[%d].to[%d]: methods and paths need a waypoint, which Warren does not have yet", i, j))
 			}
-			var dst Destination
+			var dst policy.Destination
 			for _, port := range t.Ports {
 				if port < 1 || port > 65535 {
 					errs = append(errs, fmt.Errorf("spec.rules[%d].to[%d].ports: %d is not a port", i, j, port))
@@ -190,8 +204,8 @@ func PolicyFromCRD(ap *v1alpha1.AuthorizationPolicy) (Policy, error) {
 		p.Rules = append(p.Rules, rule)
 	}
 	if len(errs) > 0 {
-		if p.Action == v1alpha1.ActionDeny {
-			p.Rules = []Rule{{}} // matches everything
+		if p.Action == policy.ActionDeny {
+			p.Rules = []policy.Rule{{}} // matches everything
 		} else {
 			p.Rules = nil // matches nothing
 		}

@@ -3,9 +3,17 @@
 // if ALLOW policies apply, one must match; with no policy, allowed). It is
 // pure and depends only on internal/identity, so both the controller's model
 // and the ztunnel (which must not pull in the Kubernetes API types) use it.
+//
+// Its Policy is the one in-memory shape of an AuthorizationPolicy: the
+// controller translates the CRD into it (controller/model), internal/policy/policypb
+// converts it to and from the distribution protobuf, and its JSON form is the
+// ztunnel's static configuration (principals as SPIFFE ID strings).
 package policy
 
 import (
+	"bytes"
+	"encoding/json"
+	"fmt"
 	"slices"
 
 	"github.com/warrenmesh/warren/internal/identity"
@@ -23,31 +31,78 @@ const (
 // Policy is an AuthorizationPolicy in force: an ALLOW with no rules allows
 // nothing, a DENY with no rules denies nothing, an empty rule matches all.
 type Policy struct {
-	Namespace string
-	Name      string
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
 	// Selector nil: every workload of Namespace, or of the mesh when
 	// Namespace is the system namespace.
-	Selector map[string]string
-	Action   Action
-	Rules    []Rule
+	Selector map[string]string `json:"selector,omitempty"`
+	Action   Action            `json:"action"`
+	Rules    []Rule            `json:"rules,omitempty"`
 }
 
 // Rule matches when a source and a destination match (absent lists match
 // anything).
 type Rule struct {
-	From []Source
-	To   []Destination
+	From []Source      `json:"from,omitempty"`
+	To   []Destination `json:"to,omitempty"`
 }
 
-// Source matches a peer by identity and/or namespace.
+// Source matches a peer by identity and/or namespace. In JSON the
+// principals are SPIFFE ID strings, parsed when read.
 type Source struct {
 	Principals []identity.ID
 	Namespaces []string
 }
 
+// sourceJSON is Source as JSON spells it.
+type sourceJSON struct {
+	Principals []string `json:"principals,omitempty"`
+	Namespaces []string `json:"namespaces,omitempty"`
+}
+
+// MarshalJSON writes the principals as SPIFFE IDs.
+func (s Source) MarshalJSON() ([]byte, error) {
+	out := sourceJSON{Namespaces: s.Namespaces}
+	for _, id := range s.Principals {
+		out.Principals = append(out.Principals, id.String())
+	}
+	return json.Marshal(out)
+}
+
+// UnmarshalJSON parses the principals; a malformed one is an error that
+// names it. Unknown fields are refused whoever decodes: a misspelt
+// "principals" would leave a source that matches every peer.
+func (s *Source) UnmarshalJSON(b []byte) error {
+	var in sourceJSON
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&in); err != nil {
+		return fmt.Errorf("source: %w", err)
+	}
+	ids, err := ParsePrincipals(in.Principals)
+	if err != nil {
+		return err
+	}
+	*s = Source{Principals: ids, Namespaces: in.Namespaces}
+	return nil
+}
+
+// ParsePrincipals parses SPIFFE IDs, naming the first malformed one.
+func ParsePrincipals(ss []string) ([]identity.ID, error) {
+	var ids []identity.ID
+	for _, p := range ss {
+		id, err := identity.Parse(p)
+		if err != nil {
+			return nil, fmt.Errorf("principal %q: %w", p, err)
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
 // Destination matches the destination port.
 type Destination struct {
-	Ports []uint16
+	Ports []uint16 `json:"ports"`
 }
 
 // Target is the destination workload as policies select it.

@@ -8,7 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/warrenmesh/warren/test/bench/pki"
+	"github.com/warrenmesh/warren/internal/devpki"
 )
 
 // Ports of the TLS hop between the two HAProxies.
@@ -31,27 +31,41 @@ func (h *haproxyPair) Description() string {
 }
 func (h *haproxyPair) Proxies() []*Proc { return h.procs }
 
+// haproxyBundle issues a certificate for dnsName and returns it followed by
+// its key, the single file HAProxy's `crt` takes.
+func haproxyBundle(ca *devpki.KeyPair, dnsName string, usage x509.ExtKeyUsage) ([]byte, error) {
+	l, err := ca.Issue(devpki.Spec{CommonName: dnsName, Organization: []string{"warren bench"}, DNSNames: []string{dnsName}, ExtKeyUsage: []x509.ExtKeyUsage{usage}})
+	if err != nil {
+		return nil, err
+	}
+	key, err := l.KeyPEM()
+	if err != nil {
+		return nil, err
+	}
+	return append(l.CertPEM(), key...), nil
+}
+
 func (h *haproxyPair) Setup(ctx context.Context, env *Env) (Target, error) {
 	dir := filepath.Join(env.Dir, "haproxy")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return Target{}, err
 	}
-	ca, err := pki.NewCA("wbench-ca")
+	ca, err := devpki.NewCA(devpki.Spec{CommonName: "wbench-ca", Organization: []string{"warren bench"}})
 	if err != nil {
 		return Target{}, err
 	}
-	server, err := ca.Issue("node2.wbench", x509.ExtKeyUsageServerAuth)
+	server, err := haproxyBundle(ca, "node2.wbench", x509.ExtKeyUsageServerAuth)
 	if err != nil {
 		return Target{}, err
 	}
-	client, err := ca.Issue("node1.wbench", x509.ExtKeyUsageClientAuth)
+	client, err := haproxyBundle(ca, "node1.wbench", x509.ExtKeyUsageClientAuth)
 	if err != nil {
 		return Target{}, err
 	}
 	files := map[string][]byte{
-		"ca.pem":    ca.PEM,
-		"node2.pem": server.Bundle(),
-		"node1.pem": client.Bundle(),
+		"ca.pem":    ca.CertPEM(),
+		"node2.pem": server,
+		"node1.pem": client,
 		"node1.cfg": []byte(haproxyNode1(dir)),
 		"node2.cfg": []byte(haproxyNode2(dir)),
 	}

@@ -6,11 +6,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/warrenmesh/warren/internal/kubebin"
 )
 
 // Versions of the components the cluster builds from the Go module proxy.
 const (
-	KubernetesVersion = "v1.37.2"
+	KubernetesVersion = kubebin.Version
 	ContainerdVersion = "v2.4.2"
 	CoreDNSVersion    = "v1.15.0"
 )
@@ -47,15 +49,7 @@ type Config struct {
 // DefaultConfig returns a Config for a 2-node cluster with the cache in ~/.cache/warren
 // (or $WARREN_CACHE).
 func DefaultConfig() Config {
-	cache := os.Getenv("WARREN_CACHE")
-	if cache == "" {
-		base, err := os.UserCacheDir()
-		if err != nil {
-			base = "/root/.cache"
-		}
-		cache = filepath.Join(base, "warren")
-	}
-	return Config{Nodes: 2, CacheDir: cache, Log: os.Stderr}
+	return Config{Nodes: 2, CacheDir: kubebin.DefaultCacheDir(), Log: os.Stderr}
 }
 
 // Validate checks the configuration before anything is touched.
@@ -75,8 +69,7 @@ func (c *Config) Validate() error {
 // ErrNotRoot is returned when the caller is not root: namespaces, mounts and cgroups need it.
 var ErrNotRoot = errors.New("the local cluster needs root (network namespaces, mounts, cgroups)")
 
-func (c *Config) binDir() string   { return filepath.Join(c.CacheDir, "bin") }
-func (c *Config) srcDir() string   { return filepath.Join(c.CacheDir, "src") }
+func (c *Config) binDir() string   { return kubebin.BinDir(c.CacheDir) }
 func (c *Config) stateDir() string { return filepath.Join(c.CacheDir, "cluster") }
 func (c *Config) imageDir() string { return filepath.Join(c.CacheDir, "images") }
 func (c *Config) pkiDir() string   { return filepath.Join(c.stateDir(), "pki") }

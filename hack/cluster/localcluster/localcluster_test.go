@@ -1,9 +1,15 @@
 package localcluster
 
 import (
+	"crypto/x509"
+	"encoding/pem"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"text/template"
+
+	"github.com/warrenmesh/warren/internal/kubebin"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -46,23 +52,18 @@ func TestNodeAddressing(t *testing.T) {
 	}
 }
 
-func TestKubeGoModReplacesEveryStagingModule(t *testing.T) {
-	mod := kubeGoMod()
-	if !strings.Contains(mod, "require k8s.io/kubernetes "+KubernetesVersion) {
-		t.Fatalf("go.mod does not require kubernetes %s:\n%s", KubernetesVersion, mod)
-	}
-	for _, m := range kubeStaging {
-		line := "k8s.io/" + m + " => k8s.io/" + m + " v0.37.2"
-		if !strings.Contains(mod, line) {
-			t.Errorf("go.mod lacks %q", line)
+// The local cluster and the apiserver test harness share one cache: the
+// Kubernetes build must stay stamped as internal/kubebin stamps it.
+func TestKubernetesStampIsKubebins(t *testing.T) {
+	for _, comp := range (&Config{}).components() {
+		if comp.name == kubebin.Name && comp.stamp() != kubebin.Stamp() {
+			t.Fatalf("stamp %q, kubebin's %q", comp.stamp(), kubebin.Stamp())
+		}
+		if comp.name == kubebin.Name {
+			return
 		}
 	}
-	fl := kubeLdflags()
-	for _, want := range []string{"k8s.io/component-base/version.gitVersion=v1.37.2", "k8s.io/client-go/pkg/version.gitMinor=37"} {
-		if !strings.Contains(fl, want) {
-			t.Errorf("ldflags %q lack %q", fl, want)
-		}
-	}
+	t.Fatal("no Kubernetes component")
 }
 
 func TestPKISpecsCoverEveryNode(t *testing.T) {
@@ -130,5 +131,54 @@ func TestCoreDNSHasNoUpstream(t *testing.T) {
 	}
 	if !strings.Contains(m, "clusterIP: "+dnsSvc) || !strings.Contains(m, "image: warren.local/coredns:x") {
 		t.Fatalf("CoreDNS manifest lacks its Service IP or image:\n%s", m)
+	}
+}
+
+// TestEnsurePKI writes the cluster's PKI into a temporary cache and checks
+// that the certificates chain to their CA with the names and usages the
+// components need, and that a second run keeps them (a restarted cluster
+// keeps its identity).
+func TestEnsurePKI(t *testing.T) {
+	c := Config{Nodes: 1, CacheDir: t.TempDir()}
+	if err := c.ensurePKI(); err != nil {
+		t.Fatal(err)
+	}
+	load := func(name string) *x509.Certificate {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(c.pkiDir(), name+".crt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		blk, _ := pem.Decode(b)
+		if blk == nil {
+			t.Fatalf("%s: not PEM", name)
+		}
+		cert, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cert
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(load("ca"))
+	api := load("apiserver")
+	if _, err := api.Verify(x509.VerifyOptions{Roots: roots, DNSName: "kubernetes.default.svc"}); err != nil {
+		t.Errorf("apiserver certificate: %v", err)
+	}
+	if _, err := api.Verify(x509.VerifyOptions{Roots: roots, DNSName: cpIP}); err != nil {
+		t.Errorf("apiserver certificate for %s: %v", cpIP, err)
+	}
+	kubelet := load("node1-kubelet")
+	if _, err := kubelet.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("kubelet client certificate: %v", err)
+	}
+	if kubelet.Subject.CommonName != "system:node:node1" || len(kubelet.Subject.Organization) != 1 || kubelet.Subject.Organization[0] != "system:nodes" {
+		t.Errorf("kubelet subject %v", kubelet.Subject)
+	}
+	if err := c.ensurePKI(); err != nil {
+		t.Fatalf("second run: %v", err)
+	}
+	if again := load("apiserver"); !again.Equal(api) {
+		t.Error("a second run replaced the apiserver certificate")
 	}
 }

@@ -1,24 +1,18 @@
 // Package identitytest mints a throwaway mesh CA and leaf SVIDs (ECDSA P-256)
-// for tests. Nothing here is fit for production keys.
+// for tests, on internal/devpki. Nothing here is fit for production keys.
 package identitytest
 
 import (
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
 	"net/url"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/warrenmesh/warren/internal/devpki"
 	"github.com/warrenmesh/warren/internal/identity"
 )
-
-var serial atomic.Int64
 
 // CA is a self-signed root that issues SVIDs.
 type CA struct {
@@ -29,28 +23,12 @@ type CA struct {
 // NewCA returns a fresh root CA valid from an hour ago for a day.
 func NewCA(tb testing.TB) *CA {
 	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	kp, err := devpki.NewCA(devpki.Spec{CommonName: "warren test root", Organization: []string{"warren test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)})
 	if err != nil {
-		tb.Fatalf("identitytest: CA key: %v", err)
+		tb.Fatalf("identitytest: %v", err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(serial.Add(1)),
-		Subject:               pkix.Name{Organization: []string{"warren test"}, CommonName: "warren test root"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		tb.Fatalf("identitytest: CA certificate: %v", err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		tb.Fatalf("identitytest: parse CA certificate: %v", err)
-	}
-	return &CA{Cert: cert, Key: key}
+	return &CA{Cert: kp.Cert, Key: kp.Key.(*ecdsa.PrivateKey)}
 }
 
 // Pool returns a pool holding only this CA.
@@ -82,16 +60,6 @@ func (ca *CA) Issue(tb testing.TB, id identity.ID) *tls.Certificate {
 // IssueWith is Issue with options.
 func (ca *CA) IssueWith(tb testing.TB, id identity.ID, o LeafOptions) *tls.Certificate {
 	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatalf("identitytest: leaf key: %v", err)
-	}
-	if o.NotBefore.IsZero() {
-		o.NotBefore = time.Now().Add(-time.Minute)
-	}
-	if o.NotAfter.IsZero() {
-		o.NotAfter = time.Now().Add(24 * time.Hour)
-	}
 	uris := o.URIs
 	if uris == nil {
 		u, err := url.Parse(id.String())
@@ -104,21 +72,10 @@ func (ca *CA) IssueWith(tb testing.TB, id identity.ID, o LeafOptions) *tls.Certi
 	if eku == nil {
 		eku = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial.Add(1)),
-		NotBefore:    o.NotBefore,
-		NotAfter:     o.NotAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  eku,
-		URIs:         uris,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
+	parent := &devpki.KeyPair{Cert: ca.Cert, Key: ca.Key}
+	leaf, err := parent.Issue(devpki.Spec{URIs: uris, ExtKeyUsage: eku, NotBefore: o.NotBefore, NotAfter: o.NotAfter})
 	if err != nil {
-		tb.Fatalf("identitytest: leaf certificate: %v", err)
+		tb.Fatalf("identitytest: leaf: %v", err)
 	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		tb.Fatalf("identitytest: parse leaf: %v", err)
-	}
-	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+	return leaf.TLS()
 }

@@ -1,7 +1,8 @@
-// Package kubetest runs a real kube-apiserver and etcd for the controller's
-// integration tests: controller-runtime's envtest, pointed at the
-// kube-apiserver that hack/cluster builds into its cache and at Debian's
-// etcd, with Warren's CRDs installed.
+// Package kubetest runs a real kube-apiserver and etcd for integration tests
+// (the controller's, the node agent's): controller-runtime's envtest,
+// pointed at the kube-apiserver of Warren's binary cache (internal/kubebin,
+// built on first use, shared with hack/cluster) and at Debian's etcd, with
+// the CRDs of the given folders installed. It imports nothing from hack/.
 package kubetest
 
 import (
@@ -16,14 +17,19 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/warrenmesh/warren/hack/cluster/localcluster"
+	"github.com/warrenmesh/warren/internal/kubebin"
 )
 
 // Etcd is Debian's etcd (package etcd-server, installed by hack/deps.sh).
 const Etcd = "/usr/bin/etcd"
+
+// BuildTimeout bounds Start's wait for the binaries: a build from a cold
+// cache takes kubebin.Estimate, longer on a loaded machine.
+const BuildTimeout = 20 * time.Minute
 
 // SkipReason says why the integration tests cannot run here, or "" when
 // they can: they need root (hack/deps.sh and the binary cache are root's)
@@ -40,28 +46,28 @@ func SkipReason() string {
 
 // Env is a running apiserver and etcd.
 type Env struct {
-	Config   *rest.Config
-	env      *envtest.Environment
-	wrappers string
+	Config *rest.Config
+	// Kubeconfig is a kubeconfig for Config, for programs that read one.
+	Kubeconfig []byte
+	env        *envtest.Environment
+	wrappers   string
 }
 
 // Start builds or finds the binaries, starts etcd and kube-apiserver on
 // loopback ports of envtest's choosing, in temporary folders, and installs
 // the CRDs in crdDirs. Stop removes all of it.
 func Start(ctx context.Context, crdDirs ...string) (*Env, error) {
-	cfg := localcluster.DefaultConfig()
-	if err := cfg.EnsureBinaries(ctx); err != nil {
+	cache := kubebin.DefaultCacheDir()
+	if err := kubebin.Ensure(ctx, cache, os.Stderr); err != nil {
 		return nil, fmt.Errorf("kube binaries: %w", err)
 	}
-	apiserver := cfg.Bin("kube-apiserver")
-	for _, p := range []string{apiserver, Etcd} {
-		if _, err := os.Stat(p); err != nil {
-			return nil, fmt.Errorf("binary: %w", err)
-		}
+	apiserver := kubebin.Path(cache, "kube-apiserver")
+	if _, err := os.Stat(Etcd); err != nil {
+		return nil, fmt.Errorf("etcd (hack/deps.sh installs it): %w", err)
 	}
 	te := &envtest.Environment{
 		CRDDirectoryPaths:        crdDirs,
-		ErrorIfCRDPathMissing:    true,
+		ErrorIfCRDPathMissing:    len(crdDirs) > 0,
 		ControlPlaneStartTimeout: 60 * time.Second,
 		ControlPlaneStopTimeout:  20 * time.Second,
 		CRDInstallOptions:        envtest.CRDInstallOptions{MaxTime: 30 * time.Second},
@@ -92,7 +98,37 @@ func Start(ctx context.Context, crdDirs ...string) (*Env, error) {
 		// Start may have started etcd before the apiserver failed.
 		return nil, errors.Join(fmt.Errorf("start envtest: %w", err), te.Stop(), os.RemoveAll(wrappers))
 	}
-	return &Env{Config: rc, env: te, wrappers: wrappers}, nil
+	return &Env{Config: rc, Kubeconfig: te.KubeConfig, env: te, wrappers: wrappers}, nil
+}
+
+// ForTest starts an Env for t alone (skipped, with SkipReason, where it
+// cannot run) and stops it when t ends. It returns a client and the path of
+// a kubeconfig in t's temporary folder.
+func ForTest(t testing.TB, crdDirs ...string) (*Env, kubernetes.Interface, string) {
+	t.Helper()
+	if msg := SkipReason(); msg != "" {
+		t.Skip(msg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), BuildTimeout)
+	defer cancel()
+	e, err := Start(ctx, crdDirs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := e.Stop(); err != nil {
+			t.Errorf("stop apiserver and etcd: %v", err)
+		}
+	})
+	client, err := kubernetes.NewForConfig(e.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfig, e.Kubeconfig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return e, client, kubeconfig
 }
 
 const dirPrefix = "warren-kubetest-"

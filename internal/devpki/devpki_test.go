@@ -1,4 +1,4 @@
-package pki
+package devpki
 
 import (
 	"crypto/tls"
@@ -7,24 +7,28 @@ import (
 	"testing"
 )
 
-// TestMutualTLS checks that the certificates do what the HAProxy pair needs: a TLS 1.3 handshake
-// where each side verifies the other against the CA, and that a certificate issued for the wrong
-// purpose is refused.
+// TestMutualTLS checks that the certificates do what the benchmark's HAProxy pair needs, read
+// back from their PEM: a TLS 1.3 handshake where each side verifies the other against the CA,
+// and that a certificate issued for the wrong purpose is refused.
 func TestMutualTLS(t *testing.T) {
-	ca, err := NewCA("bench-ca")
+	ca, err := NewCA(Spec{CommonName: "bench-ca"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(ca.PEM) {
+	if !pool.AppendCertsFromPEM(ca.CertPEM()) {
 		t.Fatal("CA PEM does not parse")
 	}
 	issue := func(name string, u x509.ExtKeyUsage) tls.Certificate {
-		l, err := ca.Issue(name, u)
+		l, err := ca.Issue(Spec{CommonName: name, DNSNames: []string{name}, ExtKeyUsage: []x509.ExtKeyUsage{u}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		c, err := tls.X509KeyPair(l.CertPEM, l.KeyPEM)
+		key, err := l.KeyPEM()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := tls.X509KeyPair(l.CertPEM(), key)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -95,9 +99,29 @@ func TestMutualTLS(t *testing.T) {
 	}
 }
 
-func TestBundle(t *testing.T) {
-	l := Leaf{CertPEM: []byte("C\n"), KeyPEM: []byte("K\n")}
-	if got := string(l.Bundle()); got != "C\nK\n" {
-		t.Errorf("Bundle = %q", got)
+// An intermediate chains to the root, and what it signs verifies through it.
+func TestIntermediateChain(t *testing.T) {
+	root, err := NewCA(Spec{CommonName: "root"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter, err := root.Issue(Spec{CommonName: "intermediate", IsCA: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := inter.Issue(Spec{CommonName: "leaf", DNSNames: []string{"leaf.test"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !inter.Cert.IsCA || leaf.Cert.IsCA || !root.Cert.IsCA {
+		t.Errorf("IsCA root %v, intermediate %v, leaf %v", root.Cert.IsCA, inter.Cert.IsCA, leaf.Cert.IsCA)
+	}
+	inters := x509.NewCertPool()
+	inters.AddCert(inter.Cert)
+	if _, err := leaf.Cert.Verify(x509.VerifyOptions{Roots: root.Pool(), Intermediates: inters, DNSName: "leaf.test"}); err != nil {
+		t.Errorf("leaf through the intermediate: %v", err)
+	}
+	if _, err := leaf.Cert.Verify(x509.VerifyOptions{Roots: root.Pool(), DNSName: "leaf.test"}); err == nil {
+		t.Error("leaf verified without its intermediate")
 	}
 }
