@@ -16,8 +16,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/warrenmesh/warren/bpf/flows"
+	"github.com/warrenmesh/warren/bpf/redirect/pins"
 	"github.com/warrenmesh/warren/internal/netns"
-	"github.com/warrenmesh/warren/nodeagent/pins"
 )
 
 // BenchmarkFlows measures what the flow program (and its collector reading

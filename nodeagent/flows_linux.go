@@ -20,7 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/warrenmesh/warren/bpf/flows"
-	"github.com/warrenmesh/warren/nodeagent/pins"
+	"github.com/warrenmesh/warren/bpf/redirect/pins"
 )
 
 // FlowOptions configure a FlowCollector.

@@ -20,8 +20,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/warrenmesh/warren/bpf/redirect"
+	"github.com/warrenmesh/warren/bpf/redirect/pins"
 	"github.com/warrenmesh/warren/internal/netns"
-	"github.com/warrenmesh/warren/nodeagent/pins"
 )
 
 // Kernel is the Linux Dataplane: the redirect eBPF programs, attached and

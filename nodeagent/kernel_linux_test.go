@@ -23,8 +23,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/warrenmesh/warren/bpf/redirect/pins"
 	"github.com/warrenmesh/warren/internal/netns"
-	"github.com/warrenmesh/warren/nodeagent/pins"
 )
 
 var ctx = context.Background()

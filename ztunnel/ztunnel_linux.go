@@ -20,11 +20,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/warrenmesh/warren/bpf/redirect/pins"
 	"github.com/warrenmesh/warren/internal/hbone"
 	"github.com/warrenmesh/warren/internal/identity"
 	"github.com/warrenmesh/warren/internal/podroute"
 	"github.com/warrenmesh/warren/internal/zds"
-	"github.com/warrenmesh/warren/nodeagent/pins"
 )
 
 // Pod ports of the tunnel, as the pods' connections see them. Since
