@@ -65,11 +65,13 @@ func (r *Reconciler) CNIAdd(ctx context.Context, req cniapi.AddRequest) (cniapi.
 	default:
 		return cniapi.AddResponse{Reason: d.Reason}, nil
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	uid := string(pod.UID)
+	unlock := r.lockPod(uid)
+	defer unlock()
+	r.mu.Lock()
 	r.cniNetns[uid] = req.Netns
-	if err := r.enrollLocked(ctx, pod, req.Netns, req.ContainerID); err != nil {
+	r.mu.Unlock()
+	if err := r.enrollPod(ctx, pod, req.Netns, req.ContainerID); err != nil {
 		// The runtime calls DEL for the failed sandbox, which undoes
 		// whatever part of this was done.
 		return cniapi.AddResponse{}, fmt.Errorf("cni add: pod %s: %w", key, err)
@@ -80,26 +82,26 @@ func (r *Reconciler) CNIAdd(ctx context.Context, req cniapi.AddRequest) (cniapi.
 // CNIDel serves the plugin's DEL: the pod's sandbox is going. It comes again
 // later for the same sandbox, with no netns: idempotent.
 func (r *Reconciler) CNIDel(ctx context.Context, req cniapi.DelRequest) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	key := req.Namespace + "/" + req.Name
 	uid := req.UID
 	if uid == "" {
-		for u, rec := range r.state {
-			if rec.key == key {
-				uid = u
-			}
+		if uids := r.uidsOf(key, ""); len(uids) > 0 {
+			uid = uids[len(uids)-1]
 		}
 	}
 	if uid == "" {
 		return nil
 	}
+	unlock := r.lockPod(uid)
+	defer unlock()
 	// A DEL for an older sandbox must not unenroll the pod's current one.
-	if rec := r.state[uid]; rec != nil && rec.containerID != "" && req.ContainerID != "" && rec.containerID != req.ContainerID {
+	if rec, ok, _ := r.record(uid); ok && rec.containerID != "" && req.ContainerID != "" && rec.containerID != req.ContainerID {
 		return nil
 	}
+	r.mu.Lock()
 	delete(r.cniNetns, uid)
-	return r.unenrollLocked(ctx, uid, "sandbox deleted")
+	r.mu.Unlock()
+	return r.unenrollPod(ctx, uid, "sandbox deleted")
 }
 
 // getPod reads the pod from the informer, or from the API when the informer
