@@ -719,7 +719,7 @@ func (k *Kernel) stats() (stats, error) {
 	s := stats{pods: len(k.pods), mapEntries: map[string]int{}}
 	for p := range programNames {
 		for a := range actionNames {
-			key := uint32(p*len(actionNames) + a)
+			key := redirect.CounterKey(redirect.RedirectProgId(p), redirect.RedirectAction(a))
 			var perCPU []uint64
 			if err := k.objs.Counters.Lookup(&key, &perCPU); err != nil {
 				return stats{}, fmt.Errorf("map counters: %w", err)
