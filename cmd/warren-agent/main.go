@@ -24,6 +24,7 @@ import (
 	"github.com/warrenmesh/warren/internal/flagenv"
 	"github.com/warrenmesh/warren/internal/zds"
 	"github.com/warrenmesh/warren/nodeagent"
+	"github.com/warrenmesh/warren/nodeagent/cni"
 	"github.com/warrenmesh/warren/nodeagent/cniapi"
 )
 
@@ -81,7 +82,7 @@ func run() error {
 		ZtunnelSocket: v.GetString("ztunnel-socket"),
 		CNISocket:     v.GetString("cni-socket"),
 		InstallCNI:    v.GetBool("install-cni"),
-		CNI: nodeagent.CNIConfig{
+		CNI: cni.Config{
 			Binary:  v.GetString("cni-binary"),
 			BinDir:  v.GetString("cni-bin-dir"),
 			ConfDir: v.GetString("cni-conf-dir"),
