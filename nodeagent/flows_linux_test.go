@@ -138,15 +138,39 @@ func relay(tb testing.TB, ns *os.File, k *Kernel) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { ln.Close() })
-	go func() {
+	// Cleanup (before the Kernel's, registered earlier) stops accepting,
+	// ends the connections still relayed and waits for every goroutine: none
+	// may read the Kernel's maps while it closes them.
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = map[net.Conn]bool{}
+	)
+	tb.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
+			mu.Lock()
+			conns[c] = true
+			mu.Unlock()
+			wg.Go(func() {
+				defer func() {
+					mu.Lock()
+					delete(conns, c)
+					mu.Unlock()
+					c.Close()
+				}()
 				orig, err := k.OrigDst(c.(*net.TCPConn))
 				if err != nil {
 					return
@@ -164,7 +188,15 @@ func relay(tb testing.TB, ns *os.File, k *Kernel) {
 				if err != nil {
 					return
 				}
-				defer up.Close()
+				mu.Lock()
+				conns[up] = true
+				mu.Unlock()
+				defer func() {
+					mu.Lock()
+					delete(conns, up)
+					mu.Unlock()
+					up.Close()
+				}()
 				done := make(chan struct{})
 				go func() {
 					io.Copy(up, c)
@@ -174,9 +206,9 @@ func relay(tb testing.TB, ns *os.File, k *Kernel) {
 				io.Copy(c, up)
 				c.(*net.TCPConn).CloseWrite()
 				<-done
-			}()
+			})
 		}
-	}()
+	})
 }
 
 // waitFlow returns the first event from events that match accepts.
@@ -499,11 +531,12 @@ func TestFlowTableBounded(t *testing.T) {
 			}
 		}
 	}()
-	sa := &unix.SockaddrInet4{Port: 8080, Addr: tp.peer4.As4()}
 	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// One per worker: unix.Connect writes the raw address into it.
+			sa := &unix.SockaddrInet4{Port: 8080, Addr: tp.peer4.As4()}
 			netns.Do(tp.pod, func() error {
 				buf := make([]byte, 16)
 				for range total / workers {
