@@ -19,6 +19,7 @@ import (
 
 	"github.com/warrenmesh/warren/internal/reuseport"
 	"github.com/warrenmesh/warren/internal/zds"
+	"github.com/warrenmesh/warren/nodeagent/cni"
 	"github.com/warrenmesh/warren/nodeagent/cniapi"
 )
 
@@ -39,7 +40,7 @@ type AgentConfig struct {
 	CNISocket string
 	// InstallCNI chains the plugin into the node's CNI configuration (CNI).
 	InstallCNI bool
-	CNI        CNIConfig
+	CNI        cni.Config
 	// MetricsAddr serves /metrics and /healthz (DefaultMetricsAddr if empty;
 	// "-" for none). Bound with SO_REUSEPORT: during a rolling update the
 	// next agent binds it too.
@@ -78,7 +79,7 @@ func (c *AgentConfig) setDefaults() {
 	if c.CNI.Socket == "" {
 		c.CNI.Socket = c.CNISocket
 	}
-	c.CNI.setDefaults()
+	c.CNI.SetDefaults()
 }
 
 // Validate checks the configuration after defaults are applied.
@@ -167,16 +168,16 @@ func RunAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger) (err error
 	if err != nil {
 		return err
 	}
-	cni, err := ListenCNI(cfg.CNISocket, rec, log.With("component", "cni"))
+	cniSrv, err := cni.Listen(cfg.CNISocket, rec, log.With("component", "cni"))
 	if err != nil {
 		return err
 	}
-	defer cni.Close()
+	defer cniSrv.Close()
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return rec.Run(ctx) })
 	g.Go(func() error { return ztunnel.Serve(ctx) })
-	g.Go(func() error { return cni.Serve(ctx) })
+	g.Go(func() error { return cniSrv.Serve(ctx) })
 	g.Go(func() error { return flows.Run(ctx) })
 	if cfg.MetricsAddr != "-" {
 		g.Go(func() error { return serveMetrics(ctx, cfg.MetricsAddr, reg, log.With("component", "metrics")) })
@@ -190,15 +191,15 @@ func RunAgent(ctx context.Context, cfg AgentConfig, log *slog.Logger) (err error
 
 // keepCNIInstalled installs the plugin and checks again every 30 s: the
 // primary CNI may write its configuration late, or rewrite it.
-func keepCNIInstalled(ctx context.Context, cfg CNIConfig, log *slog.Logger) {
+func keepCNIInstalled(ctx context.Context, cfg cni.Config, log *slog.Logger) {
 	last := ""
 	for {
-		path, err := InstallCNI(cfg)
+		path, err := cni.Install(cfg)
 		switch {
 		case err == nil && path != last:
 			log.Info("cni plugin chained", "conf", path)
 			last = path
-		case errors.Is(err, ErrNoCNIConfig):
+		case errors.Is(err, cni.ErrNoConfig):
 			log.Info("waiting for the node's CNI configuration", "dir", cfg.ConfDir)
 		case err != nil:
 			log.Error("cni plugin install failed", "err", err)
@@ -252,7 +253,7 @@ func UninstallAgent(cfg AgentConfig, log *slog.Logger) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	errs := []error{RemovePins(cfg.Kernel), UninstallCNI(cfg.CNI)}
+	errs := []error{RemovePins(cfg.Kernel), cni.Uninstall(cfg.CNI)}
 	for _, s := range []string{cfg.ZtunnelSocket, cfg.CNISocket} {
 		if err := os.Remove(s); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)

@@ -21,6 +21,7 @@ import (
 	flowv1 "github.com/warrenmesh/warren/api/proto/flow/v1"
 	"github.com/warrenmesh/warren/internal/netns"
 	"github.com/warrenmesh/warren/internal/zds"
+	"github.com/warrenmesh/warren/nodeagent/cni"
 	"github.com/warrenmesh/warren/nodeagent/cniapi"
 )
 
@@ -84,7 +85,7 @@ func TestAgentEndToEnd(t *testing.T) {
 		ZtunnelSocket: filepath.Join(dir, "ztunnel.sock"),
 		CNISocket:     filepath.Join(dir, "cni.sock"),
 		InstallCNI:    true,
-		CNI: CNIConfig{Binary: filepath.Join(dir, "warren-cni"), BinDir: filepath.Join(dir, "bin"),
+		CNI: cni.Config{Binary: filepath.Join(dir, "warren-cni"), BinDir: filepath.Join(dir, "bin"),
 			ConfDir: filepath.Join(dir, "net.d")},
 		MetricsAddr: freeAddr(t),
 		FlowAddr:    freeAddr(t),
@@ -92,7 +93,7 @@ func TestAgentEndToEnd(t *testing.T) {
 	must(t, os.MkdirAll(cfg.CNI.BinDir, 0o755))
 	must(t, os.MkdirAll(cfg.CNI.ConfDir, 0o755))
 	must(t, os.WriteFile(cfg.CNI.Binary, []byte("plugin"), 0o755))
-	bridge, err := os.ReadFile(filepath.Join("testdata", "cni", "bridge.conflist"))
+	bridge, err := os.ReadFile(filepath.Join("cni", "testdata", "bridge.conflist"))
 	must(t, err)
 	conflist := filepath.Join(cfg.CNI.ConfDir, "10-bridge.conflist")
 	must(t, os.WriteFile(conflist, bridge, 0o644))

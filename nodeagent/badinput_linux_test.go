@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/warrenmesh/warren/internal/netns"
+	"github.com/warrenmesh/warren/nodeagent/cni"
 	"github.com/warrenmesh/warren/nodeagent/cniapi"
 )
 
@@ -185,7 +186,7 @@ func TestCNIBadInput(t *testing.T) {
 	dp := newRecordingDataplane()
 	r := startReconciler(t, client, dp, fixedNetns{})
 	sock := filepath.Join(t.TempDir(), "cni.sock")
-	srv, err := ListenCNI(sock, r.rec, slog.New(slog.NewTextHandler(testWriter{t}, nil)))
+	srv, err := cni.Listen(sock, r.rec, slog.New(slog.NewTextHandler(testWriter{t}, nil)))
 	must(t, err)
 	sctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)

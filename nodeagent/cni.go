@@ -2,19 +2,13 @@ package nodeagent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
-	"net"
-	"net/http"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/warrenmesh/warren/internal/sockfile"
 	"github.com/warrenmesh/warren/nodeagent/cniapi"
 )
 
@@ -65,11 +59,13 @@ func (r *Reconciler) CNIAdd(ctx context.Context, req cniapi.AddRequest) (cniapi.
 	default:
 		return cniapi.AddResponse{Reason: d.Reason}, nil
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	uid := string(pod.UID)
+	unlock := r.lockPod(uid)
+	defer unlock()
+	r.mu.Lock()
 	r.cniNetns[uid] = req.Netns
-	if err := r.enrollLocked(ctx, pod, req.Netns, req.ContainerID); err != nil {
+	r.mu.Unlock()
+	if err := r.enrollPod(ctx, pod, req.Netns, req.ContainerID); err != nil {
 		// The runtime calls DEL for the failed sandbox, which undoes
 		// whatever part of this was done.
 		return cniapi.AddResponse{}, fmt.Errorf("cni add: pod %s: %w", key, err)
@@ -80,26 +76,26 @@ func (r *Reconciler) CNIAdd(ctx context.Context, req cniapi.AddRequest) (cniapi.
 // CNIDel serves the plugin's DEL: the pod's sandbox is going. It comes again
 // later for the same sandbox, with no netns: idempotent.
 func (r *Reconciler) CNIDel(ctx context.Context, req cniapi.DelRequest) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	key := req.Namespace + "/" + req.Name
 	uid := req.UID
 	if uid == "" {
-		for u, rec := range r.state {
-			if rec.key == key {
-				uid = u
-			}
+		if uids := r.uidsOf(key, ""); len(uids) > 0 {
+			uid = uids[len(uids)-1]
 		}
 	}
 	if uid == "" {
 		return nil
 	}
+	unlock := r.lockPod(uid)
+	defer unlock()
 	// A DEL for an older sandbox must not unenroll the pod's current one.
-	if rec := r.state[uid]; rec != nil && rec.containerID != "" && req.ContainerID != "" && rec.containerID != req.ContainerID {
+	if rec, ok, _ := r.record(uid); ok && rec.containerID != "" && req.ContainerID != "" && rec.containerID != req.ContainerID {
 		return nil
 	}
+	r.mu.Lock()
 	delete(r.cniNetns, uid)
-	return r.unenrollLocked(ctx, uid, "sandbox deleted")
+	r.mu.Unlock()
+	return r.unenrollPod(ctx, uid, "sandbox deleted")
 }
 
 // getPod reads the pod from the informer, or from the API when the informer
@@ -127,91 +123,4 @@ func (r *Reconciler) getNamespace(ctx context.Context, name string) (*corev1.Nam
 		return nil, fmt.Errorf("namespace %s: %w", name, err)
 	}
 	return ns, nil
-}
-
-// CNIServer serves the warren-cni plugin on a Unix socket.
-type CNIServer struct {
-	ln  *sockfile.Listener
-	srv *http.Server
-}
-
-// ListenCNI listens on socket (cniapi.DefaultSocket if empty), replacing a
-// socket file already there, and serves rec's CNIAdd and CNIDel.
-func ListenCNI(socket string, rec *Reconciler, log *slog.Logger) (*CNIServer, error) {
-	if socket == "" {
-		socket = cniapi.DefaultSocket
-	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	// A previous agent's socket is replaced (it finishes the calls it has),
-	// and that agent leaves this one's when it exits.
-	ln, err := sockfile.Listen("unix", socket, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("cni socket: %w", err)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+cniapi.PathAdd, func(w http.ResponseWriter, req *http.Request) {
-		var in cniapi.AddRequest
-		if !decode(w, req, &in) {
-			return
-		}
-		start := time.Now()
-		out, err := rec.CNIAdd(req.Context(), in)
-		if err != nil {
-			log.Warn("cni add refused", "pod", in.Namespace+"/"+in.Name, "err", err)
-			writeJSON(w, http.StatusInternalServerError, cniapi.ErrorResponse{Error: err.Error()})
-			return
-		}
-		log.Info("cni add", "pod", in.Namespace+"/"+in.Name, "enrolled", out.Enrolled, "reason", out.Reason, "took", time.Since(start))
-		writeJSON(w, http.StatusOK, out)
-	})
-	mux.HandleFunc("POST "+cniapi.PathDel, func(w http.ResponseWriter, req *http.Request) {
-		var in cniapi.DelRequest
-		if !decode(w, req, &in) {
-			return
-		}
-		if err := rec.CNIDel(req.Context(), in); err != nil {
-			log.Warn("cni del failed", "pod", in.Namespace+"/"+in.Name, "err", err)
-			writeJSON(w, http.StatusInternalServerError, cniapi.ErrorResponse{Error: err.Error()})
-			return
-		}
-		writeJSON(w, http.StatusOK, struct{}{})
-	})
-	s := &CNIServer{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}
-	return s, nil
-}
-
-// Serve serves until ctx ends.
-func (s *CNIServer) Serve(ctx context.Context) error {
-	stop := context.AfterFunc(ctx, func() { s.srv.Close() })
-	defer stop()
-	if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("cni server: %w", err)
-	}
-	return nil
-}
-
-// Close stops serving and removes the socket file, unless another agent's
-// socket replaced it.
-func (s *CNIServer) Close() error {
-	err := s.srv.Close()
-	if lerr := s.ln.Close(); lerr != nil && !errors.Is(lerr, net.ErrClosed) {
-		err = errors.Join(err, lerr)
-	}
-	return err
-}
-
-func decode(w http.ResponseWriter, req *http.Request, v any) bool {
-	if err := json.NewDecoder(http.MaxBytesReader(w, req.Body, 1<<20)).Decode(v); err != nil {
-		writeJSON(w, http.StatusBadRequest, cniapi.ErrorResponse{Error: "bad request: " + err.Error()})
-		return false
-	}
-	return true
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
 }

@@ -8,7 +8,7 @@ import (
 	"regexp"
 	"slices"
 
-	"github.com/warrenmesh/warren/nodeagent/pins"
+	"github.com/warrenmesh/warren/bpf/redirect/pins"
 )
 
 // Dataplane is what the enrollment logic needs from the kernel. Every method

@@ -5,7 +5,8 @@
 // level-based sync per pod that drives a Dataplane and tells the node's
 // ztunnel (Tunnel) which pods are enrolled, with their netns. It also serves
 // the warren-cni plugin, which asks for a pod's enrollment before its
-// containers start.
+// containers start (CNIAdd, CNIDel; the socket server and the plugin's
+// installer are package nodeagent/cni).
 //
 // Its kernel side is Dataplane, the narrow interface the enrollment logic
 // drives, and Kernel, its Linux implementation, which loads the eBPF programs

@@ -353,3 +353,10 @@ func expectFail(tb testing.TB, what, got string, err error) {
 }
 
 func ap(a netip.Addr, port uint16) string { return netip.AddrPortFrom(a, port).String() }
+
+func must(tb testing.TB, err error) {
+	tb.Helper()
+	if err != nil {
+		tb.Fatal(err)
+	}
+}

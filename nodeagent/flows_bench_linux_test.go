@@ -16,8 +16,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/warrenmesh/warren/bpf/flows"
+	"github.com/warrenmesh/warren/bpf/redirect"
+	"github.com/warrenmesh/warren/bpf/redirect/pins"
 	"github.com/warrenmesh/warren/internal/netns"
-	"github.com/warrenmesh/warren/nodeagent/pins"
 )
 
 // BenchmarkFlows measures what the flow program (and its collector reading
@@ -112,7 +113,7 @@ func BenchmarkFlows(b *testing.B) {
 			if err != nil {
 				return -1, err
 			}
-			return fd, unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, DefaultTunnelMark)
+			return fd, unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, redirect.DefaultTunnelMark)
 		}
 		buf := make([]byte, 1<<16)
 		connect := func() (time.Duration, error) {

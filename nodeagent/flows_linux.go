@@ -20,7 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/warrenmesh/warren/bpf/flows"
-	"github.com/warrenmesh/warren/nodeagent/pins"
+	"github.com/warrenmesh/warren/bpf/redirect/pins"
 )
 
 // FlowOptions configure a FlowCollector.
@@ -410,8 +410,6 @@ type flowStatsCollector struct {
 	kernelDesc, entriesDesc *prometheus.Desc
 }
 
-var flowStatNames = [flows.FlowsFlowStatSTAT_MAX]string{"started", "ended", "dropped", "untracked"}
-
 func (s *flowStatsCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- s.kernelDesc
 	ch <- s.entriesDesc
@@ -422,7 +420,7 @@ func (s *flowStatsCollector) Collect(ch chan<- prometheus.Metric) {
 	if err != nil {
 		return
 	}
-	for i, name := range flowStatNames {
+	for i, name := range flows.StatNames {
 		ch <- prometheus.MustNewConstMetric(s.kernelDesc, prometheus.CounterValue, float64(st[i]), name)
 	}
 	if n, err := s.c.FlowTableEntries(); err == nil {

@@ -31,6 +31,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/warrenmesh/warren/bpf/redirect"
 	"github.com/warrenmesh/warren/internal/netns"
 )
 
@@ -137,15 +138,39 @@ func relay(tb testing.TB, ns *os.File, k *Kernel) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { ln.Close() })
-	go func() {
+	// Cleanup (before the Kernel's, registered earlier) stops accepting,
+	// ends the connections still relayed and waits for every goroutine: none
+	// may read the Kernel's maps while it closes them.
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = map[net.Conn]bool{}
+	)
+	tb.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
+			mu.Lock()
+			conns[c] = true
+			mu.Unlock()
+			wg.Go(func() {
+				defer func() {
+					mu.Lock()
+					delete(conns, c)
+					mu.Unlock()
+					c.Close()
+				}()
 				orig, err := k.OrigDst(c.(*net.TCPConn))
 				if err != nil {
 					return
@@ -154,7 +179,7 @@ func relay(tb testing.TB, ns *os.File, k *Kernel) {
 				err = netns.Do(ns, func() (err error) {
 					d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
 						return rc.Control(func(fd uintptr) {
-							unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, DefaultTunnelMark)
+							unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, redirect.DefaultTunnelMark)
 						})
 					}}
 					up, err = d.Dial("tcp", orig.String())
@@ -163,7 +188,15 @@ func relay(tb testing.TB, ns *os.File, k *Kernel) {
 				if err != nil {
 					return
 				}
-				defer up.Close()
+				mu.Lock()
+				conns[up] = true
+				mu.Unlock()
+				defer func() {
+					mu.Lock()
+					delete(conns, up)
+					mu.Unlock()
+					up.Close()
+				}()
 				done := make(chan struct{})
 				go func() {
 					io.Copy(up, c)
@@ -173,9 +206,9 @@ func relay(tb testing.TB, ns *os.File, k *Kernel) {
 				io.Copy(c, up)
 				c.(*net.TCPConn).CloseWrite()
 				<-done
-			}()
+			})
 		}
-	}()
+	})
 }
 
 // waitFlow returns the first event from events that match accepts.
@@ -265,7 +298,7 @@ func TestFlowBytes(t *testing.T) {
 	}
 	// IPv6, the tunnel's hop.
 	dst6 := netip.AddrPortFrom(tp.peer6, 8080)
-	if got, err := transfer(tp.pod, dst6.String(), DefaultTunnelMark, 12345); err != nil || got != reply {
+	if got, err := transfer(tp.pod, dst6.String(), redirect.DefaultTunnelMark, 12345); err != nil || got != reply {
 		t.Fatalf("transfer over IPv6: %d bytes, %v", got, err)
 	}
 	ev := waitFlow(t, events, "IPv6", endTo(dst6, HopTunnel))
@@ -386,7 +419,7 @@ func TestFlowRetransmits(t *testing.T) {
 	const send = 2_000_000
 	var ev FlowEvent
 	for try := 1; ; try++ {
-		if _, err := transfer(tp.pod, dst.String(), DefaultTunnelMark, send); err != nil {
+		if _, err := transfer(tp.pod, dst.String(), redirect.DefaultTunnelMark, send); err != nil {
 			t.Fatal(err)
 		}
 		ev = waitFlow(t, events, "clean", endTo(dst, HopTunnel))
@@ -402,7 +435,7 @@ func TestFlowRetransmits(t *testing.T) {
 		t.Logf("clean path, try %d: %d retransmits (the machine is busy?); again", try, ev.Retransmits)
 	}
 	dropSome(t, tp.peer, "wq")
-	if _, err := transfer(tp.pod, dst.String(), DefaultTunnelMark, send); err != nil {
+	if _, err := transfer(tp.pod, dst.String(), redirect.DefaultTunnelMark, send); err != nil {
 		t.Fatal(err)
 	}
 	ev = waitFlow(t, events, "lossy", endTo(dst, HopTunnel))
@@ -445,7 +478,7 @@ func TestFlowOnlyEnrolled(t *testing.T) {
 		{tb.pod, tb.peer4}, // B's pod: B's flow
 		{ta.pod, ta.peer4}, // A's pod, last
 	} {
-		if _, err := transfer(c.ns, netip.AddrPortFrom(c.addr, 8080).String(), DefaultTunnelMark, 100); err != nil {
+		if _, err := transfer(c.ns, netip.AddrPortFrom(c.addr, 8080).String(), redirect.DefaultTunnelMark, 100); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -498,11 +531,12 @@ func TestFlowTableBounded(t *testing.T) {
 			}
 		}
 	}()
-	sa := &unix.SockaddrInet4{Port: 8080, Addr: tp.peer4.As4()}
 	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// One per worker: unix.Connect writes the raw address into it.
+			sa := &unix.SockaddrInet4{Port: 8080, Addr: tp.peer4.As4()}
 			netns.Do(tp.pod, func() error {
 				buf := make([]byte, 16)
 				for range total / workers {
@@ -512,7 +546,7 @@ func TestFlowTableBounded(t *testing.T) {
 						continue
 					}
 					// The tunnel's mark: not redirected, recorded as the tunnel hop.
-					unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, DefaultTunnelMark)
+					unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, redirect.DefaultTunnelMark)
 					if err := unix.Connect(fd, sa); err != nil {
 						failed.Add(1)
 					} else {
@@ -655,7 +689,7 @@ func TestFlowRTT(t *testing.T) {
 		enroll(t, k, Pod{UID: fmt.Sprintf("pod-delay-%d", delay.Milliseconds()), Netns: filepath.Join(netns.RunDir, p.aName), IPs: []netip.Addr{p.aAddr}})
 		sink(t, p.b, ":8080", 100_000)
 		dst := netip.AddrPortFrom(p.bAddr, 8080)
-		if _, err := transfer(p.a, dst.String(), DefaultTunnelMark, 100_000); err != nil {
+		if _, err := transfer(p.a, dst.String(), redirect.DefaultTunnelMark, 100_000); err != nil {
 			t.Fatal(err)
 		}
 		rtt[delay] = waitFlow(t, events, delay.String(), endTo(dst, HopTunnel))
@@ -689,7 +723,7 @@ func TestFlowAdoptAndUninstall(t *testing.T) {
 	// A connection opened under the first collector...
 	var conn net.Conn
 	err := netns.Do(tp.pod, func() (err error) {
-		d := markedDialer(DefaultTunnelMark)
+		d := markedDialer(redirect.DefaultTunnelMark)
 		conn, err = d.Dial("tcp", dst.String())
 		return err
 	})
@@ -773,13 +807,13 @@ func TestFlowMetrics(t *testing.T) {
 	sink(t, tp.peer, ":8080", 20)
 	dst := netip.AddrPortFrom(tp.peer4, 8080)
 	for range 3 {
-		if _, err := transfer(tp.pod, dst.String(), DefaultTunnelMark, 1000); err != nil {
+		if _, err := transfer(tp.pod, dst.String(), redirect.DefaultTunnelMark, 1000); err != nil {
 			t.Fatal(err)
 		}
 		waitFlow(t, events, "flow", endTo(dst, HopTunnel))
 	}
 	// Refused: nothing listens on 9999.
-	transfer(tp.pod, netip.AddrPortFrom(tp.peer4, 9999).String(), DefaultTunnelMark, 1)
+	transfer(tp.pod, netip.AddrPortFrom(tp.peer4, 9999).String(), redirect.DefaultTunnelMark, 1)
 	waitFlow(t, events, "refused", endTo(netip.AddrPortFrom(tp.peer4, 9999), HopTunnel))
 
 	l := prometheus.Labels{"hop": "tunnel",
@@ -840,7 +874,7 @@ func TestFlowEndsAfterUnenroll(t *testing.T) {
 	dst := netip.AddrPortFrom(tp.peer4, 8080)
 	var conn net.Conn
 	err := netns.Do(tp.pod, func() (err error) {
-		d := markedDialer(DefaultTunnelMark)
+		d := markedDialer(redirect.DefaultTunnelMark)
 		conn, err = d.Dial("tcp", dst.String())
 		return err
 	})

@@ -20,8 +20,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/warrenmesh/warren/bpf/redirect"
+	"github.com/warrenmesh/warren/bpf/redirect/pins"
 	"github.com/warrenmesh/warren/internal/netns"
-	"github.com/warrenmesh/warren/nodeagent/pins"
 )
 
 // Kernel is the Linux Dataplane: the redirect eBPF programs, attached and
@@ -719,7 +719,7 @@ func (k *Kernel) stats() (stats, error) {
 	s := stats{pods: len(k.pods), mapEntries: map[string]int{}}
 	for p := range programNames {
 		for a := range actionNames {
-			key := uint32(p*len(actionNames) + a)
+			key := redirect.CounterKey(redirect.RedirectProgId(p), redirect.RedirectAction(a))
 			var perCPU []uint64
 			if err := k.objs.Counters.Lookup(&key, &perCPU); err != nil {
 				return stats{}, fmt.Errorf("map counters: %w", err)

@@ -23,8 +23,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/warrenmesh/warren/bpf/redirect"
+	"github.com/warrenmesh/warren/bpf/redirect/pins"
 	"github.com/warrenmesh/warren/internal/netns"
-	"github.com/warrenmesh/warren/nodeagent/pins"
 )
 
 var ctx = context.Background()
@@ -80,7 +81,7 @@ func TestOutboundRedirect(t *testing.T) {
 	expectLine(t, "loopback", got, err, "pod-loopback 127.0.0.1:9000")
 	got, err = dial(tp.pod, "tcp4", ap(tp.pod4, 9001), 0)
 	expectLine(t, "own address", got, err, "pod-self "+ap(tp.pod4, 9001))
-	got, err = dial(tp.pod, "tcp4", ap(tp.peer4, 8080), DefaultTunnelMark)
+	got, err = dial(tp.pod, "tcp4", ap(tp.peer4, 8080), redirect.DefaultTunnelMark)
 	expectLine(t, "tunnel mark", got, err, "peer "+ap(tp.peer4, 8080))
 
 	// Not enrolled: another netns with a look-alike tunnel listener, and the
@@ -171,7 +172,7 @@ func TestInboundSteering(t *testing.T) {
 	// The pod's own connections: to itself, and (the tunnel's, marked) out to the peer.
 	got, err = dial(tp.pod, "tcp4", ap(tp.pod4, 8080), 0)
 	expectLine(t, "pod to itself", got, err, "app "+ap(tp.pod4, 8080))
-	got, err = dial(tp.pod, "tcp6", ap(tp.peer6, 9090), DefaultTunnelMark)
+	got, err = dial(tp.pod, "tcp6", ap(tp.peer6, 9090), redirect.DefaultTunnelMark)
 	expectLine(t, "pod out", got, err, "peer "+ap(tp.peer6, 9090))
 
 	// A socket from another netns is refused.

@@ -23,6 +23,7 @@ import (
 
 	"github.com/warrenmesh/warren/internal/netns"
 	"github.com/warrenmesh/warren/internal/zds"
+	"github.com/warrenmesh/warren/nodeagent/cni"
 	"github.com/warrenmesh/warren/nodeagent/cniapi"
 )
 
@@ -49,14 +50,14 @@ func agentConfig(t *testing.T, e *testEnv, kubeconfig, dir string) AgentConfig {
 		ZtunnelSocket: filepath.Join(dir, "ztunnel.sock"),
 		CNISocket:     filepath.Join(dir, "cni.sock"),
 		InstallCNI:    true,
-		CNI: CNIConfig{Binary: filepath.Join(dir, "warren-cni"), BinDir: filepath.Join(dir, "bin"),
+		CNI: cni.Config{Binary: filepath.Join(dir, "warren-cni"), BinDir: filepath.Join(dir, "bin"),
 			ConfDir: filepath.Join(dir, "net.d")},
 		MetricsAddr: freeAddr(t),
 	}
 	must(t, os.MkdirAll(cfg.CNI.BinDir, 0o755))
 	must(t, os.MkdirAll(cfg.CNI.ConfDir, 0o755))
 	must(t, os.WriteFile(cfg.CNI.Binary, []byte("plugin"), 0o755))
-	bridge, err := os.ReadFile(filepath.Join("testdata", "cni", "bridge.conflist"))
+	bridge, err := os.ReadFile(filepath.Join("cni", "testdata", "bridge.conflist"))
 	must(t, err)
 	must(t, os.WriteFile(filepath.Join(cfg.CNI.ConfDir, "10-bridge.conflist"), bridge, 0o644))
 	return cfg

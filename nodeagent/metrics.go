@@ -2,13 +2,15 @@ package nodeagent
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/warrenmesh/warren/bpf/redirect"
 )
 
-// Names of the eBPF programs and actions in metric labels, in the order of
-// the counters map (enum prog_id and enum action in redirect.c).
+// Names of the eBPF programs and actions in metric labels: the counters
+// map's slots (enum prog_id and enum action in redirect.c).
 var (
-	programNames = [...]string{"connect4", "connect6", "sockops", "sk_lookup"}
-	actionNames  = [...]string{"redirected", "bypassed", "error"}
+	programNames = redirect.CounterPrograms
+	actionNames  = redirect.CounterActions
 )
 
 // stats is what the kernel says at scrape time.

@@ -9,15 +9,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/warrenmesh/warren/bpf/redirect"
 	"github.com/warrenmesh/warren/internal/podroute"
 )
 
 // DefaultBPFFS is where the agent expects (and if needed mounts) a bpffs.
 const DefaultBPFFS = "/sys/fs/bpf"
-
-// DefaultTunnelMark is the socket mark (SO_MARK) of the tunnel's own sockets,
-// which the programs never redirect.
-const DefaultTunnelMark = 0x5741
 
 // Options configure a Kernel dataplane.
 type Options struct {
@@ -34,7 +31,7 @@ type Options struct {
 	// A directory that is not a cgroup2 filesystem but holds one at
 	// "unified" (a hybrid host's /sys/fs/cgroup) means that one.
 	Cgroup string
-	// TunnelMark is the SO_MARK of the tunnel's own sockets; DefaultTunnelMark if zero.
+	// TunnelMark is the SO_MARK of the tunnel's own sockets; redirect.DefaultTunnelMark if zero.
 	// Its bit podroute.SourceMarkBit must be clear: with it, the mark is the
 	// one of the tunnel's sockets that use a client's address.
 	TunnelMark uint32
@@ -61,7 +58,7 @@ func (o *Options) setDefaults() {
 		o.PinDir = filepath.Join(o.BPFFS, "warren", o.Node)
 	}
 	if o.TunnelMark == 0 {
-		o.TunnelMark = DefaultTunnelMark
+		o.TunnelMark = redirect.DefaultTunnelMark
 	}
 	if o.ProcSys == "" {
 		o.ProcSys = "/proc/sys"

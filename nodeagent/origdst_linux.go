@@ -1,6 +1,6 @@
 package nodeagent
 
-import "github.com/warrenmesh/warren/nodeagent/pins"
+import "github.com/warrenmesh/warren/bpf/redirect/pins"
 
 // OrigDstTable answers the tunnel's question about a redirected connection
 // it accepted on its outbound listener: where was it going? It is package

@@ -85,8 +85,13 @@ func (c *ReconcilerConfig) Validate() error {
 
 // Reconciler keeps the dataplane in line with the pods of one node: a
 // level-based sync per pod key (namespace/name), driven by informers on this
-// node's pods and on namespaces. It also serves the CNI plugin's requests,
-// under the same lock, so that both never act on one pod at once.
+// node's pods and on namespaces. It also serves the CNI plugin's requests.
+//
+// Locking: the workqueue never hands one key to two workers, and a pod's
+// lock (lockPod, by UID) keeps a sync and a CNI call for the same pod apart.
+// mu guards the maps only and is never held across I/O (kernel, tunnel,
+// apiserver, /proc), so pods are enrolled in parallel and a CNI ADD never
+// waits for another pod.
 type Reconciler struct {
 	cfg   ReconcilerConfig
 	log   *slog.Logger
@@ -97,12 +102,15 @@ type Reconciler struct {
 	namespaces            corelisters.NamespaceLister
 	synced                []cache.InformerSynced
 
-	mu sync.Mutex // serialises syncs and CNI calls
-	// state is what this agent put in the dataplane and told the tunnel, by pod UID.
-	state map[string]*podRecord
+	mu sync.Mutex // guards the maps below; short sections only
+	// state is what this agent put in the dataplane and told the tunnel,
+	// by pod UID. An entry changes only under its pod's lock.
+	state map[string]podRecord
 	// cniNetns are netns paths the CNI plugin gave, by pod UID: the only
 	// way to know a pod's netns before its first process runs.
 	cniNetns map[string]string
+	// podLocks are the pods' locks while someone holds or waits for one.
+	podLocks map[string]*podLock
 }
 
 type podRecord struct {
@@ -112,6 +120,56 @@ type podRecord struct {
 	netns       string // "" until enrolled by this agent (adopted pods are enrolled again once)
 	ips         []netip.Addr
 	nodeIPs     []netip.Addr
+}
+
+type podLock struct {
+	sync.Mutex
+	refs int // holders and waiters, under Reconciler.mu
+}
+
+// lockPod takes the pod's lock, for the whole of one operation on it
+// (its I/O included); it blocks only on the same pod. The caller holds no
+// other pod's lock.
+func (r *Reconciler) lockPod(uid string) (unlock func()) {
+	r.mu.Lock()
+	l := r.podLocks[uid]
+	if l == nil {
+		l = &podLock{}
+		r.podLocks[uid] = l
+	}
+	l.refs++
+	r.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		r.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(r.podLocks, uid)
+		}
+		r.mu.Unlock()
+	}
+}
+
+// record returns the pod's record and the CNI's netns for it.
+func (r *Reconciler) record(uid string) (rec podRecord, ok bool, cniNetns string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rec, ok = r.state[uid]
+	return rec, ok, r.cniNetns[uid]
+}
+
+// uidsOf returns the UIDs recorded under key (a pod and its replaced
+// predecessors), but keepUID.
+func (r *Reconciler) uidsOf(key, keepUID string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var uids []string
+	for uid, rec := range r.state {
+		if rec.key == key && uid != keepUID {
+			uids = append(uids, uid)
+		}
+	}
+	return uids
 }
 
 // NewReconciler builds the informers and the queue; Run starts them.
@@ -130,8 +188,9 @@ func NewReconciler(cfg ReconcilerConfig) (*Reconciler, error) {
 		log: cfg.Logger.With("node", cfg.Node),
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "pods"}),
-		state:    map[string]*podRecord{},
+		state:    map[string]podRecord{},
 		cniNetns: map[string]string{},
+		podLocks: map[string]*podLock{},
 	}
 	// Only this node's pods: on a big cluster the agent must not hold them all.
 	r.podFactory = informers.NewSharedInformerFactoryWithOptions(cfg.Client, cfg.Resync,
@@ -195,7 +254,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	}
 	r.mu.Lock()
 	for _, p := range pods {
-		r.state[p.UID] = &podRecord{ips: p.IPs, nodeIPs: p.NodeIPs}
+		r.state[p.UID] = podRecord{ips: p.IPs, nodeIPs: p.NodeIPs}
 	}
 	r.mu.Unlock()
 
@@ -239,12 +298,10 @@ func (r *Reconciler) collectGone(ctx context.Context) error {
 			live[string(p.UID)] = true
 		}
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	var errs []error
-	for uid, rec := range r.state {
-		if rec.key == "" && !live[uid] {
-			errs = append(errs, r.unenrollLocked(ctx, uid, "pod gone"))
+	for _, uid := range r.uidsOf("", "") {
+		if !live[uid] {
+			errs = append(errs, r.unenrollIfKey(ctx, uid, "", "pod gone"))
 		}
 	}
 	return errors.Join(errs...)
@@ -266,39 +323,43 @@ func (r *Reconciler) processNext(ctx context.Context) bool {
 }
 
 // Sync brings one pod (namespace/name) to where its labels say, whatever
-// happened before: safe to call any number of times.
+// happened before: safe to call any number of times, and at once for
+// different keys (the workqueue never runs one key twice at once).
 func (r *Reconciler) Sync(ctx context.Context, key string) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	ns, name, err := cache.SplitMetaNamespaceKey(key)
 	if err != nil {
 		return nil // not ours to retry
 	}
 	pod, err := r.pods.Pods(ns).Get(name)
 	if apierrors.IsNotFound(err) {
-		return r.unenrollKeyLocked(ctx, key, "", "pod deleted")
+		return r.unenrollKey(ctx, key, "", "pod deleted")
 	}
 	if err != nil {
 		return err
 	}
 	// Another pod with the same name (a StatefulSet's next one) replaced it.
-	if err := r.unenrollKeyLocked(ctx, key, string(pod.UID), "pod replaced"); err != nil {
+	uid := string(pod.UID)
+	if err := r.unenrollKey(ctx, key, uid, "pod replaced"); err != nil {
 		return err
 	}
 	d, err := r.decide(pod)
 	if err != nil {
 		r.log.Warn("pod not enrolled", "pod", key, "err", err)
 	}
-	uid := string(pod.UID)
+	unlock := r.lockPod(uid)
+	defer unlock()
 	switch d.Verdict {
 	case Enroll:
-		return r.enrollLocked(ctx, pod, "", "")
+		return r.enrollPod(ctx, pod, "", "")
 	case Direct, Ignore:
-		return r.unenrollLocked(ctx, uid, d.Reason)
+		return r.unenrollPod(ctx, uid, d.Reason)
 	}
-	if rec := r.state[uid]; rec != nil {
+	r.mu.Lock()
+	if rec, ok := r.state[uid]; ok {
 		rec.key = key
+		r.state[uid] = rec
 	}
+	r.mu.Unlock()
 	return nil
 }
 
@@ -310,9 +371,10 @@ func (r *Reconciler) decide(pod *corev1.Pod) (Decision, error) {
 	return Decide(r.cfg.Node, ns, pod)
 }
 
-// enrollLocked enrolls pod with its netns at netnsPath, or the one the CNI
-// gave or a /proc scan finds when netnsPath is empty.
-func (r *Reconciler) enrollLocked(ctx context.Context, pod *corev1.Pod, netnsPath, containerID string) error {
+// enrollPod enrolls pod with its netns at netnsPath, or the one the CNI
+// gave or a /proc scan finds when netnsPath is empty. The caller holds the
+// pod's lock.
+func (r *Reconciler) enrollPod(ctx context.Context, pod *corev1.Pod, netnsPath, containerID string) error {
 	uid := string(pod.UID)
 	key := pod.Namespace + "/" + pod.Name
 	ips, err := PodIPs(pod)
@@ -320,39 +382,48 @@ func (r *Reconciler) enrollLocked(ctx context.Context, pod *corev1.Pod, netnsPat
 		return err
 	}
 	nodeIPs := hostIPs(pod, ips)
-	rec := r.state[uid]
+	rec, have, cniNetns := r.record(uid)
 	if netnsPath == "" {
-		if rec != nil && rec.netns != "" {
+		if have && rec.netns != "" {
 			netnsPath = rec.netns
-		} else if p := r.cniNetns[uid]; p != "" {
-			netnsPath = p
+		} else if cniNetns != "" {
+			netnsPath = cniNetns
 		} else if netnsPath, err = r.cfg.Netns.PodNetns(uid); err != nil {
 			return fmt.Errorf("pod %s: %w", key, err)
 		}
 	}
-	if containerID == "" && rec != nil {
+	if containerID == "" && have {
 		containerID = rec.containerID
 	}
-	if rec != nil && rec.netns == netnsPath && slices.Equal(rec.ips, ips) && slices.Equal(rec.nodeIPs, nodeIPs) {
-		rec.key, rec.containerID = key, containerID
+	next := podRecord{key: key, netns: netnsPath, ips: ips, nodeIPs: nodeIPs, containerID: containerID}
+	if have && rec.netns == netnsPath && slices.Equal(rec.ips, ips) && slices.Equal(rec.nodeIPs, nodeIPs) {
+		r.setRecord(uid, next)
 		return nil // already so
 	}
 	if err := r.cfg.Dataplane.Enroll(ctx, Pod{UID: uid, Netns: netnsPath, IPs: ips, NodeIPs: nodeIPs}); err != nil {
 		return err
 	}
-	r.state[uid] = &podRecord{key: key, netns: netnsPath, ips: ips, nodeIPs: nodeIPs, containerID: containerID}
 	if r.cfg.Tunnel != nil {
 		tp := TunnelPod{UID: uid, Namespace: pod.Namespace, Name: pod.Name, IPs: ips, Netns: netnsPath,
 			ServiceAccount: pod.Spec.ServiceAccountName, Labels: pod.Labels}
 		if err := r.cfg.Tunnel.AddPod(ctx, tp); err != nil {
 			// Redirection is in place (fail closed); the tunnel gets the
-			// pod with its next snapshot, or on this pod's retry.
-			r.state[uid].netns = ""
+			// pod with its next snapshot, or on this pod's retry (netns
+			// left empty, so it is enrolled again).
+			next.netns = ""
+			r.setRecord(uid, next)
 			return fmt.Errorf("pod %s: tell the tunnel: %w", key, err)
 		}
 	}
+	r.setRecord(uid, next)
 	r.log.Info("pod enrolled", "pod", key, "uid", uid, "netns", netnsPath, "ips", ips)
 	return nil
+}
+
+func (r *Reconciler) setRecord(uid string, rec podRecord) {
+	r.mu.Lock()
+	r.state[uid] = rec
+	r.mu.Unlock()
 }
 
 // hostIPs are the node's addresses as the pod's status has them, for the
@@ -372,19 +443,31 @@ func hostIPs(pod *corev1.Pod, podIPs []netip.Addr) []netip.Addr {
 	return out
 }
 
-// unenrollKeyLocked unenrolls the pods recorded under key, but keepUID.
-func (r *Reconciler) unenrollKeyLocked(ctx context.Context, key, keepUID, reason string) error {
+// unenrollKey unenrolls the pods recorded under key, but keepUID, one at a
+// time under each one's lock.
+func (r *Reconciler) unenrollKey(ctx context.Context, key, keepUID, reason string) error {
 	var errs []error
-	for uid, rec := range r.state {
-		if rec.key == key && uid != keepUID {
-			errs = append(errs, r.unenrollLocked(ctx, uid, reason))
-		}
+	for _, uid := range r.uidsOf(key, keepUID) {
+		errs = append(errs, r.unenrollIfKey(ctx, uid, key, reason))
 	}
 	return errors.Join(errs...)
 }
 
-func (r *Reconciler) unenrollLocked(ctx context.Context, uid, reason string) error {
-	rec, ok := r.state[uid]
+// unenrollIfKey takes the pod's lock and unenrolls it if it is still
+// recorded under key.
+func (r *Reconciler) unenrollIfKey(ctx context.Context, uid, key, reason string) error {
+	unlock := r.lockPod(uid)
+	defer unlock()
+	if rec, ok, _ := r.record(uid); !ok || rec.key != key {
+		return nil // changed while we waited
+	}
+	return r.unenrollPod(ctx, uid, reason)
+}
+
+// unenrollPod takes the pod out of the dataplane and the tunnel. The caller
+// holds the pod's lock.
+func (r *Reconciler) unenrollPod(ctx context.Context, uid, reason string) error {
+	rec, ok, _ := r.record(uid)
 	if !ok {
 		return nil
 	}
@@ -396,8 +479,10 @@ func (r *Reconciler) unenrollLocked(ctx context.Context, uid, reason string) err
 			return fmt.Errorf("pod %s: tell the tunnel: %w", uid, err)
 		}
 	}
+	r.mu.Lock()
 	delete(r.state, uid)
 	delete(r.cniNetns, uid)
+	r.mu.Unlock()
 	r.log.Info("pod unenrolled", "pod", rec.key, "uid", uid, "reason", reason)
 	return nil
 }

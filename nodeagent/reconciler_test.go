@@ -16,9 +16,12 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/warrenmesh/warren/nodeagent/cniapi"
 )
 
 // recordingDataplane is a Dataplane that remembers what it was asked.
@@ -27,6 +30,9 @@ type recordingDataplane struct {
 	pods  map[string]Pod
 	calls []string
 	fail  int // the next fail Enroll calls fail
+	// enrollHook, if set, runs at the start of every Enroll, outside mu:
+	// a test's way to make one pod's enrollment slow.
+	enrollHook func(ctx context.Context, pod Pod)
 }
 
 func newRecordingDataplane(adopted ...Pod) *recordingDataplane {
@@ -38,6 +44,9 @@ func newRecordingDataplane(adopted ...Pod) *recordingDataplane {
 }
 
 func (d *recordingDataplane) Enroll(ctx context.Context, pod Pod) error {
+	if d.enrollHook != nil {
+		d.enrollHook(ctx, pod)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.fail > 0 {
@@ -393,4 +402,121 @@ func TestProcNetnsFinder(t *testing.T) {
 			t.Errorf("PodNetns(%q) = %q, %v; want %q", uid, got, err, want)
 		}
 	}
+}
+
+// Pods are enrolled in parallel: the workqueue keeps one pod's syncs apart,
+// and nothing else serialises them. Each Enroll waits (up to a deadline)
+// until another one is in flight; a reconciler that enrolls one pod at a
+// time gets there with a concurrency of 1.
+func TestReconcilerEnrollsConcurrently(t *testing.T) {
+	const n = 20
+	objs := []runtime.Object{testNS("mesh", map[string]string{LabelMesh: MeshEnabled})}
+	var uids []string
+	for i := range n {
+		uid := fmt.Sprintf("uid-%02d", i)
+		uids = append(uids, uid)
+		objs = append(objs, kubePod("mesh", fmt.Sprintf("p%02d", i), uid, "node1", fmt.Sprintf("10.244.1.%d", 10+i)))
+	}
+	slices.Sort(uids)
+	dp := newRecordingDataplane()
+	var (
+		mu                sync.Mutex
+		inFlight, maxSeen int
+		overlapped        = make(chan struct{})
+	)
+	// The deadline only bounds a failing run: a serial reconciler waits it
+	// out once, on its first pod, and the rest pass.
+	deadline, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	dp.enrollHook = func(ctx context.Context, _ Pod) {
+		mu.Lock()
+		inFlight++
+		if inFlight > maxSeen {
+			maxSeen = inFlight
+			if maxSeen == 2 {
+				close(overlapped)
+			}
+		}
+		mu.Unlock()
+		select {
+		case <-overlapped:
+		case <-deadline.Done():
+		case <-ctx.Done():
+		}
+		mu.Lock()
+		inFlight--
+		mu.Unlock()
+	}
+	r := startReconciler(t, fake.NewClientset(objs...), dp, fixedNetns{})
+	r.eventually("all pods enrolled", uids...)
+	mu.Lock()
+	defer mu.Unlock()
+	if maxSeen < 2 {
+		t.Errorf("at most %d enrollment in flight at once, want 2 (the reconciler's workers)", maxSeen)
+	}
+}
+
+// A CNI ADD answers while another pod's enrollment hangs: the runtime
+// creating one pod does not wait for the agent's work on another.
+func TestCNIAddNotBlockedBySlowPod(t *testing.T) {
+	client := fake.NewClientset(
+		testNS("mesh", map[string]string{LabelMesh: MeshEnabled}),
+		kubePod("mesh", "slow", "uid-slow", "node1", "10.244.1.2"),
+		kubePod("mesh", "fast", "uid-fast", "node1", "10.244.1.3"),
+	)
+	dp := newRecordingDataplane()
+	slowStarted, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	dp.enrollHook = func(ctx context.Context, pod Pod) {
+		if pod.UID != "uid-slow" {
+			return
+		}
+		once.Do(func() { close(slowStarted) })
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+	}
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	r := startReconciler(t, client, dp, fixedNetns{})
+	t.Cleanup(unblock) // before the reconciler stops: cleanups run last-in first-out
+	select {
+	case <-slowStarted:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the slow pod's enrollment never started")
+	}
+
+	type result struct {
+		resp cniapi.AddResponse
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := r.rec.CNIAdd(context.Background(), cniapi.AddRequest{
+			Namespace: "mesh", Name: "fast", UID: "uid-fast", ContainerID: "c-fast",
+			Netns: "/run/netns/fast", IPs: []netip.Addr{netip.MustParseAddr("10.244.1.3")},
+		})
+		done <- result{resp, err}
+	}()
+	select {
+	case res := <-done:
+		if res.err != nil || !res.resp.Enrolled {
+			t.Fatalf("CNI ADD: %+v, %v", res.resp, res.err)
+		}
+	case <-time.After(10 * time.Second):
+		unblock()
+		t.Fatal("CNI ADD for one pod waited for another pod's enrollment")
+	}
+	dp.mu.Lock()
+	got, slowIn := dp.pods["uid-fast"], dp.pods["uid-slow"]
+	dp.mu.Unlock()
+	if got.Netns != "/run/netns/fast" {
+		t.Errorf("fast pod enrolled with netns %q, want the runtime's", got.Netns)
+	}
+	if slowIn.UID != "" {
+		t.Error("the slow pod was enrolled before it was released")
+	}
+	unblock()
+	r.eventually("both pods enrolled", "uid-fast", "uid-slow")
 }

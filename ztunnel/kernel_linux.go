@@ -10,13 +10,13 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/warrenmesh/warren/bpf/redirect"
-	"github.com/warrenmesh/warren/nodeagent/pins"
+	"github.com/warrenmesh/warren/bpf/redirect/pins"
 )
 
 // kernelMaps are the maps of the node agent's pins the ztunnel uses: the
 // original destinations (read) and the tunnel listeners (write: sockets for
 // inbound, tunnel_ports for outbound). They are
-// opened by pin path through package nodeagent/pins rather than through
+// opened by pin path through package bpf/redirect/pins rather than through
 // package nodeagent, whose Kubernetes side would put client-go into every
 // ztunnel (binary size and memory); the map layouts are bpf/redirect's,
 // generated from the C, so both agree.

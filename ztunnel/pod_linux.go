@@ -17,10 +17,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/warrenmesh/warren/bpf/redirect/pins"
 	"github.com/warrenmesh/warren/internal/hbone"
 	"github.com/warrenmesh/warren/internal/identity"
 	"github.com/warrenmesh/warren/internal/podroute"
-	"github.com/warrenmesh/warren/nodeagent/pins"
 )
 
 // podProxy is the tunnel inside one pod's netns.

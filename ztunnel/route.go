@@ -6,13 +6,14 @@ import (
 	"slices"
 	"sync/atomic"
 
+	"github.com/warrenmesh/warren/bpf/redirect"
 	"github.com/warrenmesh/warren/internal/hbone"
 	"github.com/warrenmesh/warren/internal/identity"
 	"github.com/warrenmesh/warren/internal/policy"
 )
 
-// DefaultMark is the SO_MARK of the ztunnel's own sockets (nodeagent.DefaultTunnelMark).
-const DefaultMark = 0x5741
+// DefaultMark is the SO_MARK of the ztunnel's own sockets (the agent's default too).
+const DefaultMark = redirect.DefaultTunnelMark
 
 // State is what the ztunnel knows, indexed for the hot path. It is immutable
 // once built; a new configuration builds a new State.

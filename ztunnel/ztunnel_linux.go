@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/warrenmesh/warren/bpf/redirect"
 	"github.com/warrenmesh/warren/internal/identity"
 	"github.com/warrenmesh/warren/internal/zds"
 )
@@ -24,8 +25,8 @@ import (
 // redirected outbound connections to the current generation's port (15001
 // when there is none: refused, fail closed).
 const (
-	OutboundPort = 15001
-	InboundPort  = 15006
+	OutboundPort = redirect.PortOutbound
+	InboundPort  = redirect.PortInbound
 )
 
 // Options are the Tunnel's injected parts.

@@ -33,9 +33,13 @@
 #define SOCK_STREAM 1
 #define IPPROTO_TCP 6
 
-#define PORT_OUTBOUND 15001
-#define PORT_INBOUND 15006
-#define PORT_HBONE 15008
+// The pod ports as connections see them (Go: bpf/redirect's PortOutbound,
+// PortInbound, PortHBONE, generated from this enum).
+enum port {
+	PORT_OUTBOUND = 15001, // outbound without a tunnel_ports entry: nothing listens, refused
+	PORT_INBOUND = 15006,  // plaintext inbound, steered to the tunnel's inbound listener
+	PORT_HBONE = 15008,    // HBONE, steered to the tunnel's HBONE listener
+};
 
 // Set at load time. A socket with this mark (SO_MARK) belongs to the tunnel
 // and is never redirected; 0 disables the check.
@@ -71,6 +75,13 @@ enum action {
 	ACTION_ERROR = 2,
 	ACTION_MAX = 3,
 };
+
+// Go reads these enums (bpf2go -type, see gen.go); a pointer to each puts it
+// in the object's BTF. The programs never use them.
+const enum port *unused_port __attribute__((unused));
+const enum mark_bits *unused_mark_bits __attribute__((unused));
+const enum prog_id *unused_prog_id __attribute__((unused));
+const enum action *unused_action __attribute__((unused));
 
 // Enrolled pods' addresses, to their netns cookie: how sk_lookup, which has no
 // netns cookie, tells an enrolled pod's traffic.

@@ -13,6 +13,15 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type RedirectAction uint32
+
+const (
+	RedirectActionACTION_REDIRECTED RedirectAction = 0
+	RedirectActionACTION_BYPASSED   RedirectAction = 1
+	RedirectActionACTION_ERROR      RedirectAction = 2
+	RedirectActionACTION_MAX        RedirectAction = 3
+)
+
 type RedirectAddr struct {
 	_    structs.HostLayout
 	Ip6  [4]uint32
@@ -30,6 +39,12 @@ type RedirectIp struct {
 	_   structs.HostLayout
 	Ip6 [4]uint32
 }
+
+type RedirectMarkBits uint32
+
+const (
+	RedirectMarkBitsSOURCE_MARK_BIT RedirectMarkBits = 65536
+)
 
 type RedirectNodeIp struct {
 	_     structs.HostLayout
@@ -49,6 +64,24 @@ type RedirectPodInfo struct {
 	Ip6 [4]uint32
 	Uid [64]int8
 }
+
+type RedirectPort uint32
+
+const (
+	RedirectPortPORT_OUTBOUND RedirectPort = 15001
+	RedirectPortPORT_INBOUND  RedirectPort = 15006
+	RedirectPortPORT_HBONE    RedirectPort = 15008
+)
+
+type RedirectProgId uint32
+
+const (
+	RedirectProgIdPROG_CONNECT4  RedirectProgId = 0
+	RedirectProgIdPROG_CONNECT6  RedirectProgId = 1
+	RedirectProgIdPROG_SOCKOPS   RedirectProgId = 2
+	RedirectProgIdPROG_SK_LOOKUP RedirectProgId = 3
+	RedirectProgIdPROG_MAX       RedirectProgId = 4
+)
 
 type RedirectSockKey struct {
 	_     structs.HostLayout
@@ -89,6 +122,10 @@ const (
 	RedirectProgWarrenSkLookup = "warren_sk_lookup"
 	RedirectProgWarrenSockops  = "warren_sockops"
 	RedirectVarTunnelMark      = "tunnel_mark"
+	RedirectVarUnusedAction    = "unused_action"
+	RedirectVarUnusedMarkBits  = "unused_mark_bits"
+	RedirectVarUnusedPort      = "unused_port"
+	RedirectVarUnusedProgId    = "unused_prog_id"
 )
 
 // LoadRedirect returns the embedded CollectionSpec for Redirect.
@@ -158,7 +195,11 @@ type RedirectMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type RedirectVariableSpecs struct {
-	TunnelMark *ebpf.VariableSpec `ebpf:"tunnel_mark"`
+	TunnelMark     *ebpf.VariableSpec `ebpf:"tunnel_mark"`
+	UnusedAction   *ebpf.VariableSpec `ebpf:"unused_action"`
+	UnusedMarkBits *ebpf.VariableSpec `ebpf:"unused_mark_bits"`
+	UnusedPort     *ebpf.VariableSpec `ebpf:"unused_port"`
+	UnusedProgId   *ebpf.VariableSpec `ebpf:"unused_prog_id"`
 }
 
 // RedirectObjects contains all objects after they have been loaded into the kernel.
@@ -210,7 +251,11 @@ func (m *RedirectMaps) Close() error {
 //
 // It can be passed to LoadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type RedirectVariables struct {
-	TunnelMark *ebpf.Variable `ebpf:"tunnel_mark"`
+	TunnelMark     *ebpf.Variable `ebpf:"tunnel_mark"`
+	UnusedAction   *ebpf.Variable `ebpf:"unused_action"`
+	UnusedMarkBits *ebpf.Variable `ebpf:"unused_mark_bits"`
+	UnusedPort     *ebpf.Variable `ebpf:"unused_port"`
+	UnusedProgId   *ebpf.Variable `ebpf:"unused_prog_id"`
 }
 
 // RedirectPrograms contains all programs after they have been loaded into the kernel.

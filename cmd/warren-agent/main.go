@@ -20,9 +20,11 @@ import (
 	"github.com/spf13/pflag"
 	"k8s.io/klog/v2"
 
+	"github.com/warrenmesh/warren/bpf/redirect"
 	"github.com/warrenmesh/warren/internal/flagenv"
 	"github.com/warrenmesh/warren/internal/zds"
 	"github.com/warrenmesh/warren/nodeagent"
+	"github.com/warrenmesh/warren/nodeagent/cni"
 	"github.com/warrenmesh/warren/nodeagent/cniapi"
 )
 
@@ -45,7 +47,7 @@ func run() error {
 	fs.String("bpffs", nodeagent.DefaultBPFFS, "bpffs mount point (mounted if it is not one)")
 	fs.String("pin-dir", "", "pin directory; <bpffs>/warren/<node-name> if empty")
 	fs.String("cgroup", "", "cgroup2 directory to attach to, or a directory holding it at unified/ (a hybrid host's /sys/fs/cgroup); the cgroup2 root if empty")
-	fs.Uint32("tunnel-mark", nodeagent.DefaultTunnelMark, "SO_MARK of the ztunnel's own sockets (bit 0x10000 reserved)")
+	fs.Uint32("tunnel-mark", redirect.DefaultTunnelMark, fmt.Sprintf("SO_MARK of the ztunnel's own sockets (bit %#x reserved)", redirect.SourceMarkBit))
 	fs.String("proc-sys", "/proc/sys", "a writable proc/sys (a container's own is read-only: mount the host's) for the pods' source-address sysctls")
 	fs.Bool("source-address", true, "set up enrolled pods' routing so that apps see the client's address, not the pod's own, on connections the ztunnel delivers")
 	fs.String("ztunnel-socket", zds.DefaultPath, "Unix socket the ztunnel connects to")
@@ -80,7 +82,7 @@ func run() error {
 		ZtunnelSocket: v.GetString("ztunnel-socket"),
 		CNISocket:     v.GetString("cni-socket"),
 		InstallCNI:    v.GetBool("install-cni"),
-		CNI: nodeagent.CNIConfig{
+		CNI: cni.Config{
 			Binary:  v.GetString("cni-binary"),
 			BinDir:  v.GetString("cni-bin-dir"),
 			ConfDir: v.GetString("cni-conf-dir"),

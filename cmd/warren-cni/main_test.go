@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/warrenmesh/warren/nodeagent"
+	"github.com/warrenmesh/warren/nodeagent/cni"
 )
 
 var pluginBin string
@@ -115,7 +116,7 @@ func startAgent(t *testing.T, dp *dataplane) string {
 		t.Fatal(err)
 	}
 	socket := filepath.Join(t.TempDir(), "cni.sock")
-	srv, err := nodeagent.ListenCNI(socket, rec, log)
+	srv, err := cni.Listen(socket, rec, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,16 +26,21 @@
 // mark takes CAP_NET_ADMIN.
 package podroute
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/warrenmesh/warren/bpf/redirect"
+)
 
 const (
 	// SourceMarkBit is added to the tunnel's mark (SO_MARK of its own
 	// sockets) on the sockets it opens from a client's address. The eBPF
-	// programs treat both marks as the tunnel's; a tunnel mark must not have
-	// this bit.
-	SourceMarkBit = 0x10000
-	// Table is the routing table of the rule.
-	Table = 0x5741
+	// programs treat both marks as the tunnel's (the bit comes from their
+	// C); a tunnel mark must not have this bit.
+	SourceMarkBit = redirect.SourceMarkBit
+	// Table is the routing table of the rule: the default tunnel mark's
+	// number, whatever mark is configured.
+	Table = redirect.DefaultTunnelMark
 	// Priority is the rule's: before the main table's (32766).
 	Priority = 100
 )

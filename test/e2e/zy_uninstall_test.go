@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/warrenmesh/warren/bpf/redirect"
+	"github.com/warrenmesh/warren/internal/podroute"
 )
 
 // It runs after the other mesh tests (files run in name order), before the cluster goes down.
@@ -63,11 +66,12 @@ func TestMeshUninstall(t *testing.T) {
 }
 
 // sourceRules counts the network namespaces on a node (the pods', /var/run/netns) that hold
-// the agent's source-address rule (internal/podroute: fwmark 0x15741 lookup 0x5741).
+// the agent's source-address rule (internal/podroute: fwmark <source mark> lookup <table>).
 func sourceRules(ctx context.Context, t *testing.T, node string) int {
 	t.Helper()
 	out, err := cluster.NodeExec(ctx, node, "sh", "-c",
-		`for n in $(ls /var/run/netns 2>/dev/null); do ip -n "$n" rule show 2>/dev/null; ip -n "$n" -6 rule show 2>/dev/null; done | grep -c 'fwmark 0x15741 lookup 22337'; true`)
+		fmt.Sprintf(`for n in $(ls /var/run/netns 2>/dev/null); do ip -n "$n" rule show 2>/dev/null; ip -n "$n" -6 rule show 2>/dev/null; done | grep -c 'fwmark %#x lookup %d'; true`,
+			podroute.SourceMark(redirect.DefaultTunnelMark), podroute.Table))
 	if err != nil {
 		t.Fatalf("%s: %v", node, err)
 	}

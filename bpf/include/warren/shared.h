@@ -66,8 +66,11 @@ struct {
 
 // A tunnel socket connecting from a client's address (IP_TRANSPARENT, the
 // last hop to an app) carries the tunnel's mark with this bit added, so the
-// pod's policy routing can keep the app's replies in (internal/podroute).
-#define SOURCE_MARK_BIT 0x10000
+// pod's policy routing can keep the app's replies in (internal/podroute; Go:
+// bpf/redirect's SourceMarkBit, generated from this enum).
+enum mark_bits {
+	SOURCE_MARK_BIT = 0x10000,
+};
 
 // Whether a socket mark is the tunnel's (tunnel: its mark, 0 for none).
 static __always_inline int tunnel_marked(__u32 mark, __u32 tunnel)

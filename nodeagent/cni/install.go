@@ -1,4 +1,4 @@
-package nodeagent
+package cni
 
 import (
 	"bytes"
@@ -17,8 +17,8 @@ import (
 // PluginType is the chained plugin's type (its binary's name in the CNI bin dir).
 const PluginType = "warren-cni"
 
-// CNIConfig says where the node's CNI configuration is and what to chain into it.
-type CNIConfig struct {
+// Config says where the node's CNI configuration is and what to chain into it.
+type Config struct {
 	// BinDir is the node's CNI binary folder, /opt/cni/bin if empty.
 	BinDir string
 	// ConfDir is the node's CNI configuration folder, /etc/cni/net.d if empty.
@@ -31,7 +31,8 @@ type CNIConfig struct {
 	Timeout time.Duration
 }
 
-func (c *CNIConfig) setDefaults() {
+// SetDefaults fills in the node's standard folders where c has none.
+func (c *Config) SetDefaults() {
 	if c.BinDir == "" {
 		c.BinDir = "/opt/cni/bin"
 	}
@@ -47,7 +48,7 @@ func (c *CNIConfig) setDefaults() {
 }
 
 // pluginEntry is the plugin's entry in the conflist.
-func (c *CNIConfig) pluginEntry() json.RawMessage {
+func (c *Config) pluginEntry() json.RawMessage {
 	b, _ := json.Marshal(struct {
 		Type        string `json:"type"`
 		AgentSocket string `json:"agentSocket"`
@@ -56,12 +57,12 @@ func (c *CNIConfig) pluginEntry() json.RawMessage {
 	return b
 }
 
-// InstallCNI copies the plugin into BinDir and chains it at the end of the
+// Install copies the plugin into BinDir and chains it at the end of the
 // first configuration in ConfDir (the one the runtime uses), each by an
 // atomic rename. Idempotent: nothing is written when all is in place. It
 // returns the configuration file it chained into.
-func InstallCNI(cfg CNIConfig) (string, error) {
-	cfg.setDefaults()
+func Install(cfg Config) (string, error) {
+	cfg.SetDefaults()
 	if err := installBinary(cfg.Binary, filepath.Join(cfg.BinDir, PluginType)); err != nil {
 		return "", err
 	}
@@ -83,9 +84,9 @@ func InstallCNI(cfg CNIConfig) (string, error) {
 	return path, writeAtomic(path, conf, 0o644)
 }
 
-// UninstallCNI removes the plugin from every configuration in ConfDir and its binary from BinDir.
-func UninstallCNI(cfg CNIConfig) error {
-	cfg.setDefaults()
+// Uninstall removes the plugin from every configuration in ConfDir and its binary from BinDir.
+func Uninstall(cfg Config) error {
+	cfg.SetDefaults()
 	var errs []error
 	files, err := confFiles(cfg.ConfDir)
 	if err != nil {
@@ -129,8 +130,8 @@ func confFiles(dir string) ([]string, error) {
 	return files, nil
 }
 
-// ErrNoCNIConfig: the node's primary CNI has not written its configuration yet.
-var ErrNoCNIConfig = errors.New("no CNI configuration yet")
+// ErrNoConfig: the node's primary CNI has not written its configuration yet.
+var ErrNoConfig = errors.New("no CNI configuration yet")
 
 func firstConf(dir string) (string, error) {
 	files, err := confFiles(dir)
@@ -138,7 +139,7 @@ func firstConf(dir string) (string, error) {
 		return "", err
 	}
 	if len(files) == 0 {
-		return "", fmt.Errorf("cni config in %s: %w", dir, ErrNoCNIConfig)
+		return "", fmt.Errorf("cni config in %s: %w", dir, ErrNoConfig)
 	}
 	return files[0], nil
 }

@@ -1,4 +1,4 @@
-package nodeagent
+package cni
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ var update = flag.Bool("update", false, "rewrite the golden files")
 
 func golden(t *testing.T, name string, got []byte) {
 	t.Helper()
-	path := filepath.Join("testdata", "cni", name)
+	path := filepath.Join("testdata", name)
 	if *update {
 		if err := os.WriteFile(path, got, 0o644); err != nil {
 			t.Fatal(err)
@@ -30,16 +30,16 @@ func golden(t *testing.T, name string, got []byte) {
 	}
 }
 
-var testCNIConfig = CNIConfig{Socket: "/var/run/warren/cni.sock", Timeout: 30 * time.Second}
+var testConfig = Config{Socket: "/var/run/warren/cni.sock", Timeout: 30 * time.Second}
 
 func TestChainPluginGolden(t *testing.T) {
 	for _, name := range []string{"bridge", "chained-old"} {
-		in, err := os.ReadFile(filepath.Join("testdata", "cni", name+".conflist"))
+		in, err := os.ReadFile(filepath.Join("testdata", name+".conflist"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		cfg := testCNIConfig
-		cfg.setDefaults()
+		cfg := testConfig
+		cfg.SetDefaults()
 		chained, err := ChainPlugin(in, cfg.pluginEntry())
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -59,7 +59,7 @@ func TestChainPluginGolden(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{`{"cniVersion":"0.4.0","name":"k8s","type":"bridge"}`, `{"plugins":[]}`, `not json`} {
-		if _, err := ChainPlugin([]byte(bad), testCNIConfig.pluginEntry()); err == nil {
+		if _, err := ChainPlugin([]byte(bad), testConfig.pluginEntry()); err == nil {
 			t.Errorf("ChainPlugin(%s) took it", bad)
 		}
 	}
@@ -67,7 +67,7 @@ func TestChainPluginGolden(t *testing.T) {
 
 func TestInstallCNI(t *testing.T) {
 	dir := t.TempDir()
-	cfg := testCNIConfig
+	cfg := testConfig
 	cfg.BinDir, cfg.ConfDir = filepath.Join(dir, "bin"), filepath.Join(dir, "net.d")
 	cfg.Binary = filepath.Join(dir, "warren-cni")
 	for _, d := range []string{cfg.BinDir, cfg.ConfDir} {
@@ -78,18 +78,18 @@ func TestInstallCNI(t *testing.T) {
 	if err := os.WriteFile(cfg.Binary, []byte("#!/bin/true\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := InstallCNI(cfg); err == nil || !strings.Contains(err.Error(), "no CNI configuration yet") {
+	if _, err := Install(cfg); err == nil || !strings.Contains(err.Error(), "no CNI configuration yet") {
 		t.Errorf("install with no config: %v", err)
 	}
-	bridge, _ := os.ReadFile(filepath.Join("testdata", "cni", "bridge.conflist"))
-	single, _ := os.ReadFile(filepath.Join("testdata", "cni", "single.conf"))
+	bridge, _ := os.ReadFile(filepath.Join("testdata", "bridge.conflist"))
+	single, _ := os.ReadFile(filepath.Join("testdata", "single.conf"))
 	must(t, os.WriteFile(filepath.Join(cfg.ConfDir, "10-bridge.conflist"), bridge, 0o644))
 	must(t, os.WriteFile(filepath.Join(cfg.ConfDir, "20-other.conf"), single, 0o644))
 	must(t, os.WriteFile(filepath.Join(cfg.ConfDir, "README"), []byte("x"), 0o644))
 
-	path, err := InstallCNI(cfg)
+	path, err := Install(cfg)
 	if err != nil || filepath.Base(path) != "10-bridge.conflist" {
-		t.Fatalf("InstallCNI = %s, %v", path, err)
+		t.Fatalf("Install = %s, %v", path, err)
 	}
 	got, _ := os.ReadFile(path)
 	golden(t, "bridge.chained.golden", got)
@@ -97,7 +97,7 @@ func TestInstallCNI(t *testing.T) {
 		t.Errorf("binary: %q, %v", b, err)
 	}
 	st1, _ := os.Stat(path)
-	if _, err := InstallCNI(cfg); err != nil {
+	if _, err := Install(cfg); err != nil {
 		t.Fatal(err)
 	}
 	if st2, _ := os.Stat(path); !os.SameFile(st1, st2) {
@@ -107,7 +107,7 @@ func TestInstallCNI(t *testing.T) {
 		t.Error("install touched another configuration")
 	}
 
-	must(t, UninstallCNI(cfg))
+	must(t, Uninstall(cfg))
 	got, _ = os.ReadFile(path)
 	golden(t, "bridge.unchained.golden", got)
 	if _, err := os.Stat(filepath.Join(cfg.BinDir, PluginType)); !os.IsNotExist(err) {
@@ -117,7 +117,7 @@ func TestInstallCNI(t *testing.T) {
 	if len(entries) != 3 {
 		t.Errorf("conf dir holds %d files, want 3 (no temporary left)", len(entries))
 	}
-	must(t, UninstallCNI(cfg)) // idempotent
+	must(t, Uninstall(cfg)) // idempotent
 }
 
 func must(tb testing.TB, err error) {
