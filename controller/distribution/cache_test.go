@@ -179,7 +179,7 @@ func TestDeltasAddUpToSnapshots(t *testing.T) {
 func TestEqualitiesCoverEveryField(t *testing.T) {
 	for typ, want := range map[reflect.Type]string{
 		reflect.TypeFor[model.Peer]():         "UID Namespace Name Node IPs Identity",
-		reflect.TypeFor[model.Service]():      "Namespace Name VIPs Ports Endpoints",
+		reflect.TypeFor[model.Service]():      "Namespace Name VIPs Ports Endpoints Waypoint",
 		reflect.TypeFor[model.Endpoint]():     "Addr Node WorkloadUID Ready Ports Enrolled Identity",
 		reflect.TypeFor[model.LocalRef]():     "Workload Mode",
 		reflect.TypeFor[model.Workload]():     "UID Namespace Name Node ServiceAccount Identity IPs Labels Running Enrolled",

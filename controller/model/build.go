@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/warrenmesh/warren/api/v1alpha1"
+	"github.com/warrenmesh/warren/controller/gateway"
 	"github.com/warrenmesh/warren/internal/identity"
 	"github.com/warrenmesh/warren/internal/policy"
 )
@@ -71,6 +72,12 @@ func Build(in Inputs) *Model {
 			if w := m.Workloads[e.WorkloadUID]; w != nil {
 				e.Enrolled, e.Identity = w.Enrolled, w.Identity
 			}
+		}
+		// A label naming a waypoint that does not exist still binds the
+		// Service: the ztunnels then refuse its traffic (fail closed) rather
+		// than let it bypass the policy the waypoint would enforce.
+		if wp := gateway.WaypointFor(nsLabels[svc.Namespace], svc.Labels); wp != "" {
+			s.Waypoint = svc.Namespace + "/" + wp
 		}
 		m.Services[k] = &s
 	}

@@ -52,6 +52,10 @@ type Service struct {
 	VIPs      []netip.Addr
 	Ports     []ServicePort
 	Endpoints []Endpoint
+	// Waypoint is "<namespace>/<name>" of the waypoint that handles the
+	// traffic to this Service ("" for none): gateway.WaypointFor of the
+	// namespace's and the Service's labels, in the Service's namespace.
+	Waypoint string
 }
 
 // ServicePort is one TCP port of a Service.
@@ -63,6 +67,8 @@ type ServicePort struct {
 	TargetPort uint16
 	// TargetPortName is the named container port, if any.
 	TargetPortName string
+	// AppProtocol is the port's appProtocol, if set.
+	AppProtocol string
 }
 
 // Endpoint is one address behind a Service, from its EndpointSlices.
