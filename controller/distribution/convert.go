@@ -53,6 +53,21 @@ func serviceResource(s model.Service) *meshv1.Resource {
 	return &meshv1.Resource{Key: k, Kind: &meshv1.Resource_Service{Service: ps}}
 }
 
+// routeKey is "route/<namespace>/<name>" for an HTTPRoute and
+// "grpcroute/<namespace>/<name>" for a GRPCRoute. A ztunnel ignores these
+// kinds; waypoints serve them.
+func routeKey(r *model.Route) string {
+	prefix := "route/"
+	if r.Kind == model.KindGRPCRoute {
+		prefix = "grpcroute/"
+	}
+	return prefix + r.Namespace + "/" + r.Name
+}
+
+func routeResource(r *model.Route) *meshv1.Resource {
+	return &meshv1.Resource{Key: routeKey(r), Kind: &meshv1.Resource_Route{Route: r.Proto}}
+}
+
 func policyResource(p *policy.Policy) *meshv1.Resource {
 	k := "policy/" + p.Namespace + "/" + p.Name
 	return &meshv1.Resource{Key: k, Kind: &meshv1.Resource_Policy{Policy: policypb.ToProto(p)}}

@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/warrenmesh/warren/api/v1alpha1"
 	"github.com/warrenmesh/warren/controller/gateway"
@@ -27,6 +28,11 @@ type Inputs struct {
 	EndpointSlices        []*discoveryv1.EndpointSlice
 	AuthorizationPolicies []*v1alpha1.AuthorizationPolicy
 	PeerAuthentications   []*v1alpha1.PeerAuthentication
+	// The Gateway API objects; empty when its CRDs are not installed.
+	HTTPRoutes      []*gwv1.HTTPRoute
+	GRPCRoutes      []*gwv1.GRPCRoute
+	ReferenceGrants []*gwv1.ReferenceGrant
+	Gateways        []*gwv1.Gateway
 }
 
 // Build translates everything into a Model and judges every policy object.
@@ -107,6 +113,7 @@ func Build(in Inputs) *Model {
 	for _, w := range m.ordered {
 		m.byNode[w.Node] = append(m.byNode[w.Node], w)
 	}
+	m.compileRoutes(in)
 	m.judgePolicies()
 	m.judgePeerAuths()
 	return m
