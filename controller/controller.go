@@ -265,16 +265,25 @@ func (c *Controller) list(ctx context.Context) (model.Inputs, error) {
 		rgs gwv1.ReferenceGrantList
 		gws gwv1.GatewayList
 	)
-	for _, l := range []client.ObjectList{&hrs, &grs, &rgs, &gws} {
-		if err := c.cache.List(ctx, l, client.UnsafeDisableDeepCopy); err != nil {
-			return in, fmt.Errorf("list %T: %w", l, err)
-		}
+	if err := c.listAll(ctx, &hrs, &grs, &rgs, &gws); err != nil {
+		return in, err
 	}
 	in.HTTPRoutes = ptrs(hrs.Items)
 	in.GRPCRoutes = ptrs(grs.Items)
 	in.ReferenceGrants = ptrs(rgs.Items)
 	in.Gateways = ptrs(gws.Items)
 	return in, nil
+}
+
+// listAll lists each of ls from the cache, without copies: the model only
+// reads them.
+func (c *Controller) listAll(ctx context.Context, ls ...client.ObjectList) error {
+	for _, l := range ls {
+		if err := c.cache.List(ctx, l, client.UnsafeDisableDeepCopy); err != nil {
+			return fmt.Errorf("list %T: %w", l, err)
+		}
+	}
+	return nil
 }
 
 func ptrs[T any](items []T) []*T {

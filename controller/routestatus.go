@@ -23,30 +23,37 @@ import (
 func (c *Controller) writeRouteStatus(ctx context.Context, m *model.Model, in model.Inputs) error {
 	var errs []error
 	for _, r := range in.HTTPRoutes {
-		want := m.RouteParents[model.RouteRef{Kind: model.KindHTTPRoute, Namespace: r.Namespace, Name: r.Name}]
-		if parents, changed := routeParents(r.Status.Parents, want); changed {
-			obj := r.DeepCopy()
-			obj.Status.Parents = parents
-			errs = append(errs, c.updateRouteStatus(ctx, obj))
-		}
+		errs = append(errs, c.routeStatus(ctx, m, model.KindHTTPRoute, r, r.Status.Parents))
 	}
 	for _, r := range in.GRPCRoutes {
-		want := m.RouteParents[model.RouteRef{Kind: model.KindGRPCRoute, Namespace: r.Namespace, Name: r.Name}]
-		if parents, changed := routeParents(r.Status.Parents, want); changed {
-			obj := r.DeepCopy()
-			obj.Status.Parents = parents
-			errs = append(errs, c.updateRouteStatus(ctx, obj))
-		}
+		errs = append(errs, c.routeStatus(ctx, m, model.KindGRPCRoute, r, r.Status.Parents))
 	}
 	return errors.Join(errs...)
 }
 
-func (c *Controller) updateRouteStatus(ctx context.Context, obj client.Object) error {
+// routeStatus writes the status.parents of route (a cached
+// *gwv1.HTTPRoute or *gwv1.GRPCRoute whose status.parents are cur) if the
+// model's differ.
+func (c *Controller) routeStatus(ctx context.Context, m *model.Model, kind string, route client.Object, cur []gwv1.RouteParentStatus) error {
+	want := m.RouteParents[model.RouteRef{Kind: kind, Namespace: route.GetNamespace(), Name: route.GetName()}]
+	parents, changed := routeParents(cur, want)
+	if !changed {
+		return nil
+	}
+	obj := route.DeepCopyObject().(client.Object) // the cache's is shared
+	switch o := obj.(type) {
+	case *gwv1.HTTPRoute:
+		o.Status.Parents = parents
+	case *gwv1.GRPCRoute:
+		o.Status.Parents = parents
+	default:
+		return fmt.Errorf("status of %T: not a route", obj)
+	}
 	// Update, as for policies: a stale cached route fails with a conflict.
 	if err := c.client.Status().Update(ctx, obj); err != nil {
 		return fmt.Errorf("status of route %s/%s: %w", obj.GetNamespace(), obj.GetName(), err)
 	}
-	c.cfg.Log.Info("route status written", "kind", fmt.Sprintf("%T", obj), "namespace", obj.GetNamespace(), "name", obj.GetName())
+	c.cfg.Log.Info("route status written", "kind", kind, "namespace", obj.GetNamespace(), "name", obj.GetName())
 	return nil
 }
 
