@@ -23,7 +23,9 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/warrenmesh/warren/api/v1alpha1"
 	"github.com/warrenmesh/warren/controller/model"
@@ -66,6 +68,9 @@ type Controller struct {
 	published chan struct{}
 	version   atomic.Uint64
 	listeners []func(*model.Model)
+	// gatewayAPI: the Gateway API CRDs were installed at start, so routes,
+	// ReferenceGrants and Gateways are watched (decided once).
+	gatewayAPI bool
 }
 
 // watched are the kinds the model is built from.
@@ -74,16 +79,44 @@ func watched() []client.Object {
 		&v1alpha1.AuthorizationPolicy{}, &v1alpha1.PeerAuthentication{}}
 }
 
+// gatewayKinds are the Gateway API kinds the model reads when their CRDs
+// are installed.
+func gatewayKinds() []client.Object {
+	return []client.Object{&gwv1.HTTPRoute{}, &gwv1.GRPCRoute{}, &gwv1.ReferenceGrant{}, &gwv1.Gateway{}}
+}
+
+// gatewayAPIError says why the Gateway API kinds cannot be watched: the
+// manager's scheme lacks them or their CRDs are not installed (the same
+// guard as setupWaypoints). nil: they can.
+func gatewayAPIError(mgr manager.Manager) error {
+	for _, obj := range gatewayKinds() {
+		gvk, err := apiutil.GVKForObject(obj, mgr.GetScheme())
+		if err != nil {
+			return err
+		}
+		if _, err := mgr.GetRESTMapper().RESTMapping(gvk.GroupKind(), gvk.Version); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // New returns a controller on mgr's cache and client. mgr's scheme must know
 // core/v1, discovery/v1 and warren.dev/v1alpha1.
 func New(mgr manager.Manager, cfg Config) (*Controller, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Controller{
+	c := &Controller{
 		cfg: cfg, mgr: mgr, cache: mgr.GetCache(), client: mgr.GetClient(), elected: mgr.Elected(),
 		dirty: make(chan struct{}, 1), published: make(chan struct{}),
-	}, nil
+	}
+	if err := gatewayAPIError(mgr); err != nil {
+		cfg.Log.Warn("Gateway API not available: no routes until its CRDs are installed and the controller restarts", "err", err)
+	} else {
+		c.gatewayAPI = true
+	}
+	return c, nil
 }
 
 // OnModel registers f to be called, from the sync goroutine, with every new
@@ -117,7 +150,11 @@ func (c *Controller) Start(ctx context.Context) error {
 		UpdateFunc: func(any, any) { c.markDirty() },
 		DeleteFunc: func(any) { c.markDirty() },
 	}
-	for _, obj := range watched() {
+	objs := watched()
+	if c.gatewayAPI {
+		objs = append(objs, gatewayKinds()...)
+	}
+	for _, obj := range objs {
 		inf, err := c.mgr.GetCache().GetInformer(ctx, obj)
 		if err != nil {
 			return fmt.Errorf("informer for %T: %w", obj, err)
@@ -219,7 +256,34 @@ func (c *Controller) list(ctx context.Context) (model.Inputs, error) {
 	in.EndpointSlices = ptrs(eps.Items)
 	in.AuthorizationPolicies = ptrs(aps.Items)
 	in.PeerAuthentications = ptrs(pas.Items)
+	if !c.gatewayAPI {
+		return in, nil
+	}
+	var (
+		hrs gwv1.HTTPRouteList
+		grs gwv1.GRPCRouteList
+		rgs gwv1.ReferenceGrantList
+		gws gwv1.GatewayList
+	)
+	if err := c.listAll(ctx, &hrs, &grs, &rgs, &gws); err != nil {
+		return in, err
+	}
+	in.HTTPRoutes = ptrs(hrs.Items)
+	in.GRPCRoutes = ptrs(grs.Items)
+	in.ReferenceGrants = ptrs(rgs.Items)
+	in.Gateways = ptrs(gws.Items)
 	return in, nil
+}
+
+// listAll lists each of ls from the cache, without copies: the model only
+// reads them.
+func (c *Controller) listAll(ctx context.Context, ls ...client.ObjectList) error {
+	for _, l := range ls {
+		if err := c.cache.List(ctx, l, client.UnsafeDisableDeepCopy); err != nil {
+			return fmt.Errorf("list %T: %w", l, err)
+		}
+	}
+	return nil
 }
 
 func ptrs[T any](items []T) []*T {

@@ -19,6 +19,7 @@ import (
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/warrenmesh/warren/controller/gateway"
+	"github.com/warrenmesh/warren/controller/model"
 )
 
 // TestWaypointGateway runs the whole controller against a real apiserver
@@ -30,6 +31,9 @@ import (
 func TestWaypointGateway(t *testing.T) {
 	needEnv(t)
 	cs := kubernetes.NewForConfigOrDie(env.Config)
+	// Run needs its system namespace (for the CA Secret); do not rely on
+	// a test that runs later to have created it.
+	createNamespace(t, cs, model.DefaultSystemNamespace, nil)
 	s := scheme(t)
 	if err := gwv1.Install(s); err != nil {
 		t.Fatal(err)

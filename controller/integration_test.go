@@ -124,9 +124,15 @@ func (w *testWriter) close() {
 // startController runs a manager with the controller until the test ends.
 func startController(t *testing.T) (*Controller, client.Client) {
 	t.Helper()
+	return startControllerWith(t, scheme(t))
+}
+
+// startControllerWith is startController with the manager's scheme s.
+func startControllerWith(t *testing.T, s *runtime.Scheme) (*Controller, client.Client) {
+	t.Helper()
 	log := testLog(t)
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
-		Scheme:                 scheme(t),
+		Scheme:                 s,
 		Logger:                 logr.FromSlogHandler(log.Handler()),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",

@@ -42,6 +42,7 @@ func (c *Controller) writeStatus(ctx context.Context, m *model.Model, in model.I
 			errs = append(errs, c.updateStatus(ctx, obj, v))
 		}
 	}
+	errs = append(errs, c.writeRouteStatus(ctx, m, in))
 	return errors.Join(errs...)
 }
 

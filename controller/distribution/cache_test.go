@@ -179,7 +179,7 @@ func TestDeltasAddUpToSnapshots(t *testing.T) {
 func TestEqualitiesCoverEveryField(t *testing.T) {
 	for typ, want := range map[reflect.Type]string{
 		reflect.TypeFor[model.Peer]():         "UID Namespace Name Node IPs Identity",
-		reflect.TypeFor[model.Service]():      "Namespace Name VIPs Ports Endpoints",
+		reflect.TypeFor[model.Service]():      "Namespace Name VIPs Ports Endpoints Waypoint",
 		reflect.TypeFor[model.Endpoint]():     "Addr Node WorkloadUID Ready Ports Enrolled Identity",
 		reflect.TypeFor[model.LocalRef]():     "Workload Mode",
 		reflect.TypeFor[model.Workload]():     "UID Namespace Name Node ServiceAccount Identity IPs Labels Running Enrolled",
@@ -226,5 +226,41 @@ func TestOlderVersionDoesNotReplaceCurrent(t *testing.T) {
 	ups, _ := diffEntries(s1.entries, s2.entries)
 	if len(ups) != 1 || ups[0].res.GetPeer().GetIps()[0] != "10.244.1.6" {
 		t.Errorf("version 1 to 2: %v", ups)
+	}
+}
+
+// TestRoutesShared: the model's routes go to every subscriber, keyed by
+// kind, among the peers and services in key order, and a route that goes
+// is removed.
+func TestRoutesShared(t *testing.T) {
+	s, err := New(Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Authn: authn, Callers: []string{"warren-system/ztunnel"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	route := func(kind, name string) model.Route {
+		return model.Route{RouteRef: model.RouteRef{Kind: kind, Namespace: "shop", Name: name}, Proto: &meshv1.Route{Namespace: "shop", Name: name}}
+	}
+	m1 := build(pod("web", "n1", "10.244.1.5", nil))
+	m1.Routes = []model.Route{route(model.KindGRPCRoute, "api"), route(model.KindHTTPRoute, "split")}
+	s1, err := s.shared(m1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, e := range s1.entries {
+		keys = append(keys, e.res.Key)
+	}
+	if !slices.IsSorted(keys) || !slices.Contains(keys, "grpcroute/shop/api") || !slices.Contains(keys, "route/shop/split") {
+		t.Fatalf("keys %v", keys)
+	}
+	m2 := build(pod("web", "n1", "10.244.1.5", nil))
+	m2.Routes = []model.Route{route(model.KindHTTPRoute, "split")}
+	s2, err := s.shared(m2, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ups, rms := diffEntries(s1.entries, s2.entries)
+	if len(ups) != 0 || len(rms) != 1 || rms[0].res.Key != "grpcroute/shop/api" {
+		t.Errorf("upserts %v, removals %v", ups, rms)
 	}
 }

@@ -32,9 +32,10 @@ func serviceKey(s *model.Service) string { return "service/" + s.Namespace + "/"
 
 func serviceResource(s model.Service) *meshv1.Resource {
 	k := serviceKey(&s)
-	ps := &meshv1.Service{Namespace: s.Namespace, Name: s.Name, Vips: ips(s.VIPs)}
+	ps := &meshv1.Service{Namespace: s.Namespace, Name: s.Name, Vips: ips(s.VIPs), Waypoint: s.Waypoint}
 	for _, p := range s.Ports {
-		ps.Ports = append(ps.Ports, &meshv1.ServicePort{Name: p.Name, Port: uint32(p.Port), TargetPort: uint32(p.TargetPort), TargetPortName: p.TargetPortName})
+		ps.Ports = append(ps.Ports, &meshv1.ServicePort{Name: p.Name, Port: uint32(p.Port), TargetPort: uint32(p.TargetPort), TargetPortName: p.TargetPortName,
+			AppProtocol: p.AppProtocol})
 	}
 	for _, e := range s.Endpoints {
 		pe := &meshv1.Endpoint{Ip: e.Addr.String(), Node: e.Node, WorkloadUid: string(e.WorkloadUID), Ready: e.Ready, Enrolled: e.Enrolled}
@@ -50,6 +51,21 @@ func serviceResource(s model.Service) *meshv1.Resource {
 		ps.Endpoints = append(ps.Endpoints, pe)
 	}
 	return &meshv1.Resource{Key: k, Kind: &meshv1.Resource_Service{Service: ps}}
+}
+
+// routeKey is "route/<namespace>/<name>" for an HTTPRoute and
+// "grpcroute/<namespace>/<name>" for a GRPCRoute. A ztunnel ignores these
+// kinds; waypoints serve them.
+func routeKey(r *model.Route) string {
+	prefix := "route/"
+	if r.Kind == model.KindGRPCRoute {
+		prefix = "grpcroute/"
+	}
+	return prefix + r.Namespace + "/" + r.Name
+}
+
+func routeResource(r *model.Route) *meshv1.Resource {
+	return &meshv1.Resource{Key: routeKey(r), Kind: &meshv1.Resource_Route{Route: r.Proto}}
 }
 
 func policyResource(p *policy.Policy) *meshv1.Resource {
@@ -85,7 +101,7 @@ func peerEqual(a, b *model.Peer) bool {
 }
 
 func serviceEqual(a, b *model.Service) bool {
-	return a.Namespace == b.Namespace && a.Name == b.Name && slices.Equal(a.VIPs, b.VIPs) &&
+	return a.Namespace == b.Namespace && a.Name == b.Name && slices.Equal(a.VIPs, b.VIPs) && a.Waypoint == b.Waypoint &&
 		slices.Equal(a.Ports, b.Ports) && slices.EqualFunc(a.Endpoints, b.Endpoints, endpointEqual)
 }
 

@@ -310,10 +310,13 @@ func byKey(a, b entry) int { return strings.Compare(a.res.Key, b.res.Key) }
 type sharedSet struct {
 	version uint64
 	// entries are sorted by key: the peers ("peer/" + UID, so by UID, as
-	// peers are), then the services.
+	// peers are), the services, and the routes among them.
 	entries  []entry
-	peers    []*model.Workload // by UID; peers[i] made entries[i]
-	services []keyedService    // by key; services[i] made entries[len(peers)+i]
+	peers    []*model.Workload // by UID; peers[i] made base[i]
+	services []keyedService    // by key; services[i] made base[len(peers)+i]
+	// base is the peers' and services' entries; entries adds the routes'
+	// (few, converted again on every version) in key order.
+	base []entry
 }
 
 func (s *sharedSet) getVersion() uint64 {
@@ -357,7 +360,7 @@ func (s *Server) shared(m *model.Model, version uint64) (*sharedSet, error) {
 		p := w.Peer()
 		if j < len(prev.peers) && prev.peers[j].UID == w.UID {
 			if old := prev.peers[j].Peer(); prev.peers[j] == w || peerEqual(&old, &p) {
-				set.entries = append(set.entries, prev.entries[j])
+				set.entries = append(set.entries, prev.base[j])
 				continue
 			}
 		}
@@ -372,7 +375,7 @@ func (s *Server) shared(m *model.Model, version uint64) (*sharedSet, error) {
 		set.services = append(set.services, keyedService{key: serviceKey(svc), svc: svc})
 	}
 	slices.SortFunc(set.services, func(a, b keyedService) int { return strings.Compare(a.key, b.key) })
-	prevSvcs := prev.entries[len(prev.peers):]
+	prevSvcs := prev.base[len(prev.peers):]
 	j = 0
 	for _, ks := range set.services {
 		for j < len(prev.services) && prev.services[j].key < ks.key {
@@ -387,6 +390,18 @@ func (s *Server) shared(m *model.Model, version uint64) (*sharedSet, error) {
 			return nil, err
 		}
 		set.entries = append(set.entries, e)
+	}
+	set.base = set.entries
+	if len(m.Routes) > 0 {
+		set.entries = slices.Clone(set.base)
+		for i := range m.Routes {
+			e, err := s.entry(routeResource(&m.Routes[i]), "")
+			if err != nil {
+				return nil, err
+			}
+			set.entries = append(set.entries, e)
+		}
+		slices.SortFunc(set.entries, byKey)
 	}
 	// A subscriber that read the model just before a Publish asks for the
 	// older version after another asked for the newer: it gets its set, the

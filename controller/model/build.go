@@ -8,8 +8,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/warrenmesh/warren/api/v1alpha1"
+	"github.com/warrenmesh/warren/controller/gateway"
 	"github.com/warrenmesh/warren/internal/identity"
 	"github.com/warrenmesh/warren/internal/policy"
 )
@@ -26,6 +28,11 @@ type Inputs struct {
 	EndpointSlices        []*discoveryv1.EndpointSlice
 	AuthorizationPolicies []*v1alpha1.AuthorizationPolicy
 	PeerAuthentications   []*v1alpha1.PeerAuthentication
+	// The Gateway API objects; empty when its CRDs are not installed.
+	HTTPRoutes      []*gwv1.HTTPRoute
+	GRPCRoutes      []*gwv1.GRPCRoute
+	ReferenceGrants []*gwv1.ReferenceGrant
+	Gateways        []*gwv1.Gateway
 }
 
 // Build translates everything into a Model and judges every policy object.
@@ -72,6 +79,12 @@ func Build(in Inputs) *Model {
 				e.Enrolled, e.Identity = w.Enrolled, w.Identity
 			}
 		}
+		// A label naming a waypoint that does not exist still binds the
+		// Service: the ztunnels then refuse its traffic (fail closed) rather
+		// than let it bypass the policy the waypoint would enforce.
+		if wp := gateway.WaypointFor(nsLabels[svc.Namespace], svc.Labels); wp != "" {
+			s.Waypoint = svc.Namespace + "/" + wp
+		}
 		m.Services[k] = &s
 	}
 
@@ -100,6 +113,7 @@ func Build(in Inputs) *Model {
 	for _, w := range m.ordered {
 		m.byNode[w.Node] = append(m.byNode[w.Node], w)
 	}
+	m.compileRoutes(in)
 	m.judgePolicies()
 	m.judgePeerAuths()
 	return m

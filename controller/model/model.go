@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
+	meshv1 "github.com/warrenmesh/warren/api/proto/mesh/v1"
 	"github.com/warrenmesh/warren/api/v1alpha1"
 	"github.com/warrenmesh/warren/internal/identity"
 	"github.com/warrenmesh/warren/internal/policy"
@@ -52,6 +54,10 @@ type Service struct {
 	VIPs      []netip.Addr
 	Ports     []ServicePort
 	Endpoints []Endpoint
+	// Waypoint is "<namespace>/<name>" of the waypoint that handles the
+	// traffic to this Service ("" for none): gateway.WaypointFor of the
+	// namespace's and the Service's labels, in the Service's namespace.
+	Waypoint string
 }
 
 // ServicePort is one TCP port of a Service.
@@ -63,6 +69,8 @@ type ServicePort struct {
 	TargetPort uint16
 	// TargetPortName is the named container port, if any.
 	TargetPortName string
+	// AppProtocol is the port's appProtocol, if set.
+	AppProtocol string
 }
 
 // Endpoint is one address behind a Service, from its EndpointSlices.
@@ -87,6 +95,19 @@ type PeerAuth struct {
 	Selector  map[string]string
 	Mode      v1alpha1.MTLSMode
 	Created   time.Time
+}
+
+// RouteRef names an HTTPRoute or GRPCRoute; Kind is "HTTPRoute" or
+// "GRPCRoute".
+type RouteRef struct {
+	Kind, Namespace, Name string
+}
+
+// Route is an accepted route as the waypoints get it.
+type Route struct {
+	RouteRef
+	// Proto is gateway.Compile*Route's result: shared, never modified.
+	Proto *meshv1.Route
 }
 
 // Key names a namespaced object.
@@ -119,6 +140,14 @@ type Model struct {
 	// LabelErrors says, by pod UID, why a pod with a malformed
 	// warren.dev/mesh label (its own or its namespace's) is not enrolled.
 	LabelErrors map[types.UID]string
+	// Routes are the accepted HTTPRoutes and GRPCRoutes (at least one
+	// Service parent accepted them), compiled for the waypoints, sorted by
+	// kind, namespace and name.
+	Routes []Route
+	// RouteParents is, for every route with a Service parent (accepted or
+	// not), the status of each of its Service parents: what the leader
+	// writes in status.parents under gateway.ControllerName.
+	RouteParents map[RouteRef][]gwv1.RouteParentStatus
 
 	ordered []*Workload            // Workloads by UID
 	byNode  map[string][]*Workload // the same, per node

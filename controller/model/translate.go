@@ -82,6 +82,9 @@ func ServiceFromCore(svc *corev1.Service, endpointSlices []*discoveryv1.Endpoint
 			continue
 		}
 		sp := ServicePort{Name: p.Name, Port: uint16(p.Port)}
+		if p.AppProtocol != nil {
+			sp.AppProtocol = *p.AppProtocol
+		}
 		switch {
 		case p.TargetPort.Type == intstr.String:
 			sp.TargetPortName = p.TargetPort.StrVal
