@@ -17,6 +17,7 @@ import (
 	"github.com/warrenmesh/warren/controller/model"
 	"github.com/warrenmesh/warren/internal/enrollment"
 	"github.com/warrenmesh/warren/internal/identity"
+	"github.com/warrenmesh/warren/internal/svid"
 	"github.com/warrenmesh/warren/ztunnel"
 )
 
@@ -98,7 +99,7 @@ func TestZtunnelClient(t *testing.T) {
 	// A CSR for the local workload's identity is signed; the chain verifies
 	// against the published roots and names the identity.
 	id := identity.ID{TrustDomain: "cluster.local", Namespace: "zc", ServiceAccount: "web"}
-	_, csr, err := ztunnel.NewCSR(id)
+	_, csr, err := svid.NewCSR(id)
 	if err != nil {
 		t.Fatal(err)
 	}
