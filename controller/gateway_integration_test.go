@@ -30,14 +30,7 @@ import (
 func TestWaypointGateway(t *testing.T) {
 	needEnv(t)
 	cs := kubernetes.NewForConfigOrDie(env.Config)
-	s := scheme(t)
-	if err := gwv1.Install(s); err != nil {
-		t.Fatal(err)
-	}
-	kc, err := client.New(env.Config, client.Options{Scheme: s})
-	if err != nil {
-		t.Fatal(err)
-	}
+	kc := gatewayClient(t)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

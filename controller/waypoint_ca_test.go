@@ -16,9 +16,8 @@ import (
 	"github.com/warrenmesh/warren/internal/svid"
 )
 
-// waypointGateway creates a Gateway of class className in ns, and a client
-// that reads Gateways.
-func waypointGateway(t *testing.T, ns, name string, className gwv1.ObjectName) client.Client {
+// gatewayClient is a direct client that knows the Gateway API types.
+func gatewayClient(t *testing.T) client.Client {
 	t.Helper()
 	s := scheme(t)
 	if err := gwv1.Install(s); err != nil {
@@ -28,6 +27,14 @@ func waypointGateway(t *testing.T, ns, name string, className gwv1.ObjectName) c
 	if err != nil {
 		t.Fatal(err)
 	}
+	return kc
+}
+
+// waypointGateway creates a Gateway of class className in ns, and returns a
+// client that reads Gateways.
+func waypointGateway(t *testing.T, ns, name string, className gwv1.ObjectName) client.Client {
+	t.Helper()
+	kc := gatewayClient(t)
 	gw := &gwv1.Gateway{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 		Spec: gwv1.GatewaySpec{GatewayClassName: className,
 			Listeners: []gwv1.Listener{{Name: "mesh", Port: gateway.HBONEPort, Protocol: gateway.HBONEProtocol}}}}

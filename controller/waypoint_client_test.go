@@ -20,7 +20,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	meshv1 "github.com/warrenmesh/warren/api/proto/mesh/v1"
-	"github.com/warrenmesh/warren/controller/ca"
 	"github.com/warrenmesh/warren/controller/gateway"
 	"github.com/warrenmesh/warren/controller/model"
 	"github.com/warrenmesh/warren/internal/controlplane"
@@ -65,16 +64,7 @@ func TestWaypointClient(t *testing.T) {
 	}
 
 	ctx, addr, _, _ := runController(t, false)
-	var rootsPEM string
-	wait.NoError(t, "roots ConfigMap", 20*time.Second, func() error {
-		cm, err := cs.CoreV1().ConfigMaps(model.DefaultSystemNamespace).Get(ctx, ca.RootsConfigMap, metav1.GetOptions{})
-		if err == nil {
-			rootsPEM = cm.Data[ca.RootsKey]
-		}
-		return err
-	})
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM([]byte(rootsPEM))
+	rootsPEM, pool := meshRoots(ctx, t, cs)
 	client := func(pod *corev1.Pod) *controlplane.Client {
 		tokenFile := filepath.Join(t.TempDir(), "token")
 		if err := os.WriteFile(tokenFile, []byte(podToken(t, cs, pod)+"\n"), 0o600); err != nil {
