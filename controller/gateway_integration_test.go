@@ -19,6 +19,7 @@ import (
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/warrenmesh/warren/controller/gateway"
+	"github.com/warrenmesh/warren/controller/model"
 )
 
 // TestWaypointGateway runs the whole controller against a real apiserver
@@ -30,6 +31,8 @@ import (
 func TestWaypointGateway(t *testing.T) {
 	needEnv(t)
 	cs := kubernetes.NewForConfigOrDie(env.Config)
+	// The CA's Secret goes there; this test may run first.
+	createNamespace(t, cs, model.DefaultSystemNamespace, nil)
 	kc := gatewayClient(t)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
