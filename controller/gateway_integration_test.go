@@ -31,17 +31,9 @@ import (
 func TestWaypointGateway(t *testing.T) {
 	needEnv(t)
 	cs := kubernetes.NewForConfigOrDie(env.Config)
-	// Run needs its system namespace (for the CA Secret); do not rely on
-	// a test that runs later to have created it.
+	// The CA's Secret goes there; this test may run first.
 	createNamespace(t, cs, model.DefaultSystemNamespace, nil)
-	s := scheme(t)
-	if err := gwv1.Install(s); err != nil {
-		t.Fatal(err)
-	}
-	kc, err := client.New(env.Config, client.Options{Scheme: s})
-	if err != nil {
-		t.Fatal(err)
-	}
+	kc := gatewayClient(t)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

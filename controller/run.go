@@ -199,8 +199,13 @@ func Run(ctx context.Context, rc RunConfig) error {
 		return fmt.Errorf("CA metrics: %w", err)
 	}
 	authn := &ca.TokenReviewer{Reviews: cs.AuthenticationV1().TokenReviews()}
+	// Waypoints are Gateways: without their CRDs, there are none.
+	var waypoints ca.Waypoints
+	if err := gatewayAPIInstalled(mgr); err == nil {
+		waypoints = gateway.Waypoints{Reader: mgr.GetClient()}
+	}
 	signer := &ca.Signer{CA: authority, Authn: authn, Authz: ca.ModelAuthorizer{Model: c.Model},
-		Callers: rc.Callers, Log: log.With("part", "ca"), Metrics: caMetrics}
+		Callers: rc.Callers, Waypoints: waypoints, Log: log.With("part", "ca"), Metrics: caMetrics}
 	if err := signer.Validate(); err != nil {
 		return err
 	}
@@ -209,7 +214,7 @@ func Run(ctx context.Context, rc RunConfig) error {
 		return fmt.Errorf("distribution metrics: %w", err)
 	}
 	srv, err := distribution.New(distribution.Options{Log: log.With("part", "distribution"), Authn: authn,
-		Callers: rc.Callers, Signer: signer, Metrics: distMetrics})
+		Callers: rc.Callers, Waypoints: waypoints, Signer: signer, Metrics: distMetrics})
 	if err != nil {
 		return err
 	}
@@ -252,12 +257,18 @@ func setupWaypoints(rc RunConfig, mgr manager.Manager, log *slog.Logger) error {
 		log.Info("no waypoint image configured: Gateways of class " + gateway.ClassName + " are not run")
 		return nil
 	}
-	if _, err := mgr.GetRESTMapper().RESTMapping(schema.GroupKind{Group: gwv1.GroupName, Kind: "Gateway"}, gwv1.GroupVersion.Version); err != nil {
+	if err := gatewayAPIInstalled(mgr); err != nil {
 		log.Warn("Gateway API CRDs not installed: no waypoints until they are and the controller restarts", "err", err)
 		return nil
 	}
 	return gateway.Setup(mgr, rc.Waypoint, gateway.RootsSource{Namespace: rc.SystemNamespace, Name: ca.RootsConfigMap, Key: ca.RootsKey},
 		log.With("part", "waypoints"))
+}
+
+// gatewayAPIInstalled reports whether the apiserver serves Gateways.
+func gatewayAPIInstalled(mgr manager.Manager) error {
+	_, err := mgr.GetRESTMapper().RESTMapping(schema.GroupKind{Group: gwv1.GroupName, Kind: "Gateway"}, gwv1.GroupVersion.Version)
+	return err
 }
 
 // grpcRunnable serves on every replica, leader or not.

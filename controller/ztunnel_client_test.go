@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -17,6 +18,7 @@ import (
 	"github.com/warrenmesh/warren/controller/model"
 	"github.com/warrenmesh/warren/internal/enrollment"
 	"github.com/warrenmesh/warren/internal/identity"
+	"github.com/warrenmesh/warren/internal/svid"
 	"github.com/warrenmesh/warren/ztunnel"
 )
 
@@ -38,16 +40,7 @@ func TestZtunnelClient(t *testing.T) {
 
 	ctx, addr, _, _ := runController(t, false)
 
-	var rootsPEM string
-	eventually(t, "roots ConfigMap", func() error {
-		cm, err := cs.CoreV1().ConfigMaps(model.DefaultSystemNamespace).Get(ctx, ca.RootsConfigMap, metav1.GetOptions{})
-		if err == nil {
-			rootsPEM = cm.Data[ca.RootsKey]
-		}
-		return err
-	})
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM([]byte(rootsPEM))
+	rootsPEM, pool := meshRoots(ctx, t, cs)
 	dir := t.TempDir()
 	tokenFile := filepath.Join(dir, "token")
 	if err := os.WriteFile(tokenFile, []byte(podToken(t, cs, zt)+"\n"), 0o600); err != nil {
@@ -98,7 +91,7 @@ func TestZtunnelClient(t *testing.T) {
 	// A CSR for the local workload's identity is signed; the chain verifies
 	// against the published roots and names the identity.
 	id := identity.ID{TrustDomain: "cluster.local", Namespace: "zc", ServiceAccount: "web"}
-	_, csr, err := ztunnel.NewCSR(id)
+	_, csr, err := svid.NewCSR(id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,6 +110,23 @@ func TestZtunnelClient(t *testing.T) {
 	if err != nil || got != id {
 		t.Errorf("signed chain: %v %v", got, err)
 	}
+}
+
+// meshRoots waits for the roots the controller publishes, and returns them
+// as PEM and as a pool.
+func meshRoots(ctx context.Context, t *testing.T, cs kubernetes.Interface) (string, *x509.CertPool) {
+	t.Helper()
+	var rootsPEM string
+	eventually(t, "roots ConfigMap", func() error {
+		cm, err := cs.CoreV1().ConfigMaps(model.DefaultSystemNamespace).Get(ctx, ca.RootsConfigMap, metav1.GetOptions{})
+		if err == nil {
+			rootsPEM = cm.Data[ca.RootsKey]
+		}
+		return err
+	})
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(rootsPEM))
+	return rootsPEM, pool
 }
 
 func firstCert(chainPEM []byte) (*x509.Certificate, error) {

@@ -3,24 +3,17 @@ package ztunnel
 import (
 	"cmp"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
-	"net"
 	"net/netip"
-	"os"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-
 	meshv1 "github.com/warrenmesh/warren/api/proto/mesh/v1"
+	"github.com/warrenmesh/warren/internal/controlplane"
 	"github.com/warrenmesh/warren/internal/identity"
 	"github.com/warrenmesh/warren/internal/policy/policypb"
 )
@@ -35,11 +28,12 @@ type Mesh struct {
 	Modes map[string]Mode
 }
 
-// ControlPlane is the ztunnel's client of the controller (api/proto/mesh/v1):
-// it subscribes to its node's view, turns every update into a Mesh, hands
-// it to the tunnel and acks or nacks it; and it sends the local identities'
-// CSRs to the CA. Calls carry the pod's service account token, read from
-// TokenFile at each call (the kubelet rotates it).
+// ControlPlane is the ztunnel's client of the controller (api/proto/mesh/v1,
+// through internal/controlplane): it subscribes to its node's view, turns
+// every update into a Mesh, hands it to the tunnel and acks or nacks it; and
+// it sends the local identities' CSRs to the CA. Calls carry the pod's
+// service account token, read from TokenFile at each call (the kubelet
+// rotates it).
 type ControlPlane struct {
 	// Addr is the controller's gRPC address (host:port).
 	Addr string
@@ -57,88 +51,27 @@ type ControlPlane struct {
 	// MaxBackoff caps the wait between reconnections; 10 s if zero.
 	MaxBackoff time.Duration
 
-	once   sync.Once
-	conn   *grpc.ClientConn
-	client meshv1.DistributionClient
-	err    error
+	once sync.Once
+	cl   *controlplane.Client
 }
 
-func (cp *ControlPlane) dial() (meshv1.DistributionClient, error) {
+func (cp *ControlPlane) client() *controlplane.Client {
 	cp.once.Do(func() {
 		if cp.Log == nil {
 			cp.Log = slog.New(slog.DiscardHandler)
 		}
-		name := cp.ServerName
-		if name == "" {
-			host, _, err := net.SplitHostPort(cp.Addr)
-			if err != nil {
-				cp.err = fmt.Errorf("controller address %q: %w", cp.Addr, err)
-				return
-			}
-			name = host
-		}
-		tc := &tls.Config{
-			MinVersion: tls.VersionTLS13,
-			// The roots can change while the connection lives (the CA
-			// answers with its current ones), so verify by hand against
-			// the roots in force at each handshake.
-			InsecureSkipVerify: true,
-			VerifyConnection: func(cs tls.ConnectionState) error {
-				if len(cs.PeerCertificates) == 0 {
-					return errors.New("controller sent no certificate")
-				}
-				inter := x509.NewCertPool()
-				for _, c := range cs.PeerCertificates[1:] {
-					inter.AddCert(c)
-				}
-				_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: cp.Roots.Load(), Intermediates: inter, DNSName: name})
-				if err != nil {
-					return fmt.Errorf("controller certificate: %w", err)
-				}
-				return nil
-			},
-		}
-		cp.conn, cp.err = grpc.NewClient(cp.Addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
-			grpc.WithPerRPCCredentials(tokenFile(cp.TokenFile)))
-		if cp.err == nil {
-			cp.client = meshv1.NewDistributionClient(cp.conn)
-		}
+		cp.cl = &controlplane.Client{Addr: cp.Addr, ServerName: cp.ServerName, TokenFile: cp.TokenFile,
+			Roots: cp.Roots, Log: cp.Log, MaxBackoff: cp.MaxBackoff}
 	})
-	return cp.client, cp.err
+	return cp.cl
 }
 
 // Close ends the connection to the controller.
-func (cp *ControlPlane) Close() error {
-	if cp.conn != nil {
-		return cp.conn.Close()
-	}
-	return nil
-}
-
-// tokenFile is a bearer token read from a file at every call.
-type tokenFile string
-
-func (f tokenFile) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	b, err := os.ReadFile(string(f))
-	if err != nil {
-		return nil, fmt.Errorf("service account token: %w", err)
-	}
-	return map[string]string{"authorization": "Bearer " + strings.TrimSpace(string(b))}, nil
-}
-
-func (tokenFile) RequireTransportSecurity() bool { return true }
+func (cp *ControlPlane) Close() error { return cp.client().Close() }
 
 // Sign implements SignFunc with the controller's CA.
 func (cp *ControlPlane) Sign(ctx context.Context, csrPEM []byte) ([]byte, []byte, error) {
-	cl, err := cp.dial()
-	if err != nil {
-		return nil, nil, err
-	}
-	resp, err := cl.SignCertificate(ctx, &meshv1.SignRequest{Csr: csrPEM})
-	if err != nil {
-		return nil, nil, fmt.Errorf("controller CA: %w", err)
-	}
-	return resp.Chain, resp.Roots, nil
+	return cp.client().Sign(ctx, csrPEM)
 }
 
 // Run subscribes until ctx ends, reconnecting with backoff. Every update is
@@ -146,81 +79,18 @@ func (cp *ControlPlane) Sign(ctx context.Context, csrPEM []byte) ([]byte, []byte
 // Mesh: nil acks it; an error nacks it, and the previous state stays (the
 // controller sends the refused resources again with its next change).
 func (cp *ControlPlane) Run(ctx context.Context, apply func(Mesh) error) error {
-	cl, err := cp.dial()
-	if err != nil {
-		return err
-	}
-	maxWait := cmp.Or(cp.MaxBackoff, 10*time.Second)
-	wait := 200 * time.Millisecond
-	for {
-		start := time.Now()
-		err := cp.subscribe(ctx, cl, apply)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if time.Since(start) > time.Minute {
-			wait = 200 * time.Millisecond // it had worked for a while
-		}
-		cp.Log.Warn("controller stream ended, reconnecting", "addr", cp.Addr, "in", wait, "err", err)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, maxWait)
-	}
-}
-
-func (cp *ControlPlane) subscribe(ctx context.Context, cl meshv1.DistributionClient, apply func(Mesh) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	st, err := cl.Subscribe(ctx)
-	if err != nil {
-		return err
-	}
-	if err := st.Send(&meshv1.SubscribeRequest{Kind: &meshv1.SubscribeRequest_Hello{Hello: &meshv1.Hello{Node: cp.Node}}}); err != nil {
-		return err
-	}
-	var held map[string]*meshv1.Resource
-	for {
-		u, err := st.Recv()
+	return cp.client().Run(ctx, &meshv1.Hello{Node: cp.Node}, func(version uint64, res map[string]*meshv1.Resource) error {
+		m, err := MeshFromResources(res, cp.TrustDomain, cp.Node)
 		if err != nil {
 			return err
 		}
-		next := map[string]*meshv1.Resource{}
-		if !u.Snapshot {
-			if held == nil {
-				return errors.New("first update of the stream is not a snapshot")
-			}
-			next = maps.Clone(held)
-		}
-		for _, k := range u.Removals {
-			delete(next, k)
-		}
-		for _, r := range u.Upserts {
-			next[r.Key] = r
-		}
-		m, err := MeshFromResources(next, cp.TrustDomain, cp.Node)
-		if err == nil {
-			err = apply(m)
-		}
-		var req *meshv1.SubscribeRequest
-		if err != nil {
-			cp.Log.Warn("configuration refused", "version", u.Version, "err", err)
-			req = &meshv1.SubscribeRequest{Kind: &meshv1.SubscribeRequest_Nack{Nack: &meshv1.Nack{Version: u.Version, Error: err.Error()}}}
-			if held == nil {
-				held = map[string]*meshv1.Resource{} // a snapshot was seen
-			}
-		} else {
-			held = next
-			cp.Log.Debug("configuration applied", "version", u.Version, "snapshot", u.Snapshot,
-				"workloads", len(m.Workloads), "services", len(m.Services), "policies", len(m.Policies))
-			req = &meshv1.SubscribeRequest{Kind: &meshv1.SubscribeRequest_Ack{Ack: &meshv1.Ack{Version: u.Version}}}
-		}
-		if err := st.Send(req); err != nil {
+		if err := apply(m); err != nil {
 			return err
 		}
-	}
+		cp.Log.Debug("mesh applied", "version", version,
+			"workloads", len(m.Workloads), "services", len(m.Services), "policies", len(m.Policies))
+		return nil
+	})
 }
 
 // MeshFromResources converts the controller's resources for node into a

@@ -11,6 +11,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"log/slog"
 	"net"
 	"net/url"
@@ -255,7 +256,18 @@ func TestSigner(t *testing.T) {
 		Authn: staticAuthn{
 			"zt1":  {Namespace: "warren-system", ServiceAccount: "ztunnel", Pod: "zt1", Node: "n1"},
 			"user": {Namespace: "a", ServiceAccount: "web", Pod: "web", Node: "n1"},
+			"wp":   {Namespace: "a", ServiceAccount: "wp", Pod: "wp-1", Node: "n2"},
+			"nogw": {Namespace: "b", ServiceAccount: "wp", Pod: "wp-1", Node: "n2"},
+			"down": {Namespace: "a", ServiceAccount: "unsure", Pod: "u-1", Node: "n2"},
 		},
+		// a/wp runs a Gateway of the waypoint class; b/wp is a namesake
+		// without one; a/unsure cannot be told (the cache is down).
+		Waypoints: WaypointsFunc(func(_ context.Context, ns, name string) (bool, error) {
+			if ns == "a" && name == "unsure" {
+				return false, errors.New("cache down")
+			}
+			return ns == "a" && name == "wp", nil
+		}),
 		Authz:   ModelAuthorizer{Model: func() *model.Model { return m }},
 		Callers: []string{"warren-system/ztunnel"},
 		Log:     slog.New(slog.NewTextHandler(&logs, nil)),
@@ -276,6 +288,12 @@ func TestSigner(t *testing.T) {
 		{"workload token", "user", "spiffe://cluster.local/ns/a/sa/web", ReasonCallerNotAllowed},
 		{"bad token", "nope", "spiffe://cluster.local/ns/a/sa/web", ReasonUnauthenticated},
 		{"wrong trust domain", "zt1", "spiffe://other/ns/a/sa/web", ReasonWrongSAN},
+		{"workload token, another identity", "user", "spiffe://cluster.local/ns/a/sa/db", ReasonCallerNotAllowed},
+		{"waypoint, own identity", "wp", "spiffe://cluster.local/ns/a/sa/wp", ""},
+		{"waypoint, another service account", "wp", "spiffe://cluster.local/ns/a/sa/web", ReasonNotOwnIdentity},
+		{"waypoint, its name in another namespace", "wp", "spiffe://cluster.local/ns/b/sa/wp", ReasonNotOwnIdentity},
+		{"waypoint, other trust domain", "wp", "spiffe://other/ns/a/sa/wp", ReasonWrongSAN},
+		{"service account without a Gateway", "nogw", "spiffe://cluster.local/ns/b/sa/wp", ReasonCallerNotAllowed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			logs.Reset()
@@ -297,8 +315,18 @@ func TestSigner(t *testing.T) {
 	if got := testutil.ToFloat64(metrics.requests.WithLabelValues("denied", string(ReasonNotOnNode))); got != 3 {
 		t.Errorf("denied NotOnNode = %v, want 3", got)
 	}
-	if got := testutil.ToFloat64(metrics.requests.WithLabelValues("signed", "")); got != 2 {
-		t.Errorf("signed = %v, want 2 (web, and the pending batch)", got)
+	if got := testutil.ToFloat64(metrics.requests.WithLabelValues("signed", "")); got != 3 {
+		t.Errorf("signed = %v, want 3 (web, the pending batch, the waypoint)", got)
+	}
+
+	// Not knowing whether a caller is a waypoint is no denial: it retries.
+	if _, err := s.SignCSR(context.Background(), "down", makeCSR(t, csrOpts{uris: []string{"spiffe://cluster.local/ns/a/sa/unsure"}})); err == nil || ReasonOf(err) != "" {
+		t.Errorf("waypoint lookup failed: %v, want an error that is no denial", err)
+	}
+	// Without Waypoints, a waypoint is any other caller.
+	s.Waypoints = nil
+	if _, err := s.SignCSR(context.Background(), "wp", makeCSR(t, csrOpts{uris: []string{"spiffe://cluster.local/ns/a/sa/wp"}})); ReasonOf(err) != ReasonCallerNotAllowed {
+		t.Errorf("no Waypoints: %v, want CallerNotAllowed", err)
 	}
 
 	s.Authz = ModelAuthorizer{Model: func() *model.Model { return nil }}

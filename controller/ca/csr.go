@@ -24,6 +24,7 @@ const (
 	ReasonWrongSANCount    Reason = "WrongSANCount"    // not exactly one URI SAN, or other SANs too
 	ReasonWrongSAN         Reason = "WrongSAN"         // the URI SAN is no SPIFFE ID of this trust domain
 	ReasonNotOnNode        Reason = "NotOnNode"        // no unfinished pod of that service account is bound to the caller's node
+	ReasonNotOwnIdentity   Reason = "NotOwnIdentity"   // a waypoint asked for another identity than its own
 )
 
 // Denied is the error of every refused request.

@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 )
 
 // Signer answers SVID requests: it authenticates the caller, checks that
-// the caller is a service account allowed to ask (the ztunnel's), checks the
-// CSR, asks the Authorizer, and signs.
+// the caller is a service account allowed to ask (CallerRole: a ztunnel's,
+// or a waypoint's), checks the CSR, and signs when the Authorizer allows the
+// identity on the ztunnel's node, or when it is the waypoint's own.
 type Signer struct {
 	CA    *CA
 	Authn Authenticator
@@ -18,8 +18,10 @@ type Signer struct {
 	// Callers are the "namespace/serviceaccount" names allowed to ask, such
 	// as "warren-system/ztunnel".
 	Callers []string
-	Log     *slog.Logger
-	Metrics *Metrics // optional
+	// Waypoints tells the waypoints' service accounts; nil: none.
+	Waypoints Waypoints
+	Log       *slog.Logger
+	Metrics   *Metrics // optional
 }
 
 // Validate reports a Signer that cannot work.
@@ -62,14 +64,20 @@ func (s *Signer) sign(ctx context.Context, token string, csrData []byte) ([]byte
 	if err != nil {
 		return nil, caller, err
 	}
-	if !slices.Contains(s.Callers, caller.Namespace+"/"+caller.ServiceAccount) {
-		return nil, caller, deny(ReasonCallerNotAllowed, "service account %s/%s may not request certificates", caller.Namespace, caller.ServiceAccount)
+	role, err := CallerRole(ctx, caller, s.Callers, s.Waypoints)
+	if err != nil {
+		return nil, caller, err
 	}
 	csr, id, err := CheckCSR(csrData, s.CA.TrustDomain())
 	if err != nil {
 		return nil, caller, err
 	}
-	if err := s.Authz.Authorize(ctx, caller.Node, id); err != nil {
+	if role == RoleWaypoint {
+		err = authorizeWaypoint(caller, id)
+	} else {
+		err = s.Authz.Authorize(ctx, caller.Node, id)
+	}
+	if err != nil {
 		return nil, caller, err
 	}
 	chain, err := s.CA.Sign(csr, id)

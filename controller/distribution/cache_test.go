@@ -126,7 +126,7 @@ func TestDeltasAddUpToSnapshots(t *testing.T) {
 		fresh := newServer()
 		fresh.Publish(m)
 		for _, c := range clients {
-			p, err := srv.next(c.node, c.acked, &c.cache)
+			p, err := srv.next(view{node: c.node}, c.acked, &c.cache)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -145,7 +145,7 @@ func TestDeltasAddUpToSnapshots(t *testing.T) {
 			} else if c.acked == nil {
 				t.Fatalf("%s: %s: no snapshot", name, c.node)
 			}
-			want, err := fresh.next(c.node, nil, &localCache{})
+			want, err := fresh.next(view{node: c.node}, nil, &localCache{})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,6 +1,6 @@
 // Package distribution serves the controller's model to data planes over
-// gRPC (api/proto/mesh/v1): each subscriber gets its node's view as a
-// snapshot, then only what changed, one update in flight at a time, acked or
+// gRPC (api/proto/mesh/v1): each subscriber gets its view (a node's ztunnel:
+// its node's; a waypoint: every Service, route and peer) as a snapshot, then only what changed, one update in flight at a time, acked or
 // nacked. Every subscriber has its own goroutine and a one-slot "something
 // changed" signal, so a slow or stuck subscriber only delays itself: it gets
 // the latest state when it catches up, not every intermediate one.
@@ -34,8 +34,12 @@ type Options struct {
 	Log *slog.Logger
 	// Authn authenticates every call by its bearer token.
 	Authn ca.Authenticator
-	// Callers are the "namespace/serviceaccount" names that may subscribe.
+	// Callers are the "namespace/serviceaccount" names that may subscribe
+	// as nodes.
 	Callers []string
+	// Waypoints tells the waypoints' service accounts, which may subscribe
+	// as themselves; nil: none.
+	Waypoints ca.Waypoints
 	// Signer answers SignCertificate; nil: Unimplemented.
 	Signer  *ca.Signer
 	Metrics *Metrics // optional
@@ -75,8 +79,30 @@ type Server struct {
 }
 
 type subscriber struct {
-	node    string
+	view    view
 	changed chan struct{} // one slot: coalesces changes
+}
+
+// view is what a subscriber gets: a node's ztunnel its node's workloads and
+// policies, and every peer of other nodes and every Service; a waypoint
+// ("<namespace>/<name>") every shared resource of a kind it serves from.
+type view struct {
+	node     string
+	waypoint string
+}
+
+// waypointKinds are the key prefixes of the resources a waypoint serves
+// from (WaypointConfig): its view forwards every shared resource of these
+// kinds, whichever the model has.
+var waypointKinds = []string{"service/", "route/", "grpcroute/", "peer/"}
+
+// gets reports whether the view holds the shared entry e.
+func (v view) gets(e entry) bool {
+	if v.waypoint != "" {
+		return slices.ContainsFunc(waypointKinds, func(p string) bool { return strings.HasPrefix(e.res.Key, p) })
+	}
+	// A peer on the subscriber's own node is one of its workloads.
+	return e.node != v.node
 }
 
 // New returns a server with no model yet; subscribers wait for Publish.
@@ -110,8 +136,8 @@ func (s *Server) current() (*model.Model, uint64, time.Time) {
 }
 
 // authenticate checks the call's bearer token and that the caller may use
-// the API.
-func (s *Server) authenticate(ctx context.Context) (ca.Caller, error) {
+// the API, and says as what (ca.CallerRole).
+func (s *Server) authenticate(ctx context.Context) (ca.Caller, ca.Role, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	var token string
 	if v := md.Get("authorization"); len(v) == 1 {
@@ -120,14 +146,40 @@ func (s *Server) authenticate(ctx context.Context) (ca.Caller, error) {
 	caller, err := s.o.Authn.Authenticate(ctx, token)
 	if err != nil {
 		if ca.ReasonOf(err) != "" {
-			return caller, status.Error(codes.Unauthenticated, err.Error())
+			return caller, 0, status.Error(codes.Unauthenticated, err.Error())
 		}
-		return caller, status.Error(codes.Unavailable, err.Error())
+		return caller, 0, status.Error(codes.Unavailable, err.Error())
 	}
-	if !slices.Contains(s.o.Callers, caller.Namespace+"/"+caller.ServiceAccount) {
-		return caller, status.Errorf(codes.PermissionDenied, "service account %s/%s may not use the distribution API", caller.Namespace, caller.ServiceAccount)
+	role, err := ca.CallerRole(ctx, caller, s.o.Callers, s.o.Waypoints)
+	switch {
+	case err == nil:
+		return caller, role, nil
+	case ca.ReasonOf(err) != "":
+		return caller, 0, status.Errorf(codes.PermissionDenied, "service account %s/%s may not use the distribution API", caller.Namespace, caller.ServiceAccount)
+	default:
+		return caller, 0, status.Error(codes.Unavailable, err.Error())
 	}
-	return caller, nil
+}
+
+// hello checks the first message of a subscription against the caller's
+// role and returns the view it asks for: a node's ztunnel its own node, a
+// waypoint itself.
+func hello(req *meshv1.SubscribeRequest, caller ca.Caller, role ca.Role) (view, error) {
+	h := req.GetHello()
+	v := view{node: h.GetNode(), waypoint: h.GetWaypoint()}
+	switch {
+	case h == nil || (v.node == "") == (v.waypoint == ""):
+		return v, status.Error(codes.InvalidArgument, "the first message must be a Hello with either the node name or the waypoint")
+	case role == ca.RoleNode && v.node == "":
+		return v, status.Error(codes.PermissionDenied, "a node's ztunnel subscribes for its node, not as a waypoint")
+	case role == ca.RoleNode && v.node != caller.Node:
+		return v, status.Errorf(codes.PermissionDenied, "caller runs on node %q, not %q: a node gets only its own data", caller.Node, v.node)
+	case role == ca.RoleWaypoint && v.waypoint != caller.Namespace+"/"+caller.ServiceAccount:
+		return v, status.Errorf(codes.PermissionDenied, "caller is waypoint %s/%s, not %q: a waypoint subscribes as itself", caller.Namespace, caller.ServiceAccount, v.waypoint)
+	case role != ca.RoleNode && role != ca.RoleWaypoint:
+		return v, status.Error(codes.PermissionDenied, "unknown role")
+	}
+	return v, nil
 }
 
 // SignCertificate implements meshv1.DistributionServer.
@@ -163,24 +215,22 @@ type answer struct {
 // Subscribe implements meshv1.DistributionServer.
 func (s *Server) Subscribe(stream meshv1.Distribution_SubscribeServer) error {
 	ctx := stream.Context()
-	caller, err := s.authenticate(ctx)
+	caller, role, err := s.authenticate(ctx)
 	if err != nil {
-		s.o.Log.Warn("subscriber refused", "err", err, "node", caller.Node)
+		s.o.Log.Warn("subscriber refused", "err", err, "node", caller.Node, "caller_ns", caller.Namespace, "caller_sa", caller.ServiceAccount)
 		return err
 	}
 	first, err := stream.Recv()
 	if err != nil {
 		return err
 	}
-	node := first.GetHello().GetNode()
-	if node == "" {
-		return status.Error(codes.InvalidArgument, "the first message must be a Hello with the node name")
-	}
-	if node != caller.Node {
-		return status.Errorf(codes.PermissionDenied, "caller runs on node %q, not %q: a node gets only its own data", caller.Node, node)
+	v, err := hello(first, caller, role)
+	if err != nil {
+		s.o.Log.Warn("subscriber refused", "err", err, "node", caller.Node, "caller_ns", caller.Namespace, "caller_sa", caller.ServiceAccount)
+		return err
 	}
 
-	sub := &subscriber{node: node, changed: make(chan struct{}, 1)}
+	sub := &subscriber{view: v, changed: make(chan struct{}, 1)}
 	sub.changed <- struct{}{} // start with whatever model there is
 	s.mu.Lock()
 	s.subs[sub] = struct{}{}
@@ -192,7 +242,7 @@ func (s *Server) Subscribe(stream meshv1.Distribution_SubscribeServer) error {
 		s.mu.Unlock()
 		s.o.Metrics.subscribed(-1)
 	}()
-	log := s.o.Log.With("node", node, "caller_pod", caller.Pod)
+	log := s.o.Log.With("node", v.node, "waypoint", v.waypoint, "caller_pod", caller.Pod)
 	log.Info("subscriber connected")
 
 	answers := make(chan answer)
@@ -231,7 +281,7 @@ func (s *Server) Subscribe(stream meshv1.Distribution_SubscribeServer) error {
 	for {
 		if dirty && inflight == nil {
 			dirty = false
-			p, err := s.next(node, acked, &cache)
+			p, err := s.next(v, acked, &cache)
 			if err != nil {
 				return status.Error(codes.Internal, err.Error())
 			}
@@ -513,10 +563,10 @@ func (c *localCache) update(s *Server, ws []model.LocalRef, ps []*policy.Policy)
 	return local, nil
 }
 
-// next computes the update that takes a client from acked (nil: nothing,
-// so a snapshot) to the current model; nil when nothing changed. cache is
-// the subscriber's own.
-func (s *Server) next(node string, acked *clientState, cache *localCache) (*pending, error) {
+// next computes the update that takes a client of view v from acked (nil:
+// nothing, so a snapshot) to the current model; nil when nothing changed.
+// cache is the subscriber's own.
+func (s *Server) next(v view, acked *clientState, cache *localCache) (*pending, error) {
 	m, version, changedAt := s.current()
 	if m == nil {
 		return nil, nil
@@ -525,16 +575,17 @@ func (s *Server) next(node string, acked *clientState, cache *localCache) (*pend
 	if err != nil {
 		return nil, err
 	}
-	ws, ps := m.LocalRefs(node)
-	local, err := cache.update(s, ws, ps)
-	if err != nil {
-		return nil, err
+	var local []entry
+	if v.waypoint == "" {
+		ws, ps := m.LocalRefs(v.node)
+		if local, err = cache.update(s, ws, ps); err != nil {
+			return nil, err
+		}
 	}
 	state := &clientState{shared: shared, local: local}
 	u := &meshv1.Update{Version: version, Snapshot: acked == nil}
 
-	// A peer on the subscriber's own node is one of its workloads: it never
-	// gets it as a peer.
+	// Of the shared entries, the view holds those v.gets.
 	var sharedUps, sharedRems []entry
 	switch {
 	case u.Snapshot:
@@ -547,21 +598,21 @@ func (s *Server) next(node string, acked *clientState, cache *localCache) (*pend
 	if !u.Snapshot {
 		localUps, localRems = diffEntries(acked.local, local)
 	}
-	if !u.Snapshot && len(localUps) == 0 && len(localRems) == 0 && !anyFor(sharedUps, node) && !anyFor(sharedRems, node) {
-		// Nothing for this node; it now holds the current shared set too.
+	if !u.Snapshot && len(localUps) == 0 && len(localRems) == 0 && !anyFor(sharedUps, v) && !anyFor(sharedRems, v) {
+		// Nothing for this view; it now holds the current shared set too.
 		acked.shared = shared
 		return nil, nil
 	}
 	u.Upserts = make([]*meshv1.Resource, 0, len(localUps)+len(sharedUps))
-	mergeByKey(localUps, sharedUps, node, func(e entry) { u.Upserts = append(u.Upserts, e.res) })
-	mergeByKey(localRems, sharedRems, node, func(e entry) { u.Removals = append(u.Removals, e.res.Key) })
+	mergeByKey(localUps, sharedUps, v, func(e entry) { u.Upserts = append(u.Upserts, e.res) })
+	mergeByKey(localRems, sharedRems, v, func(e entry) { u.Removals = append(u.Removals, e.res.Key) })
 	return &pending{update: u, state: state, changedAt: changedAt}, nil
 }
 
-// anyFor reports whether es holds an entry node gets.
-func anyFor(es []entry, node string) bool {
+// anyFor reports whether es holds an entry v gets.
+func anyFor(es []entry, v view) bool {
 	for _, e := range es {
-		if e.node != node {
+		if v.gets(e) {
 			return true
 		}
 	}
@@ -569,11 +620,11 @@ func anyFor(es []entry, node string) bool {
 }
 
 // mergeByKey calls f in key order for every entry of local and of shared
-// (both sorted by key) that node gets.
-func mergeByKey(local, shared []entry, node string, f func(entry)) {
+// (both sorted by key) that v gets.
+func mergeByKey(local, shared []entry, v view, f func(entry)) {
 	i := 0
 	for _, e := range shared {
-		if e.node == node {
+		if !v.gets(e) {
 			continue
 		}
 		for i < len(local) && byKey(local[i], e) < 0 {

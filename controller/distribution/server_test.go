@@ -48,7 +48,14 @@ var authn = staticAuthn{
 	"n1":   {Namespace: "warren-system", ServiceAccount: "ztunnel", Pod: "zt1", Node: "n1"},
 	"n2":   {Namespace: "warren-system", ServiceAccount: "ztunnel", Pod: "zt2", Node: "n2"},
 	"user": {Namespace: "shop", ServiceAccount: "web", Pod: "web", Node: "n1"},
+	"wp":   {Namespace: "shop", ServiceAccount: "wp", Pod: "wp-1", Node: "n2"},
+	"nogw": {Namespace: "other", ServiceAccount: "wp", Pod: "wp-1", Node: "n2"},
 }
+
+// waypoints: shop/wp runs a Gateway of the waypoint class.
+var waypoints = ca.WaypointsFunc(func(_ context.Context, ns, name string) (bool, error) {
+	return ns == "shop" && name == "wp", nil
+})
 
 func pod(name, node, ip string, labels map[string]string) *corev1.Pod {
 	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: name, UID: types.UID(name), Labels: labels},
@@ -81,7 +88,7 @@ func newHarness(t *testing.T, signer *ca.Signer) *harness {
 		t.Fatal(err)
 	}
 	srv, err := New(Options{Log: slog.New(slog.NewTextHandler(t.Output(), nil)), Authn: authn,
-		Callers: []string{"warren-system/ztunnel"}, Signer: signer, Metrics: metrics})
+		Callers: []string{"warren-system/ztunnel"}, Waypoints: waypoints, Signer: signer, Metrics: metrics})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,13 +120,18 @@ type sub struct {
 
 func (h *harness) subscribe(t *testing.T, token, node string) *sub {
 	t.Helper()
+	return h.subscribeHello(t, token, &meshv1.Hello{Node: node})
+}
+
+func (h *harness) subscribeHello(t *testing.T, token string, hello *meshv1.Hello) *sub {
+	t.Helper()
 	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+token))
 	t.Cleanup(cancel)
 	st, err := h.client(t).Subscribe(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Send(&meshv1.SubscribeRequest{Kind: &meshv1.SubscribeRequest_Hello{Hello: &meshv1.Hello{Node: node}}}); err != nil {
+	if err := st.Send(&meshv1.SubscribeRequest{Kind: &meshv1.SubscribeRequest_Hello{Hello: hello}}); err != nil {
 		t.Fatal(err)
 	}
 	return &sub{t: t, stream: st, cancel: cancel}
@@ -269,6 +281,12 @@ func TestRefusals(t *testing.T) {
 		{"workload token", "user", "n1", nil, codes.PermissionDenied, "may not use the distribution API"},
 		{"other node", "n1", "n2", nil, codes.PermissionDenied, "a node gets only its own data"},
 		{"no hello", "n1", "", &meshv1.SubscribeRequest{Kind: &meshv1.SubscribeRequest_Ack{Ack: &meshv1.Ack{Version: 1}}}, codes.InvalidArgument, "Hello"},
+		{"node and waypoint", "n1", "", helloReq(&meshv1.Hello{Node: "n1", Waypoint: "shop/wp"}), codes.InvalidArgument, "either"},
+		{"ztunnel as a waypoint", "n1", "", helloReq(&meshv1.Hello{Waypoint: "shop/wp"}), codes.PermissionDenied, "subscribes for its node"},
+		{"waypoint as a node", "wp", "n2", nil, codes.PermissionDenied, "a waypoint subscribes as itself"},
+		{"waypoint as another waypoint", "wp", "", helloReq(&meshv1.Hello{Waypoint: "shop/other"}), codes.PermissionDenied, "a waypoint subscribes as itself"},
+		{"waypoint's name in another namespace", "nogw", "", helloReq(&meshv1.Hello{Waypoint: "other/wp"}), codes.PermissionDenied, "may not use the distribution API"},
+		{"workload token as a waypoint", "user", "", helloReq(&meshv1.Hello{Waypoint: "shop/web"}), codes.PermissionDenied, "may not use the distribution API"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tc.token), 10*time.Second)
@@ -335,5 +353,47 @@ func TestSignCertificate(t *testing.T) {
 	_, err = cl.SignCertificate(context.Background(), &meshv1.SignRequest{Csr: csr("spiffe://cluster.local/ns/shop/sa/web")})
 	if status.Code(err) != codes.Unauthenticated {
 		t.Errorf("no token: %v", err)
+	}
+}
+
+func helloReq(h *meshv1.Hello) *meshv1.SubscribeRequest {
+	return &meshv1.SubscribeRequest{Kind: &meshv1.SubscribeRequest_Hello{Hello: h}}
+}
+
+// TestWaypointView: a waypoint subscribes as itself and gets every peer
+// (its own node's too) and every Service, and no node's workloads or
+// policies; then deltas, as a node does.
+func TestWaypointView(t *testing.T) {
+	h := newHarness(t, nil)
+	h.srv.Publish(build(pod("web", "n1", "10.244.1.5", nil), pod("db", "n2", "10.244.2.5", map[string]string{"app": "db"})))
+	wp := h.subscribeHello(t, "wp", &meshv1.Hello{Waypoint: "shop/wp"})
+	u := wp.recv()
+	if !u.Snapshot || keys(u) != "peer/db peer/web service/shop/web" {
+		t.Fatalf("snapshot %v: %q", u.Snapshot, keys(u))
+	}
+	wp.ack(u)
+	h.srv.Publish(build(pod("web", "n1", "10.244.1.5", nil), pod("db", "n2", "10.244.2.5", map[string]string{"app": "db"}), pod("p", "n2", "10.244.2.6", nil)))
+	u = wp.recv()
+	if u.Snapshot || keys(u) != "peer/p" {
+		t.Fatalf("delta %v: %q", u.Snapshot, keys(u))
+	}
+	wp.ack(u)
+	// The node path is unchanged beside it: n2 does not get its own pods
+	// as peers.
+	n2 := h.subscribe(t, "n2", "n2")
+	if u := n2.recv(); strings.Contains(keys(u), "peer/db") || !strings.Contains(keys(u), "workload/db") {
+		t.Errorf("node n2's snapshot: %q", keys(u))
+	}
+}
+
+func TestWaypointKinds(t *testing.T) {
+	v := view{waypoint: "shop/wp"}
+	for key, want := range map[string]bool{
+		"service/a/b": true, "route/a/b": true, "grpcroute/a/b": true, "peer/u": true,
+		"workload/u": false, "policy/a/b": false, "other/x": false,
+	} {
+		if got := v.gets(entry{res: &meshv1.Resource{Key: key}}); got != want {
+			t.Errorf("%s: %v, want %v", key, got, want)
+		}
 	}
 }

@@ -80,7 +80,8 @@ func (r *reconciler) ensureClass(ctx context.Context) error {
 	gc := &gwv1.GatewayClass{
 		ObjectMeta: metav1.ObjectMeta{Name: ClassName, Labels: map[string]string{LabelManagedBy: ManagedBy}},
 		Spec: gwv1.GatewayClassSpec{ControllerName: ControllerName,
-			Description: ptrTo("Warren waypoints: L7 proxies (see warren.dev/use-waypoint)")},
+			// At most 64 bytes (the CRD refuses more).
+			Description: ptrTo("Warren waypoints: L7 proxies of the mesh")},
 	}
 	err := r.client.Create(ctx, gc)
 	switch {

@@ -1,5 +1,5 @@
-// The controller's distribution API: what a node's ztunnel (later, a
-// waypoint) needs, pushed as a snapshot and then incremental updates, each
+// The controller's distribution API: what a node's ztunnel or a waypoint
+// needs, pushed as a snapshot and then incremental updates, each
 // versioned and acked or nacked; and certificate signing for the node's
 // workloads.
 
@@ -326,10 +326,14 @@ func (*SubscribeRequest_Ack) isSubscribeRequest_Kind() {}
 
 func (*SubscribeRequest_Nack) isSubscribeRequest_Kind() {}
 
-// Hello opens a subscription for one node's data.
+// Hello opens a subscription: a node's ztunnel sets node (its node's
+// view), a waypoint sets waypoint, "<namespace>/<name>" (its Gateway's, which
+// is also its ServiceAccount's): the Services, routes and peers a waypoint
+// serves from. Exactly one is set, and it must match the caller's token.
 type Hello struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Waypoint      string                 `protobuf:"bytes,2,opt,name=waypoint,proto3" json:"waypoint,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -367,6 +371,13 @@ func (*Hello) Descriptor() ([]byte, []int) {
 func (x *Hello) GetNode() string {
 	if x != nil {
 		return x.Node
+	}
+	return ""
+}
+
+func (x *Hello) GetWaypoint() string {
+	if x != nil {
+		return x.Waypoint
 	}
 	return ""
 }
@@ -2736,9 +2747,10 @@ const file_mesh_proto_rawDesc = "" +
 	"\x05hello\x18\x01 \x01(\v2\x15.warren.mesh.v1.HelloH\x00R\x05hello\x12'\n" +
 	"\x03ack\x18\x02 \x01(\v2\x13.warren.mesh.v1.AckH\x00R\x03ack\x12*\n" +
 	"\x04nack\x18\x03 \x01(\v2\x14.warren.mesh.v1.NackH\x00R\x04nackB\x06\n" +
-	"\x04kind\"\x1b\n" +
+	"\x04kind\"7\n" +
 	"\x05Hello\x12\x12\n" +
-	"\x04node\x18\x01 \x01(\tR\x04node\"\x1f\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1a\n" +
+	"\bwaypoint\x18\x02 \x01(\tR\bwaypoint\"\x1f\n" +
 	"\x03Ack\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\"6\n" +
 	"\x04Nack\x12\x18\n" +

@@ -1,5 +1,5 @@
-// The controller's distribution API: what a node's ztunnel (later, a
-// waypoint) needs, pushed as a snapshot and then incremental updates, each
+// The controller's distribution API: what a node's ztunnel or a waypoint
+// needs, pushed as a snapshot and then incremental updates, each
 // versioned and acked or nacked; and certificate signing for the node's
 // workloads.
 
@@ -38,7 +38,8 @@ type DistributionClient interface {
 	// starts from a snapshot, so a client that reconnects needs no state.
 	// Calls carry the caller's ServiceAccount token ("authorization: Bearer").
 	Subscribe(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SubscribeRequest, Update], error)
-	// SignCertificate signs an SVID for a workload of the caller's node.
+	// SignCertificate signs an SVID for a workload of the caller's node (a
+	// ztunnel), or for the caller's own identity (a waypoint).
 	SignCertificate(ctx context.Context, in *SignRequest, opts ...grpc.CallOption) (*SignResponse, error)
 }
 
@@ -83,7 +84,8 @@ type DistributionServer interface {
 	// starts from a snapshot, so a client that reconnects needs no state.
 	// Calls carry the caller's ServiceAccount token ("authorization: Bearer").
 	Subscribe(grpc.BidiStreamingServer[SubscribeRequest, Update]) error
-	// SignCertificate signs an SVID for a workload of the caller's node.
+	// SignCertificate signs an SVID for a workload of the caller's node (a
+	// ztunnel), or for the caller's own identity (a waypoint).
 	SignCertificate(context.Context, *SignRequest) (*SignResponse, error)
 	mustEmbedUnimplementedDistributionServer()
 }
