@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -85,7 +86,7 @@ func Labels(gw *gwv1.Gateway) map[string]string {
 // Render returns the objects for gw, each owned by it. roots is the PEM of
 // the mesh roots.
 func Render(gw *gwv1.Gateway, roots string, o Options) Objects {
-	owner := []metav1.OwnerReference{*metav1.NewControllerRef(gw, gwv1.SchemeGroupVersion.WithKind("Gateway"))}
+	owner := []metav1.OwnerReference{*metav1.NewControllerRef(gw, schema.GroupVersionKind{Group: gwv1.GroupName, Version: gwv1.GroupVersion.Version, Kind: "Gateway"})}
 	meta := func(name string) metav1.ObjectMeta {
 		return metav1.ObjectMeta{
 			Name: name, Namespace: gw.Namespace, OwnerReferences: owner,
