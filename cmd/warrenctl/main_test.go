@@ -103,7 +103,7 @@ func TestInstallDryRun(t *testing.T) {
 	if code != 0 || errOut != "" {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	for _, want := range []string{"kind: Namespace", "kind: CustomResourceDefinition", "kind: DaemonSet", "image: ghcr.io/acme/warren-agent:v9", "image: ghcr.io/acme/ztunnel:v9", "image: ghcr.io/acme/warren-controller:v9"} {
+	for _, want := range []string{"kind: Namespace", "kind: CustomResourceDefinition", "kind: DaemonSet", "image: ghcr.io/acme/warren-agent:v9", "image: ghcr.io/acme/ztunnel:v9", "image: ghcr.io/acme/warren-controller:v9", "value: ghcr.io/acme/waypoint:v9"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("dry run lacks %q", want)
 		}

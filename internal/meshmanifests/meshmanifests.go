@@ -179,6 +179,17 @@ func rewriteImages(u *unstructured.Unstructured, img Images) error {
 		m, _ := c.(map[string]any)
 		image, _ := m["image"].(string)
 		m["image"] = RewriteImage(image, img)
+		// Images named in the environment (the controller's waypoint
+		// image) move with the rest.
+		env, _ := m["env"].([]any)
+		for _, e := range env {
+			ev, _ := e.(map[string]any)
+			if name, _ := ev["name"].(string); strings.HasSuffix(name, "_IMAGE") {
+				if v, ok := ev["value"].(string); ok {
+					ev["value"] = RewriteImage(v, img)
+				}
+			}
+		}
 	}
 	return unstructured.SetNestedSlice(u.Object, cs, "spec", "template", "spec", "containers")
 }
