@@ -2,27 +2,23 @@ package nodeagent
 
 import (
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
 
-	"github.com/warrenmesh/warren/hack/cluster/localcluster"
+	"github.com/warrenmesh/warren/internal/kubetest"
 )
 
-// startAPIServer runs etcd (Debian's) and the kube-apiserver that hack/cluster
-// builds into its cache, on loopback ports in temporary folders, for the
-// length of the test.
+// startAPIServer runs a real kube-apiserver and etcd for the length of
+// the test (internal/kubetest).
 func startAPIServer(t *testing.T) kubernetes.Interface {
 	c, _ := startAPIServerKubeconfig(t)
 	return c
@@ -31,42 +27,7 @@ func startAPIServer(t *testing.T) kubernetes.Interface {
 // startAPIServerKubeconfig is startAPIServer, with the path of a kubeconfig for it.
 func startAPIServerKubeconfig(t *testing.T) (kubernetes.Interface, string) {
 	t.Helper()
-	switch {
-	case testing.Short():
-		t.Skip("integration test against a real kube-apiserver: skipped under -short")
-	case os.Geteuid() != 0:
-		t.Skip("integration test against a real kube-apiserver: needs root (the binary cache and hack/deps.sh are root's)")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	defer cancel()
-	cfg := localcluster.DefaultConfig()
-	if err := cfg.EnsureBinaries(ctx); err != nil {
-		t.Fatalf("kube binaries: %v", err)
-	}
-	const etcd = "/usr/bin/etcd"
-	if _, err := os.Stat(etcd); err != nil {
-		t.Fatalf("etcd (hack/deps.sh installs it): %v", err)
-	}
-	te := &envtest.Environment{ControlPlaneStartTimeout: 60 * time.Second, ControlPlaneStopTimeout: 20 * time.Second}
-	te.ControlPlane.GetAPIServer().Path = cfg.Bin("kube-apiserver")
-	te.ControlPlane.Etcd = &envtest.Etcd{Path: etcd}
-	rc, err := te.Start()
-	if err != nil {
-		t.Fatal(errors.Join(err, te.Stop()))
-	}
-	t.Cleanup(func() {
-		if err := te.Stop(); err != nil {
-			t.Errorf("stop apiserver: %v", err)
-		}
-	})
-	client, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := os.WriteFile(kubeconfig, te.KubeConfig, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	_, client, kubeconfig := kubetest.ForTest(t)
 	return client, kubeconfig
 }
 

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"syscall"
 	"testing"
@@ -51,6 +52,8 @@ type Env struct {
 	Kubeconfig []byte
 	env        *envtest.Environment
 	wrappers   string
+	// release lets the thread the processes were forked from go.
+	release chan struct{}
 }
 
 // Start builds or finds the binaries, starts etcd and kube-apiserver on
@@ -93,12 +96,26 @@ func Start(ctx context.Context, crdDirs ...string) (*Env, error) {
 	te.ControlPlane.GetAPIServer().Path = apiserverW
 	te.ControlPlane.GetAPIServer().CertDir = filepath.Join(wrappers, "apiserver-certs")
 	te.ControlPlane.Etcd = &envtest.Etcd{Path: etcdW, DataDir: filepath.Join(wrappers, "etcd-data")}
-	rc, err := te.Start()
-	if err != nil {
+	// The parent-death signal belongs to the thread that forks, not the
+	// process: started from any thread, the apiserver would be killed when
+	// the Go runtime ends that thread (it does so for a goroutine that
+	// exits locked to its thread, as netns code does). So the processes
+	// are forked from a thread kept for them until Stop.
+	started, release := make(chan error, 1), make(chan struct{})
+	var rc *rest.Config
+	go func() {
+		runtime.LockOSThread()
+		var err error
+		rc, err = te.Start()
+		started <- err
+		<-release
+	}()
+	if err := <-started; err != nil {
+		close(release)
 		// Start may have started etcd before the apiserver failed.
 		return nil, errors.Join(fmt.Errorf("start envtest: %w", err), te.Stop(), os.RemoveAll(wrappers))
 	}
-	return &Env{Config: rc, Kubeconfig: te.KubeConfig, env: te, wrappers: wrappers}, nil
+	return &Env{Config: rc, Kubeconfig: te.KubeConfig, env: te, wrappers: wrappers, release: release}, nil
 }
 
 // ForTest starts an Env for t alone (skipped, with SkipReason, where it
@@ -163,7 +180,11 @@ func wrapper(dir, name, bin string) (string, error) {
 }
 
 // Stop stops the processes and removes their temporary folders.
-func (e *Env) Stop() error { return errors.Join(e.env.Stop(), os.RemoveAll(e.wrappers)) }
+func (e *Env) Stop() error {
+	err := errors.Join(e.env.Stop(), os.RemoveAll(e.wrappers))
+	close(e.release)
+	return err
+}
 
 // GVR returns the resource of a warren.dev kind.
 func GVR(resource string) schema.GroupVersionResource {
