@@ -3,7 +3,6 @@ package warrenctl
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -13,40 +12,17 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/warrenmesh/warren/hack/cluster/localcluster"
+	"github.com/warrenmesh/warren/internal/kubetest"
 	"github.com/warrenmesh/warren/internal/meshmanifests"
 )
 
-// startAPIServer runs a real kube-apiserver and etcd (envtest, with the
-// binaries controller/internal/kubetest uses), or skips. It does not build
-// missing binaries: hack/cluster does, and the shared cluster owns that.
+// startAPIServer runs a real kube-apiserver and etcd (internal/kubetest)
+// for the test, or skips where they cannot run.
 func startAPIServer(t *testing.T) *Clients {
 	t.Helper()
-	lc := localcluster.DefaultConfig()
-	apiserver := lc.Bin("kube-apiserver")
-	switch {
-	case testing.Short():
-		t.Skip("integration test against a real kube-apiserver: skipped under -short")
-	case os.Geteuid() != 0:
-		t.Skip("integration test against a real kube-apiserver: needs root (the binary cache is root's)")
-	}
-	for _, p := range []string{apiserver, "/usr/bin/etcd"} {
-		if _, err := os.Stat(p); err != nil {
-			t.Skipf("integration test: %v (hack/cluster builds kube-apiserver; hack/deps.sh installs etcd)", err)
-		}
-	}
-	te := &envtest.Environment{ControlPlaneStartTimeout: 60 * time.Second, ControlPlaneStopTimeout: 20 * time.Second}
-	te.ControlPlane.GetAPIServer().Path = apiserver
-	te.ControlPlane.GetAPIServer().CertDir = t.TempDir()
-	te.ControlPlane.Etcd = &envtest.Etcd{Path: "/usr/bin/etcd", DataDir: t.TempDir()}
-	cfg, err := te.Start()
-	if err != nil {
-		t.Fatalf("envtest: %v", err)
-	}
-	t.Cleanup(func() { _ = te.Stop() })
-	c, err := NewClients(cfg)
+	e, _, _ := kubetest.ForTest(t)
+	c, err := NewClients(e.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
