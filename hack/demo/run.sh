@@ -76,7 +76,7 @@ echo
 echo "==> ztunnel metrics (warren_ztunnel_tcp_connections_opened_total, mutual_tls, outbound):"
 for node in node1 node2; do
   metrics $node | grep '^warren_ztunnel_tcp_connections_opened_total{' | grep 'direction="outbound"' |
-    sed -n 's/.*connection_security_policy="\([^"]*\)".*destination_principal="\([^"]*\)".*destination_service="\([^"]*\)".*destination_workload="\([^"]*\)".*source_principal="\([^"]*\)".*source_workload="\([^"]*\)"} \(.*\)/\6 -> \4 (service \3): \1, \5 -> \2, \7 connections/p' |
+    sed -n 's/.*connection_security_policy="\([^"]*\)".*destination_principal="\([^"]*\)".*destination_service="\([^"]*\)".*destination_workload="\([^"]*\)".*source_principal="\([^"]*\)".*source_workload="\([^"]*\)"[^}]*} \(.*\)/\6 -> \4 (service \3): \1, \5 -> \2, \7 connections/p' |
     sed "s/^/   $node: /"
 done
 
