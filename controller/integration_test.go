@@ -39,6 +39,7 @@ import (
 	"github.com/warrenmesh/warren/controller/ca"
 	"github.com/warrenmesh/warren/controller/model"
 	"github.com/warrenmesh/warren/internal/enrollment"
+	wait "github.com/warrenmesh/warren/internal/eventually"
 	"github.com/warrenmesh/warren/internal/identity"
 	"github.com/warrenmesh/warren/internal/kubetest"
 )
@@ -173,17 +174,7 @@ func startControllerWith(t *testing.T, s *runtime.Scheme) (*Controller, client.C
 // eventually polls f until it returns nil or 20 s pass.
 func eventually(t *testing.T, what string, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	wait.NoError(t, what, 20*time.Second, f)
 }
 
 // createNamespace creates a namespace, or leaves the one an earlier test

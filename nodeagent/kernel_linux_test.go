@@ -25,6 +25,7 @@ import (
 
 	"github.com/warrenmesh/warren/bpf/redirect"
 	"github.com/warrenmesh/warren/bpf/redirect/pins"
+	"github.com/warrenmesh/warren/internal/eventually"
 	"github.com/warrenmesh/warren/internal/netns"
 )
 
@@ -822,20 +823,17 @@ func waitEntries(tb testing.TB, k *Kernel, want map[string]int) {
 
 func waitFor(tb testing.TB, what string, cond func() bool) {
 	tb.Helper()
-	if !poll(10*time.Second, cond) {
-		tb.Fatalf("timed out waiting for %s", what)
-	}
+	eventually.True(tb, what, 10*time.Second, cond)
 }
 
+// poll reports whether cond held within d.
 func poll(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
+	return eventually.Wait(d, func() error {
+		if cond() {
+			return nil
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return true
+		return errors.New("not yet")
+	}) == nil
 }
 
 func mustOpen(tb testing.TB, path string) *os.File {

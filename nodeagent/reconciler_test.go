@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/warrenmesh/warren/internal/eventually"
 	"github.com/warrenmesh/warren/nodeagent/cniapi"
 )
 
@@ -348,13 +349,7 @@ func TestReconcilerAdopts(t *testing.T) {
 
 func waitUntil(tb testing.TB, what string, cond func() bool) {
 	tb.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out: %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually.True(tb, what, 10*time.Second, cond)
 }
 
 func TestProcNetnsFinder(t *testing.T) {

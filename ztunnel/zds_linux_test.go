@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/warrenmesh/warren/bpf/redirect/pins"
+	"github.com/warrenmesh/warren/internal/eventually"
 	"github.com/warrenmesh/warren/internal/identity"
 	"github.com/warrenmesh/warren/internal/identity/identitytest"
 	"github.com/warrenmesh/warren/internal/netns"
@@ -111,11 +112,7 @@ func openAgent(t *testing.T, bpffs, node string) *nodeagent.Kernel {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
+	eventually.True(t, what, 5*time.Second, cond)
 }
 
 func (t *Tunnel) served(uid string) bool { return t.proxy(uid) != nil }
