@@ -230,28 +230,7 @@ func publicKeysEqual(a, b crypto.PublicKey) bool {
 	return ok && ak.Equal(b)
 }
 
-func parseCerts(data []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for {
-		var b *pem.Block
-		b, data = pem.Decode(data)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("parse certificate: %w", err)
-		}
-		out = append(out, c)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("no PEM certificate")
-	}
-	return out, nil
-}
+func parseCerts(data []byte) ([]*x509.Certificate, error) { return identity.ParseCertificatesPEM(data) }
 
 func parseKey(data []byte) (crypto.Signer, error) {
 	b, _ := pem.Decode(data)

@@ -280,3 +280,13 @@ func TestEmptySource(t *testing.T) {
 		t.Fatal("ServerConfig accepted empty options")
 	}
 }
+
+func TestParseCertificatesPEM(t *testing.T) {
+	_, err := identity.ParseCertificatesPEM([]byte("-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n"))
+	if !errors.Is(err, identity.ErrNoPEMCertificate) {
+		t.Errorf("only a key block: %v, want identity.ErrNoPEMCertificate", err)
+	}
+	if _, err := identity.ParseCertificatesPEM([]byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")); err == nil || errors.Is(err, identity.ErrNoPEMCertificate) {
+		t.Errorf("a corrupt certificate: %v, want a parse error", err)
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"regexp"
@@ -19,6 +18,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/warrenmesh/warren/internal/identity"
 )
 
 // Status is a check's outcome.
@@ -242,30 +243,6 @@ func DaemonSetResult(ds *appsv1.DaemonSet, nodes int) Result {
 // RootsKey is the roots' key in the warren-ca-root-cert ConfigMap.
 const RootsKey = "root-cert.pem"
 
-// ParsePEMCerts reads every CERTIFICATE block of b.
-func ParsePEMCerts(b []byte) ([]*x509.Certificate, error) {
-	var certs []*x509.Certificate
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		certs = append(certs, c)
-	}
-	if len(certs) == 0 {
-		return nil, fmt.Errorf("no PEM certificate")
-	}
-	return certs, nil
-}
-
 // RootsResult checks the roots ConfigMap (nil if absent): present, its
 // certificates parse and are valid beyond CertWarnBefore.
 func RootsResult(cm *corev1.ConfigMap, now time.Time) Result {
@@ -275,7 +252,7 @@ func RootsResult(cm *corev1.ConfigMap, now time.Time) Result {
 	if cm == nil {
 		return fail(cat, title, "absent", logs)
 	}
-	certs, err := ParsePEMCerts([]byte(cm.Data[RootsKey]))
+	certs, err := identity.ParseCertificatesPEM([]byte(cm.Data[RootsKey]))
 	if err != nil {
 		return fail(cat, title, RootsKey+": "+err.Error(), logs)
 	}
