@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/warrenmesh/warren/internal/sideport"
 )
 
 // Addrs are the waypoint's side ports, as the ztunnel's: admin (config
@@ -23,23 +24,11 @@ type Addrs struct {
 // ServeSide serves the admin, metrics and readiness endpoints until ctx
 // ends. It returns once the listeners are open, with their addresses.
 func (w *Waypoint) ServeSide(ctx context.Context, a Addrs) (Addrs, error) {
-	admin := http.NewServeMux()
+	admin := sideport.AdminMux()
 	admin.HandleFunc("GET /config_dump", w.configDump)
-	admin.HandleFunc("/debug/pprof/", pprof.Index)
-	admin.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	admin.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	admin.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	admin.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	metrics := http.NewServeMux()
 	metrics.Handle("GET /metrics", promhttp.HandlerFor(w.reg, promhttp.HandlerOpts{}))
-	ready := http.NewServeMux()
-	ready.HandleFunc("GET /healthz/ready", func(rw http.ResponseWriter, _ *http.Request) {
-		if !w.Ready() {
-			http.Error(rw, "not ready", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(rw, "ready")
-	})
+	ready := sideport.ReadyMux(w.Ready)
 	var servers []*http.Server
 	for _, s := range []struct {
 		addr *string

@@ -7,36 +7,24 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"sort"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/warrenmesh/warren/internal/reuseport"
+	"github.com/warrenmesh/warren/internal/sideport"
 )
 
 // serveAdmin starts the node-side HTTP servers: admin (config dump,
 // certificates, pprof), metrics and readiness. An empty address disables one.
 func (t *Tunnel) serveAdmin(ctx context.Context) ([]*http.Server, error) {
-	admin := http.NewServeMux()
+	admin := sideport.AdminMux()
 	admin.HandleFunc("GET /config_dump", t.configDump)
 	admin.HandleFunc("GET /certs", t.certsDump)
-	admin.HandleFunc("/debug/pprof/", pprof.Index)
-	admin.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	admin.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	admin.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	admin.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	metrics := http.NewServeMux()
 	metrics.Handle("GET /metrics", promhttp.HandlerFor(t.reg, promhttp.HandlerOpts{}))
-	ready := http.NewServeMux()
-	ready.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
-		if !t.ready.Load() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ready")
-	})
+	ready := sideport.ReadyMux(t.ready.Load)
 	var servers []*http.Server
 	for _, s := range []struct {
 		addr string
